@@ -1,0 +1,199 @@
+"""The `activeft-jax` command.
+
+    activeft-jax select --strategy vtl --pool pool.npy --target target.npy --k 50 \\
+        --noise-std 1.0 [--x64] [--normalize] [--allow-repeats] [--seed 0] --out sel.json
+
+writes `{"indices": [...], "values": [...]}` (non-finite values, such as the
++inf of maxdist's first pick, are written as null). `.npy` files hold one
+array; from an `.npz`, `--pool` reads the array `pool`, `--target` the array
+`target` and `--probs` the array `probs`, so one file can hold all of them.
+
+Bad input prints one line to stderr and exits with status 2; an internal
+error prints one line and exits with status 1 (`--debug` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from typing import Optional, Sequence
+
+import numpy as np
+
+__all__ = ["main"]
+
+PROG = "activeft-jax"
+
+
+class BadInput(Exception):
+    """User error: reported in one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line instead of usage + message
+        raise BadInput(f"{message} (see `{self.prog} --help`)")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from activeft_jax.selection import STRATEGIES
+
+    parser = _Parser(prog=PROG, description="Select the right data to fine-tune large models.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser(
+        "select",
+        help="select k pool points with one strategy",
+        description="Select k pool points; writes {\"indices\": [...], \"values\": [...]} as JSON.",
+    )
+    p.add_argument("--strategy", required=True, choices=STRATEGIES, metavar="NAME",
+                   help="one of: " + ", ".join(STRATEGIES))
+    p.add_argument("--pool", help="pool embeddings [N, d]: .npy, or .npz with array 'pool'")
+    p.add_argument("--target", help="target embeddings [m, d]: .npy, or .npz with array 'target'")
+    p.add_argument("--probs", help="class probabilities [N, C]: .npy, or .npz with array 'probs' "
+                   "(information_density, max_entropy)")
+    p.add_argument("--k", type=int, required=True, help="number of points to select")
+    p.add_argument("--noise-std", type=float, default=0.1,
+                   help="observation noise std of the GP rules, > 0 (default 0.1: the reference's "
+                   "automatic noise variance 0.01)")
+    p.add_argument("--kernel", default="linear", choices=("linear", "cosine", "rbf"))
+    p.add_argument("--lengthscale", type=float, default=1.0, help="RBF lengthscale")
+    p.add_argument("--space", default="auto", choices=("auto", "weight", "kernel"),
+                   help="GP rules: weight or kernel space (auto: by cost)")
+    p.add_argument("--formulation", default="reference", choices=("reference", "paper"),
+                   help="itl only: the reference's I(f(x); y(A)) or the paper code's form")
+    p.add_argument("--beta", type=float, default=1.0, help="information_density exponent")
+    p.add_argument("--x64", action="store_true", help="compute in float64")
+    p.add_argument("--normalize", action="store_true", help="L2-normalize the embeddings first")
+    p.add_argument("--allow-repeats", action="store_true",
+                   help="keep picked points as candidates (the reference's behaviour)")
+    p.add_argument("--seed", type=int, default=0, help="PRNG seed (random, maxdist)")
+    bar = p.add_mutually_exclusive_group()
+    bar.add_argument("--progress", dest="progress", action="store_true", default=None,
+                     help="always show a progress bar (default: on a terminal, for long selections)")
+    bar.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--out", default="-", help="output JSON file ('-' or omitted: stdout)")
+    p.set_defaults(func=_select)
+    return parser
+
+
+def _load_array(path: Optional[str], name: str, flag: str) -> Optional[np.ndarray]:
+    if path is None:
+        return None
+    if not os.path.exists(path):
+        raise BadInput(f"{flag}: no such file: {path}")
+    try:
+        if path.endswith(".npz"):
+            with np.load(path, allow_pickle=False) as z:
+                if name not in z.files:
+                    raise BadInput(
+                        f"{flag}: {path} has no array named '{name}' (it has: {', '.join(z.files) or 'none'})"
+                    )
+                return z[name]
+        if path.endswith(".npy"):
+            return np.load(path, allow_pickle=False)
+    except BadInput:
+        raise
+    except Exception as e:
+        raise BadInput(f"{flag}: cannot read {path}: {e}") from e
+    raise BadInput(f"{flag}: expected a .npy or .npz file; got {path}")
+
+
+def _as_float(x: Optional[np.ndarray], dtype, flag: str) -> Optional[np.ndarray]:
+    if x is None:
+        return None
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool) or np.iscomplexobj(x):
+        raise BadInput(f"{flag}: expected real numbers; got dtype {x.dtype}")
+    return x.astype(dtype, copy=False)
+
+
+def _json_float(v: float) -> Optional[float]:
+    return v if math.isfinite(v) else None
+
+
+def _select(args: argparse.Namespace) -> int:
+    if args.x64:
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+    import jax
+
+    from activeft_jax.kernels import get_kernel
+    from activeft_jax.selection import TARGETED, select
+
+    dtype = np.float64 if args.x64 else np.float32
+    if args.pool is None and args.strategy != "max_entropy":
+        raise BadInput(f"--pool is required by strategy '{args.strategy}'")
+    if args.strategy in TARGETED and args.target is None:
+        raise BadInput(f"strategy '{args.strategy}' needs --target (target embeddings [m, d])")
+    pool = _as_float(_load_array(args.pool, "pool", "--pool"), dtype, "--pool")
+    target = _as_float(_load_array(args.target, "target", "--target"), dtype, "--target")
+    probs = _as_float(_load_array(args.probs, "probs", "--probs"), dtype, "--probs")
+
+    options = {}
+    gp_rules = ("itl", "vtl", "ctl", "mmitl", "undirected_itl", "undirected_vtl")
+    if args.strategy in gp_rules:
+        options["space"] = args.space
+    if args.strategy == "itl":
+        options["formulation"] = args.formulation
+    if args.strategy == "information_density":
+        options["beta"] = args.beta
+
+    progress = args.progress
+    if progress is None:
+        n = pool.shape[0] if pool is not None and pool.ndim >= 1 else 0
+        sequential = args.strategy in gp_rules + ("maxdist",)
+        progress = sys.stderr.isatty() and sequential and n * max(args.k, 0) >= 1_000_000
+
+    kernel = get_kernel(args.kernel, args.lengthscale)
+    sel = select(
+        args.strategy, pool, target, k=args.k, noise_std=args.noise_std,
+        key=jax.random.key(args.seed), allow_repeats=args.allow_repeats,
+        normalize=args.normalize, kernel=kernel, probs=probs, progress=progress, **options,
+    )
+    out = {
+        "indices": [int(i) for i in np.asarray(sel.indices)],
+        "values": [_json_float(float(v)) for v in np.asarray(sel.values)],
+    }
+    text = json.dumps(out)
+    if args.out in (None, "-"):
+        print(text)
+    else:
+        try:
+            with open(args.out, "w") as f:
+                f.write(text + "\n")
+        except OSError as e:
+            raise BadInput(f"--out: cannot write {args.out}: {e.strerror}") from e
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        args = _build_parser().parse_args(argv)
+        return args.func(args)
+    except BadInput as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # the library's bad-input errors
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug: still one line unless --debug
+        if debug:
+            raise
+        msg = str(e).splitlines()[0] if str(e) else ""
+        print(f"{PROG}: internal error: {type(e).__name__}: {msg} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

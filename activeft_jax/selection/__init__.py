@@ -1,0 +1,37 @@
+"""Selection rules: each a pure function of embeddings returning a `Selection`."""
+
+from activeft_jax.selection.diversity import maxdist as maxdist
+from activeft_jax.selection.diversity import random as random
+from activeft_jax.selection.dispatch import STRATEGIES as STRATEGIES
+from activeft_jax.selection.dispatch import TARGETED as TARGETED
+from activeft_jax.selection.dispatch import select as select
+from activeft_jax.selection.result import Selection as Selection
+from activeft_jax.selection.similarity import cosine as cosine
+from activeft_jax.selection.similarity import information_density as information_density
+from activeft_jax.selection.similarity import max_entropy as max_entropy
+from activeft_jax.selection.transductive import ctl as ctl
+from activeft_jax.selection.transductive import itl as itl
+from activeft_jax.selection.transductive import mmitl as mmitl
+from activeft_jax.selection.transductive import vtl as vtl
+from activeft_jax.selection.undirected import uncertainty as uncertainty
+from activeft_jax.selection.undirected import undirected_itl as undirected_itl
+from activeft_jax.selection.undirected import undirected_vtl as undirected_vtl
+
+__all__ = [
+    "STRATEGIES",
+    "TARGETED",
+    "Selection",
+    "cosine",
+    "ctl",
+    "information_density",
+    "itl",
+    "max_entropy",
+    "maxdist",
+    "mmitl",
+    "random",
+    "select",
+    "uncertainty",
+    "undirected_itl",
+    "undirected_vtl",
+    "vtl",
+]

@@ -1,0 +1,131 @@
+"""Checks run in Python before anything is traced.
+
+Shape, rank, dtype and `k` checks use only static information, so they also
+work when a caller wraps our functions in `jax.jit` or `jax.vmap`. Value
+checks (NaN/inf, noise_std > 0) run when the value is concrete and are skipped
+for tracers, where nothing can be known before the computation runs.
+Every error is a `ValueError` that names the argument and its shape.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "as_float_matrix",
+    "check_finite",
+    "check_k",
+    "check_key",
+    "check_noise_std",
+    "check_target",
+    "is_traced",
+]
+
+
+def is_traced(x: Any) -> bool:
+    """True if `x` is a JAX tracer (inside jit / vmap / grad)."""
+    return isinstance(x, jax.core.Tracer)
+
+
+def _shape(x: Any) -> tuple:
+    return tuple(getattr(x, "shape", np.shape(x)))
+
+
+def as_float_matrix(x: Any, name: str) -> jax.Array:
+    """Converts `x` to a floating [n, d] array with n, d >= 1, or raises ValueError.
+
+    Integer and boolean input is cast to the default float dtype; complex,
+    string and object input is rejected.
+    """
+    if x is None:
+        raise ValueError(f"`{name}` is required; got None.")
+    if not hasattr(x, "dtype"):
+        try:
+            x = np.asarray(x)
+        except Exception as e:  # ragged lists and the like
+            raise ValueError(f"`{name}` must be an array of shape [n, d]; got {type(x).__name__}.") from e
+    dtype = np.dtype(x.dtype) if not is_traced(x) else x.dtype
+    if jnp.issubdtype(dtype, jnp.floating):
+        pass
+    elif jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.bool_):
+        x = jnp.asarray(x, dtype=jnp.result_type(float))
+    else:
+        raise ValueError(f"`{name}` must hold real numbers; got dtype {dtype}.")
+    shape = _shape(x)
+    if len(shape) != 2:
+        raise ValueError(f"`{name}` must have shape [n, d] (rank 2); got shape {shape}.")
+    if shape[0] < 1 or shape[1] < 1:
+        raise ValueError(f"`{name}` must have at least one row and one column; got shape {shape}.")
+    return jnp.asarray(x)
+
+
+def check_finite(x: jax.Array, name: str) -> None:
+    """Raises if a concrete `x` holds NaN or inf (skipped for tracers)."""
+    if is_traced(x):
+        return
+    finite = jnp.isfinite(x)
+    if not bool(jnp.all(finite)):
+        bad = np.argwhere(~np.asarray(finite))[0]
+        raise ValueError(
+            f"`{name}` (shape {_shape(x)}) contains NaN or inf, first at index {tuple(int(i) for i in bad)}."
+        )
+
+
+def check_k(k: Any, n: int, name: str = "pool") -> int:
+    """`k` must be a Python/NumPy integer (static) with 1 <= k <= n."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise ValueError(
+            f"`k` must be a Python int (it fixes the output shape and is static under jit); got {k!r}."
+        )
+    k = int(k)
+    if not 1 <= k <= n:
+        raise ValueError(f"`k` must satisfy 1 <= k <= N={n} (the number of rows of `{name}`); got k={k}.")
+    return k
+
+
+def check_target(target: Any, d: int) -> jax.Array:
+    """A non-empty [m, d] target set with the pool's embedding dimension."""
+    if target is None:
+        raise ValueError("this strategy needs a `target` of shape [m, d]; got None.")
+    shape = _shape(target)
+    if len(shape) == 2 and shape[0] == 0:
+        raise ValueError(f"`target` is empty (shape {shape}); give at least one target.")
+    target = as_float_matrix(target, "target")
+    if target.shape[1] != d:
+        raise ValueError(
+            f"`target` has embedding dimension {target.shape[1]} (shape {target.shape}) "
+            f"but `pool` has {d}."
+        )
+    return target
+
+
+def check_noise_std(noise_std: Any) -> None:
+    """A concrete `noise_std` must be a finite scalar > 0 (skipped for tracers)."""
+    if is_traced(noise_std):
+        if jnp.ndim(noise_std) != 0:
+            raise ValueError(
+                f"`noise_std` must be a scalar; got shape {_shape(noise_std)} (use jax.vmap to sweep)."
+            )
+        return
+    if noise_std is None:
+        raise ValueError("`noise_std` must be a positive number; got None.")
+    arr = np.asarray(noise_std)
+    if arr.ndim != 0:
+        raise ValueError(f"`noise_std` must be a scalar; got shape {arr.shape} (use jax.vmap to sweep).")
+    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+        raise ValueError(f"`noise_std` must be a real number; got {noise_std!r}.")
+    if not np.isfinite(arr) or arr <= 0:
+        raise ValueError(f"`noise_std` must be finite and > 0; got {float(arr)}.")
+
+
+def check_key(key: Optional[Any], strategy: str) -> jax.Array:
+    """A PRNG key is required by randomized strategies."""
+    if key is None:
+        raise ValueError(
+            f"strategy {strategy!r} is randomized and needs `key` (e.g. key=jax.random.key(0))."
+        )
+    return key

@@ -1,0 +1,21 @@
+"""Test configuration: 8 CPU devices (for the sharding tests) and strict rank promotion."""
+
+import os
+
+# Must happen before jax is imported anywhere: the sharding tests split the
+# pool over 8 host devices; every other test runs on device 0 as usual.
+_flags = os.environ.get("XLA_FLAGS", "")
+if "xla_force_host_platform_device_count" not in _flags:
+    os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+@pytest.fixture(params=["float32", "float64"])
+def dtype(request):
+    """Runs a test under float32 and under float64 (x64 switched on only inside it)."""
+    with jax.enable_x64(request.param == "float64"):
+        yield request.param
