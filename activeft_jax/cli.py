@@ -116,10 +116,13 @@ def _json_float(v: float) -> Optional[float]:
 
 
 def _select(args: argparse.Namespace) -> int:
-    if args.x64:
-        import jax
+    import jax
 
-        jax.config.update("jax_enable_x64", True)
+    with jax.enable_x64(bool(args.x64)):
+        return _select_in_precision(args)
+
+
+def _select_in_precision(args: argparse.Namespace) -> int:
     import jax
 
     from activeft_jax.kernels import get_kernel

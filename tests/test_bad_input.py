@@ -1,0 +1,159 @@
+"""Every bad input raises a ValueError naming the argument and shape, before tracing;
+the CLI turns each into one line on stderr and exit status 2."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import activeft_jax as aft
+from activeft_jax import cli
+from activeft_jax.selection import greedy as greedy_module
+
+POOL = np.random.default_rng(0).standard_normal((20, 4)).astype(np.float32)
+TARGET = np.random.default_rng(1).standard_normal((3, 4)).astype(np.float32)
+KEY = jax.random.key(0)
+
+
+def _with_nan(x, i=2, j=1, value=np.nan):
+    x = x.copy()
+    x[i, j] = value
+    return x
+
+
+BAD = [
+    # (description, call, regex the message must match)
+    ("pool rank 1", lambda: aft.select("vtl", POOL[0], TARGET, k=2), r"`pool` must have shape \[n, d\].*\(4,\)"),
+    ("pool rank 3", lambda: aft.select("vtl", POOL[None], TARGET, k=2), r"`pool`.*\(1, 20, 4\)"),
+    ("target rank 1", lambda: aft.select("vtl", POOL, TARGET[0], k=2), r"`target`.*\(4,\)"),
+    ("d mismatch", lambda: aft.select("itl", POOL, TARGET[:, :3], k=2), r"`target` has embedding dimension 3 \(shape \(3, 3\)\).*`pool` has 4"),
+    ("k > N", lambda: aft.select("ctl", POOL, TARGET, k=21), r"1 <= k <= N=20.*k=21"),
+    ("k < 1", lambda: aft.select("mmitl", POOL, TARGET, k=0), r"1 <= k <= N=20.*k=0"),
+    ("k float", lambda: aft.select("vtl", POOL, TARGET, k=2.0), r"`k` must be a Python int"),
+    ("k array", lambda: aft.select("vtl", POOL, TARGET, k=jnp.asarray(2)), r"`k` must be a Python int"),
+    ("NaN pool", lambda: aft.select("vtl", _with_nan(POOL), TARGET, k=2), r"`pool` \(shape \(20, 4\)\) contains NaN or inf, first at index \(2, 1\)"),
+    ("inf pool", lambda: aft.select("undirected_itl", _with_nan(POOL, value=np.inf), k=2), r"`pool`.*NaN or inf"),
+    ("NaN target", lambda: aft.select("itl", POOL, _with_nan(TARGET, 0, 0), k=2), r"`target` \(shape \(3, 4\)\) contains NaN"),
+    ("noise 0", lambda: aft.select("vtl", POOL, TARGET, k=2, noise_std=0.0), r"`noise_std` must be finite and > 0; got 0.0"),
+    ("noise < 0", lambda: aft.select("itl", POOL, TARGET, k=2, noise_std=-1.0), r"`noise_std`.*> 0"),
+    ("noise NaN", lambda: aft.select("ctl", POOL, TARGET, k=2, noise_std=float("nan")), r"`noise_std`"),
+    ("noise vector", lambda: aft.select("vtl", POOL, TARGET, k=2, noise_std=np.ones(3)), r"`noise_std` must be a scalar; got shape \(3,\)"),
+    ("empty target", lambda: aft.select("vtl", POOL, TARGET[:0], k=2), r"`target` is empty \(shape \(0, 4\)\)"),
+    ("missing target", lambda: aft.select("itl", POOL, None, k=2), r"needs a `target`"),
+    ("missing target cosine", lambda: aft.select("cosine", POOL, k=2), r"needs a `target`"),
+    ("missing pool", lambda: aft.select("vtl", None, TARGET, k=2), r"needs a `pool`"),
+    ("string pool", lambda: aft.select("vtl", np.array([["a", "b"]]), TARGET, k=1), r"`pool` must hold real numbers"),
+    ("complex pool", lambda: aft.select("vtl", POOL.astype(complex), TARGET, k=1), r"`pool` must hold real numbers"),
+    ("empty pool", lambda: aft.select("undirected_itl", np.zeros((0, 4)), k=1), r"`pool` must have at least one row"),
+    ("unknown strategy", lambda: aft.select("nope", POOL, TARGET, k=2), r"unknown strategy 'nope'"),
+    ("unknown option", lambda: aft.select("vtl", POOL, TARGET, k=2, foo=1), r"does not take option\(s\) \['foo'\]"),
+    ("missing key", lambda: aft.select("random", POOL, k=2), r"needs `key`"),
+    ("missing key maxdist", lambda: aft.select("maxdist", POOL, k=2), r"needs `key`"),
+    ("missing probs", lambda: aft.select("max_entropy", POOL, k=2), r"needs `probs`"),
+    ("probs rows", lambda: aft.select("information_density", POOL, TARGET, probs=np.full((5, 2), 0.5), k=2), r"`probs` must have one row per pool point.*\(5, 2\)"),
+    ("probs negative", lambda: aft.select("max_entropy", probs=np.array([[1.5, -0.5]]), k=1), r"negative entries"),
+    ("probs logits", lambda: aft.select("max_entropy", probs=np.array([[2.0, 3.0]]), k=1), r"must sum to 1"),
+    ("rbf weight space", lambda: aft.select("vtl", POOL, TARGET, k=2, kernel="rbf", space="weight"), r"feature map"),
+    ("rbf undirected vtl", lambda: aft.select("undirected_vtl", POOL, k=2, kernel="rbf"), r"feature map"),
+    ("unknown kernel", lambda: aft.select("vtl", POOL, TARGET, k=2, kernel="poly"), r"`kernel` must be one of"),
+    ("bad formulation", lambda: aft.select("itl", POOL, TARGET, k=2, formulation="x"), r"`formulation`"),
+    ("bad space", lambda: aft.select("vtl", POOL, TARGET, k=2, space="x"), r"`space`"),
+]
+
+
+@pytest.mark.parametrize("desc,call,pattern", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_raises_value_error_before_tracing(desc, call, pattern):
+    before = greedy_module._greedy_full._cache_size()
+    with pytest.raises(ValueError, match=pattern):
+        call()
+    assert greedy_module._greedy_full._cache_size() == before  # nothing was traced
+
+
+def test_shape_errors_also_raise_under_jit_and_vmap():
+    with pytest.raises(ValueError, match="embedding dimension"):
+        jax.jit(lambda P, T: aft.select("vtl", P, T, k=2))(POOL, TARGET[:, :2])
+    with pytest.raises(ValueError, match="1 <= k <= N=20"):
+        jax.vmap(lambda s: aft.select("vtl", POOL, TARGET, k=30, noise_std=s))(jnp.ones(2))
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+@pytest.fixture()
+def files(tmp_path):
+    np.save(tmp_path / "pool.npy", POOL)
+    np.save(tmp_path / "target.npy", TARGET)
+    np.savez(tmp_path / "both.npz", pool=POOL, target=TARGET)
+    np.save(tmp_path / "nan.npy", _with_nan(POOL))
+    np.save(tmp_path / "vec.npy", POOL[0])
+    np.save(tmp_path / "text.npy", np.array([["a", "b"]]))
+    (tmp_path / "pool.csv").write_text("1,2\n")
+    return tmp_path
+
+
+CLI_BAD = [
+    ("no target", "--strategy vtl --pool {d}/pool.npy --k 2", "needs --target"),
+    ("no pool", "--strategy vtl --target {d}/target.npy --k 2", "--pool is required"),
+    ("missing file", "--strategy vtl --pool {d}/none.npy --target {d}/target.npy --k 2", "no such file"),
+    ("npz lacks array", "--strategy vtl --pool {d}/both.npz --target {d}/pool.npy --k 2 --probs {d}/both.npz", "has no array named 'probs'"),
+    ("bad extension", "--strategy vtl --pool {d}/pool.csv --target {d}/target.npy --k 2", "expected a .npy or .npz"),
+    ("k too big", "--strategy vtl --pool {d}/pool.npy --target {d}/target.npy --k 99", "1 <= k <= N=20"),
+    ("k zero", "--strategy itl --pool {d}/both.npz --target {d}/both.npz --k 0", "1 <= k <= N=20"),
+    ("k not int", "--strategy itl --pool {d}/both.npz --target {d}/both.npz --k two", "invalid int value"),
+    ("nan", "--strategy vtl --pool {d}/nan.npy --target {d}/target.npy --k 2", "contains NaN or inf"),
+    ("rank", "--strategy vtl --pool {d}/vec.npy --target {d}/target.npy --k 2", "must have shape"),
+    ("dim", "--strategy vtl --pool {d}/pool.npy --target {d}/vec.npy --k 2", "`target` must have shape"),
+    ("noise", "--strategy vtl --pool {d}/pool.npy --target {d}/target.npy --k 2 --noise-std 0", "noise_std"),
+    ("strings", "--strategy vtl --pool {d}/text.npy --target {d}/target.npy --k 2", "expected real numbers"),
+    ("strategy", "--strategy nope --pool {d}/pool.npy --k 2", "invalid choice"),
+    ("no k", "--strategy vtl --pool {d}/pool.npy --target {d}/target.npy", "required: --k"),
+    ("bad out", "--strategy vtl --pool {d}/pool.npy --target {d}/target.npy --k 2 --out /nonexistent/x.json", "cannot write"),
+]
+
+
+@pytest.mark.parametrize("desc,args,message", CLI_BAD, ids=[c[0] for c in CLI_BAD])
+def test_cli_bad_input_is_one_line_and_exit_2(files, capsys, desc, args, message):
+    code = cli.main(["select"] + args.format(d=files).split())
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_cli_as_a_subprocess_one_line_no_traceback(files):
+    """The installed entry point: a targeted rule without --target exits 2, one line."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "activeft_jax.cli", "select", "--strategy", "itl",
+         "--pool", str(files / "pool.npy"), "--k", "3"],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "needs --target" in proc.stderr
+
+
+def test_cli_writes_the_library_selection(files, capsys):
+    out = files / "sel.json"
+    code = cli.main(["select", "--strategy", "vtl", "--pool", str(files / "both.npz"),
+                     "--target", str(files / "both.npz"), "--k", "5", "--noise-std", "0.7",
+                     "--allow-repeats", "--out", str(out)])
+    assert code == 0
+    got = json.loads(out.read_text())
+    assert set(got) == {"indices", "values"}
+    ref = aft.select("vtl", POOL, TARGET, k=5, noise_std=0.7, allow_repeats=True)
+    assert got["indices"] == [int(i) for i in ref.indices]
+    np.testing.assert_allclose(got["values"], np.asarray(ref.values), rtol=1e-6)
+
+
+def test_cli_x64_normalize_seed_and_stdout(files, capsys):
+    assert cli.main(["select", "--strategy", "maxdist", "--pool", str(files / "pool.npy"),
+                     "--k", "4", "--seed", "3", "--normalize", "--x64"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    with jax.enable_x64(True):
+        ref = aft.select("maxdist", POOL.astype(np.float64), k=4, key=jax.random.key(3), normalize=True)
+    assert got["indices"] == [int(i) for i in ref.indices]
+    assert got["values"][0] is None  # +inf (distance to no center) is written as null
+    np.testing.assert_allclose(got["values"][1:], np.asarray(ref.values[1:]), rtol=1e-12)
