@@ -9,7 +9,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import activeft_jax as aft
 from activeft_jax.selection import greedy as greedy_module
 
-from helpers import random_problem
+from helpers import TOL, random_problem
 
 GP_RULES = ["itl", "vtl", "ctl", "mmitl", "undirected_itl", "undirected_vtl"]
 ALL = GP_RULES + ["uncertainty", "cosine", "maxdist", "random"]
@@ -44,7 +44,9 @@ def test_vmap_over_noise_std_equals_a_loop(rule):
     for j, s in enumerate(noises):
         one = aft.select(rule, P, T, k=6, noise_std=float(s))
         np.testing.assert_array_equal(batched.indices[j], one.indices)
-        np.testing.assert_allclose(batched.values[j], one.values, rtol=1e-5, atol=1e-5)
+        # batched and single calls sum in different orders: float32 round-off
+        rtol, atol = TOL["float32"]
+        np.testing.assert_allclose(batched.values[j], one.values, rtol=rtol, atol=atol)
 
 
 @pytest.mark.parametrize("rule", ["itl", "vtl", "ctl", "mmitl", "cosine"])

@@ -61,6 +61,14 @@ class Posterior(NamedTuple):
       base: weight space only: [d, d] factor G of the prior weight covariance
         B = GᵀG, or None for B = I. Always None in kernel space.
       step: [] int32, the index of the next row to write.
+      targets: [m', d] target features (weight space) or points (kernel space).
+      target_rows: kernel space only: [r, m'] the rows at the targets,
+        v_j(A); None in weight space.
+
+    A step computes the new row at the targets, v_{n+1}(A), from `targets`
+    (and `target_rows`) rather than by reading row x* of `cov`: a read of the
+    [N, m'] state inside its own rank-1 update would stop XLA from updating it
+    in place, and it would copy the whole state every step.
     """
 
     var: jax.Array
@@ -69,6 +77,8 @@ class Posterior(NamedTuple):
     rows: jax.Array
     base: Optional[jax.Array]
     step: jax.Array
+    targets: jax.Array
+    target_rows: Optional[jax.Array]
 
 
 class WeightSpace(NamedTuple):
@@ -176,6 +186,8 @@ def init_weight_space(features: jax.Array, target_features: Optional[jax.Array],
         rows=jnp.zeros((num_rows, d), dtype),
         base=base,
         step=jnp.zeros((), jnp.int32),
+        targets=target_features,
+        target_rows=None,
     )
 
 
@@ -199,25 +211,34 @@ def init_kernel_space(kernel: Kernel, points: jax.Array, targets: Optional[jax.A
     cov = kernel.cross(points, targets)
     var_target = kernel.diag(targets)
     rows = jnp.zeros((num_rows, n), dtype)
+    target_rows = jnp.zeros((num_rows, targets.shape[0]), dtype)
     step = jnp.zeros((), jnp.int32)
     if prior_rows is not None:
+        if targets.shape[0]:
+            raise ValueError("`prior_rows` cannot be combined with `targets`.")
         var = var - jnp.sum(prior_rows * prior_rows, axis=0)
         var = jnp.maximum(var, 0)
         rows = jnp.concatenate([prior_rows.astype(dtype), rows], axis=0)
+        target_rows = jnp.zeros((rows.shape[0], 0), dtype)
         step = step + prior_rows.shape[0]
-    return Posterior(var=var, cov=cov, var_target=var_target, rows=rows, base=None, step=step)
+    return Posterior(var=var, cov=cov, var_target=var_target, rows=rows, base=None, step=step,
+                     targets=targets, target_rows=target_rows)
 
 
 def _append(state: Posterior, index: jax.Array, cov_row: jax.Array, payload: jax.Array,
-            noise_var: jax.Array) -> Posterior:
+            target_cov_row: jax.Array, noise_var: jax.Array) -> Posterior:
     """Appends the Cholesky row for an observation at pool point `index`.
 
-    `cov_row` is Cov_n(x_index, S) [N]; `payload` is what the row buffer stores
-    (Σ_n φ(x_index) [d] in weight space, `cov_row` itself in kernel space).
+    `cov_row` is Cov_n(x_index, S) [N] and `target_cov_row` Cov_n(x_index, A)
+    [m']; `payload` is what the row buffer stores (Σ_n φ(x_index) [d] in weight
+    space, `cov_row` itself in kernel space).
     """
     inv_scale = lax.rsqrt(state.var[index] + noise_var)
     v = cov_row * inv_scale                       # [N]  v_{n+1}(S)
-    v_target = state.cov[index] * inv_scale       # [m'] v_{n+1}(A)
+    v_target = target_cov_row * inv_scale         # [m'] v_{n+1}(A)
+    target_rows = state.target_rows
+    if target_rows is not None:
+        target_rows = lax.dynamic_update_index_in_dim(target_rows, v_target, state.step, 0)
     return Posterior(
         var=jnp.maximum(state.var - v * v, 0),
         cov=state.cov - v[:, None] * v_target[None, :],
@@ -225,6 +246,8 @@ def _append(state: Posterior, index: jax.Array, cov_row: jax.Array, payload: jax
         rows=lax.dynamic_update_index_in_dim(state.rows, payload * inv_scale, state.step, 0),
         base=state.base,
         step=state.step + 1,
+        targets=state.targets,
+        target_rows=target_rows,
     )
 
 
@@ -256,15 +279,17 @@ def condition(space: "WeightSpace | KernelSpace", states: Sequence[Posterior],
             ws.append(w)
         cov_rows = matmul(space.features, jnp.stack(ws, axis=1))       # [N, s]
         return tuple(
-            _append(st, index, cov_rows[:, j], ws[j], noise_var)
+            _append(st, index, cov_rows[:, j], ws[j], matmul(st.targets, ws[j]), noise_var)
             for j, st in enumerate(states)
         )
     x = space.points[index]
     k_row = space.kernel.cross(x[None, :], space.points)[0]           # [N]
     out = []
     for st in states:
-        r = k_row - matmul(st.rows[:, index], st.rows)                 # Cov_n(x*, S)
-        out.append(_append(st, index, r, r, noise_var))
+        past = st.rows[:, index]                                       # v_j(x*)
+        r = k_row - matmul(past, st.rows)                              # Cov_n(x*, S)
+        r_target = space.kernel.cross(x[None, :], st.targets)[0] - matmul(past, st.target_rows)
+        out.append(_append(st, index, r, r, r_target, noise_var))
     return tuple(out)
 
 

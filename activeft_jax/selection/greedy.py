@@ -42,9 +42,12 @@ class GreedyRule(NamedTuple):
 
 
 def _scan(rule: GreedyRule, carry, num_steps: int, allow_repeats: bool):
+    # The carry holds the current scores, computed right after each update:
+    # reading the state for the score and updating it in the same iteration
+    # lets XLA update the [N, m'] state in place (scoring at the top of the
+    # next iteration made it copy the whole state every step).
     def body(carry, _):
-        state, available = carry
-        scores = rule.score(state)
+        state, available, scores = carry
         scores = jnp.where(jnp.isnan(scores), -jnp.inf, scores)
         if not allow_repeats:
             scores = jnp.where(available, scores, -jnp.inf)
@@ -53,13 +56,14 @@ def _scan(rule: GreedyRule, carry, num_steps: int, allow_repeats: bool):
         state = rule.update(state, index)
         if not allow_repeats:
             available = available.at[index].set(False)
-        return (state, available), (index, value)
+        return (state, available, rule.score(state)), (index, value)
 
     return lax.scan(body, carry, length=num_steps)
 
 
 def _init_carry(rule: GreedyRule):
-    return rule.init(), jnp.ones((rule.num_points,), bool)
+    state = rule.init()
+    return state, jnp.ones((rule.num_points,), bool), rule.score(state)
 
 
 @functools.partial(jax.jit, static_argnames=("build", "k", "allow_repeats", "options"))
