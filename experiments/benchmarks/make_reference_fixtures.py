@@ -13,15 +13,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 
 import numpy as np
 
+from _reference import DEFAULT_REF_PYTHON, run_reference
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-HARNESS = os.path.join(HERE, "reference", "run_ref.py")
 
 # name -> (generator, k, noise_std, reference strategies)
 GP = ["ITL", "VTL", "CTL", "MMITL", "UndirectedVTL", "UndirectedITL", "UncertaintySampling",
@@ -55,20 +55,9 @@ PROBLEMS = {
 }
 
 
-def run_reference(ref_python, npz, strategy, k, noise_std):
-    cmd = [ref_python, HARNESS, "--npz", npz, "--strategy", strategy, "--k", str(k),
-           "--noise-std", str(noise_std), "--mini-batch-size", "exact", "--seed", "0"]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    line = out.stdout.strip().splitlines()[-1]
-    res = json.loads(line)
-    if res["error"]:
-        raise RuntimeError(f"{strategy}: {res['error']}")
-    return {"indices": res["indices"], "values": res["values"]}
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--ref-python", default=os.path.join(ROOT, ".ref-venv", "bin", "python"))
+    p.add_argument("--ref-python", default=DEFAULT_REF_PYTHON)
     p.add_argument("--out", default=os.path.join(ROOT, "tests", "data", "reference_activeft_0_1_1"))
     a = p.parse_args()
     arrays, meta = {}, {"library": "activeft 0.1.1 (exact mode: mini_batch_size = N + 1)",
@@ -85,7 +74,8 @@ def main():
             np.savez(npz, pool=pool, target=target)
             picks = {}
             for s in strategies:
-                picks[s] = run_reference(a.ref_python, npz, s, k, noise)
+                res = run_reference(a.ref_python, npz, s, k, noise)
+                picks[s] = {"indices": res["indices"], "values": res["values"]}
                 print(f"{name:18s} {s:20s} {picks[s]['indices'][:8]}...", file=sys.stderr)
             meta["problems"][name] = {"k": k, "noise_std": noise, "picks": picks}
     np.savez_compressed(a.out + ".npz", **arrays)
