@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from activeft_jax import gp
-from activeft_jax._numerics import safe_divide
+from activeft_jax._numerics import matmul, safe_divide
 from activeft_jax.selection._setup import (
     geometry,
     init_posterior,
@@ -203,20 +203,35 @@ def itl(pool: Any, target: Any, *, k: int, noise_std: Any = 0.1, kernel: Any = N
 # ----------------------------------------------------------------------------- CTL / MM-ITL
 
 
-def correlations(state: gp.Posterior) -> jax.Array:
-    """Noise-free posterior correlations ρ_n(x, a): [N, m], 0 where a variance is 0."""
-    den = jnp.sqrt(state.var[:, None] * state.var_target[None, :])
-    return jnp.clip(safe_divide(state.cov, den), -1, 1)
+def _inv_std(var: jax.Array) -> jax.Array:
+    """1/σ where σ² > 0, else 0 (a zero-variance point or target is uncorrelated)."""
+    ok = var > 0
+    return jnp.where(ok, jax.lax.rsqrt(jnp.where(ok, var, 1)), 0)
 
 
 def ctl_scores(state: gp.Posterior) -> jax.Array:
-    """CTL: mean_a ρ_n(x, a) (signed): [N]."""
-    return jnp.mean(correlations(state), axis=1)
+    """CTL: mean_a ρ_n(x, a) (signed): [N].
+
+    ρ_n(x, a) = Cov_n(x, a) / (σ_n(x) σ_n(a)) is linear in the covariances, so
+    the mean is one matrix-vector product, (C w) / σ_n(x) with w_a = 1 / (m σ_n(a)),
+    instead of an [N, m] elementwise pass.
+    """
+    m = state.var_target.shape[0]
+    w = _inv_std(state.var_target) / m
+    mean = matmul(state.cov, w) * _inv_std(state.var)
+    return jnp.clip(mean, -1, 1)
 
 
 def mmitl_scores(state: gp.Posterior) -> jax.Array:
-    """MM-ITL: mean_a −½ log(1 − ρ_n(x, a)²): [N] (finite even at |ρ| = 1)."""
-    rho = correlations(state)
+    """MM-ITL: mean_a −½ log(1 − ρ_n(x, a)²): [N] (finite even at |ρ| = 1).
+
+    (One log per pair dominates the step. On XLA's CPU backend this form,
+    with the division and the clip per pair, measured 2-3× faster inside the
+    greedy scan than algebraically equal forms built from 1/σ², because of
+    how the row reduction of the log gets fused with what follows it.)
+    """
+    den = jnp.sqrt(state.var[:, None] * state.var_target[None, :])
+    rho = jnp.clip(safe_divide(state.cov, den), -1, 1)
     tiny = jnp.finfo(rho.dtype).tiny
     return jnp.mean(-0.5 * jnp.log(jnp.maximum(1 - rho * rho, tiny)), axis=1)
 
