@@ -1,0 +1,50 @@
+"""Runs the PyTorch reference `activeft` 0.1.1 through its harness (reference/run_ref.py).
+
+The reference lives in its own venv (`make ref-venv`); this module only starts
+that interpreter as a subprocess, so activeft_jax never imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+HARNESS = os.path.join(HERE, "reference", "run_ref.py")
+DEFAULT_REF_PYTHON = os.path.join(ROOT, ".ref-venv", "bin", "python")
+
+# our strategy name -> the harness's
+REFERENCE_NAME = {
+    "itl": "ITL", "vtl": "VTL", "ctl": "CTL", "mmitl": "MMITL",
+    "undirected_itl": "UndirectedITL", "undirected_vtl": "UndirectedVTL",
+    "uncertainty": "UncertaintySampling", "cosine": "CosineSimilarity",
+    "information_density": "InformationDensity", "max_entropy": "MaxEntropy",
+    "maxdist": "MaxDist", "random": "Random",
+}
+
+
+def run_reference(ref_python: str, npz: str, strategy: str, k: int, noise_std: float, *,
+                  mini_batch_size: str = "exact", seed: int = 0, threads: int | None = None,
+                  check: bool = True) -> dict:
+    """One harness run; returns its JSON record (indices, values, wall_time_s, error, ...).
+
+    `strategy` is the harness's name (see REFERENCE_NAME). With `check`, a
+    library error raises RuntimeError; otherwise it is returned in 'error'.
+    """
+    if not os.path.exists(ref_python):
+        raise SystemExit(f"reference interpreter not found: {ref_python} (run `make ref-venv`)")
+    cmd = [ref_python, HARNESS, "--npz", npz, "--strategy", strategy, "--k", str(k),
+           "--noise-std", str(noise_std), "--mini-batch-size", str(mini_batch_size),
+           "--seed", str(seed)]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    lines = out.stdout.strip().splitlines()
+    if not lines:
+        raise RuntimeError(f"{strategy}: the harness printed nothing; stderr: {out.stderr[-2000:]}")
+    res = json.loads(lines[-1])
+    if check and res["error"]:
+        raise RuntimeError(f"{strategy}: {res['error']}")
+    return res
