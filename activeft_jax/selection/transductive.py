@@ -225,15 +225,19 @@ def ctl_scores(state: gp.Posterior) -> jax.Array:
 def mmitl_scores(state: gp.Posterior) -> jax.Array:
     """MM-ITL: mean_a −½ log(1 − ρ_n(x, a)²): [N] (finite even at |ρ| = 1).
 
-    (One log per pair dominates the step. On XLA's CPU backend this form,
-    with the division and the clip per pair, measured 2-3× faster inside the
-    greedy scan than algebraically equal forms built from 1/σ², because of
-    how the row reduction of the log gets fused with what follows it.)
+    ρ² is formed as Cov² · (1/σ²(x)) · (1/σ²(a)), and the mean over targets is
+    a matrix-vector product with the constant weights −1/(2m). (One log per
+    pair dominates the step. On XLA's CPU backend a row `mean` of the logs was
+    fused with its consumers into a slow loop: this form made the greedy scan
+    1.8× faster at N = 10⁵, m = 100.)
     """
-    den = jnp.sqrt(state.var[:, None] * state.var_target[None, :])
-    rho = jnp.clip(safe_divide(state.cov, den), -1, 1)
-    tiny = jnp.finfo(rho.dtype).tiny
-    return jnp.mean(-0.5 * jnp.log(jnp.maximum(1 - rho * rho, tiny)), axis=1)
+    inv_var = jnp.square(_inv_std(state.var))
+    inv_var_target = jnp.square(_inv_std(state.var_target))
+    rho2 = jnp.square(state.cov) * inv_var[:, None] * inv_var_target[None, :]
+    tiny = jnp.finfo(rho2.dtype).tiny
+    log_terms = jnp.log(jnp.maximum(1 - rho2, tiny))                   # [N, m]
+    m = log_terms.shape[1]
+    return matmul(log_terms, jnp.full((m,), -0.5 / m, log_terms.dtype))
 
 
 def _build_correlation(args, *, k, space, normalize, measure):
