@@ -1,4 +1,5 @@
-"""Runs the PyTorch reference `activeft` 0.1.1 through its harness (reference/run_ref.py).
+"""Shared by the benchmarks: seeded inputs, and the PyTorch reference `activeft` 0.1.1
+run through its harness (reference/run_ref.py).
 
 The reference lives in its own venv (`make ref-venv`); this module only starts
 that interpreter as a subprocess, so activeft_jax never imports torch.
@@ -10,10 +11,25 @@ import json
 import os
 import subprocess
 
+import numpy as np
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 HARNESS = os.path.join(HERE, "reference", "run_ref.py")
 DEFAULT_REF_PYTHON = os.path.join(ROOT, ".ref-venv", "bin", "python")
+
+
+
+def gaussian(seed: int, n: int, d: int, m: int, normalize: bool = False):
+    """Standard normal float32 pool [n, d] and target [m, d]; unit rows with `normalize`."""
+    rng = np.random.default_rng(seed)
+    pool = rng.standard_normal((n, d)).astype(np.float32)
+    target = rng.standard_normal((m, d)).astype(np.float32)
+    if normalize:
+        pool /= np.linalg.norm(pool, axis=1, keepdims=True)
+        target /= np.linalg.norm(target, axis=1, keepdims=True)
+    return pool, target
+
 
 # our strategy name -> the harness's
 REFERENCE_NAME = {

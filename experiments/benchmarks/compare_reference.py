@@ -41,7 +41,7 @@ import time
 
 import numpy as np
 
-from _reference import DEFAULT_REF_PYTHON, REFERENCE_NAME, ROOT, run_reference
+from _reference import DEFAULT_REF_PYTHON, REFERENCE_NAME, ROOT, gaussian, run_reference
 
 TARGETED = {"itl", "vtl", "ctl", "mmitl", "cosine"}
 PARITY_RULES = ["itl", "vtl", "ctl", "mmitl", "undirected_vtl", "undirected_itl",
@@ -51,16 +51,6 @@ NEAR_TIE = 1e-5
 
 
 # ----------------------------------------------------------------------------- problems
-
-
-def gaussian(seed: int, n: int, d: int, m: int, normalize: bool = False):
-    rng = np.random.default_rng(seed)
-    pool = rng.standard_normal((n, d)).astype(np.float32)
-    target = rng.standard_normal((m, d)).astype(np.float32)
-    if normalize:
-        pool /= np.linalg.norm(pool, axis=1, keepdims=True)
-        target /= np.linalg.norm(target, axis=1, keepdims=True)
-    return pool, target
 
 
 # (name, seed, N, d, m, k, noise_std, unit-norm) — seeds disjoint from the test fixtures'

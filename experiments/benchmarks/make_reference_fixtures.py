@@ -18,7 +18,7 @@ import tempfile
 
 import numpy as np
 
-from _reference import DEFAULT_REF_PYTHON, run_reference
+from _reference import DEFAULT_REF_PYTHON, gaussian, run_reference
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -26,16 +26,6 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 # name -> (generator, k, noise_std, reference strategies)
 GP = ["ITL", "VTL", "CTL", "MMITL", "UndirectedVTL", "UndirectedITL", "UncertaintySampling",
       "CosineSimilarity", "InformationDensity", "MaxEntropy"]
-
-
-def gaussian(seed, n, d, m, normalize=False):
-    rng = np.random.default_rng(seed)
-    pool = rng.standard_normal((n, d)).astype(np.float32)
-    target = rng.standard_normal((m, d)).astype(np.float32)
-    if normalize:
-        pool /= np.linalg.norm(pool, axis=1, keepdims=True)
-        target /= np.linalg.norm(target, axis=1, keepdims=True)
-    return pool, target
 
 
 def clustered(seed, n, d, m, clusters=5):
