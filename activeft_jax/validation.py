@@ -21,6 +21,7 @@ __all__ = [
     "check_k",
     "check_key",
     "check_noise_std",
+    "check_positive",
     "check_target",
     "is_traced",
 ]
@@ -120,6 +121,23 @@ def check_noise_std(noise_std: Any) -> None:
         raise ValueError(f"`noise_std` must be a real number; got {noise_std!r}.")
     if not np.isfinite(arr) or arr <= 0:
         raise ValueError(f"`noise_std` must be finite and > 0; got {float(arr)}.")
+
+
+def check_positive(value: Any, name: str) -> None:
+    """A concrete `value` must be a finite real scalar > 0 (only the rank is checked for tracers)."""
+    if is_traced(value):
+        if jnp.ndim(value) != 0:
+            raise ValueError(f"`{name}` must be a scalar; got shape {_shape(value)} (use jax.vmap to sweep).")
+        return
+    if value is None:
+        raise ValueError(f"`{name}` must be a positive number; got None.")
+    arr = np.asarray(value)
+    if arr.ndim != 0:
+        raise ValueError(f"`{name}` must be a scalar; got shape {arr.shape} (use jax.vmap to sweep).")
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+        raise ValueError(f"`{name}` must be a real number; got {value!r}.")
+    if not np.isfinite(arr) or arr <= 0:
+        raise ValueError(f"`{name}` must be finite and > 0; got {float(arr)}.")
 
 
 def check_key(key: Optional[Any], strategy: str) -> jax.Array:

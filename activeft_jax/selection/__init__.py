@@ -1,5 +1,10 @@
 """Selection rules: each a pure function of embeddings returning a `Selection`."""
 
+from activeft_jax.selection.prototypes import ActiveFTFit as ActiveFTFit
+from activeft_jax.selection.prototypes import activeft as activeft
+from activeft_jax.selection.prototypes import activeft_loss as activeft_loss
+from activeft_jax.selection.prototypes import activeft_sweep as activeft_sweep
+from activeft_jax.selection.prototypes import fit_activeft as fit_activeft
 from activeft_jax.selection.diversity import maxdist as maxdist
 from activeft_jax.selection.diversity import random as random
 from activeft_jax.selection.dispatch import STRATEGIES as STRATEGIES
@@ -18,11 +23,16 @@ from activeft_jax.selection.undirected import undirected_itl as undirected_itl
 from activeft_jax.selection.undirected import undirected_vtl as undirected_vtl
 
 __all__ = [
+    "ActiveFTFit",
     "STRATEGIES",
     "TARGETED",
     "Selection",
+    "activeft",
+    "activeft_loss",
+    "activeft_sweep",
     "cosine",
     "ctl",
+    "fit_activeft",
     "information_density",
     "itl",
     "max_entropy",

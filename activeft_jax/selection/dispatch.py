@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from activeft_jax.selection import diversity, similarity, transductive, undirected
+from activeft_jax.selection import diversity, prototypes, similarity, transductive, undirected
 from activeft_jax.selection.result import Selection
 
 __all__ = ["STRATEGIES", "TARGETED", "select"]
@@ -24,6 +24,9 @@ _TABLE: dict[str, tuple[Callable[..., Selection], bool, bool, bool, tuple[str, .
     "random": (diversity.random, False, False, True, ()),
     "information_density": (similarity.information_density, True, True, False, ("beta",)),
     "max_entropy": (similarity.max_entropy, False, True, False, ()),
+    "activeft": (prototypes.activeft, False, False, False, (
+        "init_indices", "init", "temperature", "steps", "learning_rate", "balance", "optimizer",
+        "batch_size", "chunk_rows", "prune", "refresh", "num_fast", "progress")),
 }
 
 STRATEGIES: tuple[str, ...] = tuple(_TABLE)
@@ -43,7 +46,7 @@ def select(name: str, pool: Any = None, target: Any = None, *, k: int, noise_std
     Args:
       name: one of `STRATEGIES`: itl, vtl, ctl, mmitl, undirected_itl,
         undirected_vtl, uncertainty, cosine, maxdist, random,
-        information_density, max_entropy.
+        information_density, max_entropy, activeft.
       pool: [N, d] pool embeddings (for max_entropy it may be omitted).
       target: [m, d] target embeddings; required by itl, vtl, ctl, mmitl,
         cosine and information_density, ignored by the others.
@@ -56,7 +59,9 @@ def select(name: str, pool: Any = None, target: Any = None, *, k: int, noise_std
       probs: [N, C] class probabilities (information_density, max_entropy).
       progress: progress bar on stderr for the sequential rules.
       **options: strategy-specific options: `space` ('auto'|'weight'|'kernel')
-        for the GP rules, `formulation` for itl, `beta` for information_density.
+        for the GP rules, `formulation` for itl, `beta` for information_density,
+        and for activeft those of `selection.fit_activeft` (`init_indices`,
+        `temperature`, `steps`, `learning_rate`, `batch_size`, ...).
 
     Returns:
       `Selection(indices [k] int32, values [k])` in pick order.
@@ -83,7 +88,7 @@ def select(name: str, pool: Any = None, target: Any = None, *, k: int, noise_std
         **options,
     }
     kwargs = {opt: given[opt] for opt in accepted if opt in given}
-    if needs_key:
+    if needs_key or name == "activeft":  # activeft: needed unless init_indices are given
         kwargs["key"] = key
     if needs_target and target is None:
         raise ValueError(f"strategy {name!r} needs a `target` of shape [m, d]; got None.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tempfile
 
 import numpy as np
 
@@ -64,3 +65,39 @@ def run_reference(ref_python: str, npz: str, strategy: str, k: int, noise_std: f
     if check and res["error"]:
         raise RuntimeError(f"{strategy}: {res['error']}")
     return res
+
+
+OFFICIAL_HARNESS = os.path.join(HERE, "official", "run_official.py")
+DEFAULT_OFFICIAL_REPO = os.environ.get("OFFICIAL_REPO", os.path.join(ROOT, "..", "ActiveFT_official"))
+
+
+def run_official(ref_python: str, repo: str, npz: str, budget: int, *, seed: int = 0,
+                 init_indices=None, anomaly: bool = True, threads: int | None = None,
+                 extra: tuple = ()) -> dict:
+    """One run of the official ActiveFT code through its harness; returns its JSON record.
+
+    `init_indices` (a sequence of B pool indices) replaces the official random
+    init; the record always carries `init_indices` and the per-iteration `losses`.
+    """
+    if not os.path.exists(ref_python):
+        raise SystemExit(f"interpreter not found: {ref_python} (run `make ref-venv`)")
+    if not os.path.isdir(os.path.join(repo, "data_selection")):
+        raise SystemExit(f"no ActiveFT checkout at {repo}: pass --official-repo (see "
+                         "experiments/benchmarks/official/README.md)")
+    cmd = [ref_python, OFFICIAL_HARNESS, "--repo", repo, "--features", npz, "--budget", str(budget),
+           "--seed", str(seed), "--emit-init", "--emit-losses", *extra]
+    if not anomaly:
+        cmd.append("--no-anomaly")
+    if threads:
+        cmd += ["--threads", str(threads)]
+    with tempfile.TemporaryDirectory() as tmp:
+        if init_indices is not None:
+            path = os.path.join(tmp, "init.json")
+            with open(path, "w") as f:
+                json.dump([int(i) for i in init_indices], f)
+            cmd += ["--init-indices", path]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    lines = out.stdout.strip().splitlines()
+    if out.returncode != 0 or not lines:
+        raise RuntimeError(f"official ActiveFT failed (exit {out.returncode}): {out.stderr[-2000:]}")
+    return json.loads(lines[-1])

@@ -1,0 +1,596 @@
+r"""ActiveFT: prototypes that match the pool's feature distribution, as an optax loop.
+
+Xie, Y., Lu, H., Yan, J., Yang, X., Tomizuka, M., Zhan, W. Active Finetuning:
+Exploiting Annotation Budget in the Pretraining-Finetuning Paradigm. CVPR 2023.
+Official code: github.com/yichen928/ActiveFT (`data_selection/sample_tools/`).
+
+Semantics are the official code's (not the paper's formula, which differs; the
+author confirms it in the repository's issue #2). With unit-norm features f_i
+(i = 1..N) and B prototypes θ_k, each step
+
+* normalizes the prototypes, θ̂ = θ / ‖θ‖;
+* assigns every feature to its most similar prototype, c_i = argmax_k f_iᵀθ̂_k
+  (recomputed every step, no gradient through the argmax);
+* takes the loss
+
+      L = −mean_i [ s_i − log(exp(s_i) + balance · S_{c_i}) ],
+      s_i = f_iᵀθ̂_{c_i} / τ,   S_k = Σ_j exp(sg(θ̂_j)ᵀ θ̂_k / τ),
+
+  where sg stops the gradient on the row side and the self term j = k is kept;
+* applies one optimizer update (Adam, lr 1e-3 by default: torch's Adam and
+  optax's agree) to the raw θ.
+
+Prototypes start as copies of B random features (or a farthest-point init);
+300 steps with all features, or the official ImageNet mode: a fresh random
+batch of features every step (100 000 features, 100 steps there). Finally each
+prototype, in index order, takes its most similar feature not taken yet. The
+official script then sorts the indices; we return them in prototype order.
+
+Cost. The only O(N·B·d) work of a step is the forward assignment (one matmul,
+done in row chunks, so no [N, B] matrix lives at once). The gradient of the
+assigned-similarity term is a scatter-add of the N features into their
+prototypes, O(N·d), and the prototype term is O(B²·d). With `prune=True` the
+assignment is exact and skips most of the matmul: a feature keeps its
+prototype while its similarity to it exceeds an upper bound on every other
+prototype's similarity, that bound being the runner-up similarity at its last
+recomputation plus how far the prototypes moved since (|fᵀΔθ̂_k| ≤ ‖Δθ̂_k‖
+for a unit-norm f; Hamerly-style bounds). Only the features whose bound fails
+are recomputed; when too many fail, all are.
+
+The whole fit is one `lax.scan`; `activeft_sweep` vmaps it over temperatures
+and keys in one compiled call.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import sys
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+from activeft_jax._numerics import matmul
+from activeft_jax.kernels import Linear, l2_normalize
+from activeft_jax.selection import greedy as _greedy
+from activeft_jax.selection._chunks import default_chunk_rows, map_rows, plan, scan_rows
+from activeft_jax.selection._nearest import nearest_unique
+from activeft_jax.selection.diversity import _build_maxdist
+from activeft_jax.selection.result import Selection
+from activeft_jax.validation import (
+    as_float_matrix,
+    check_finite,
+    check_k,
+    check_key,
+    check_positive,
+    is_traced,
+)
+
+__all__ = ["ActiveFTFit", "activeft", "activeft_loss", "activeft_sweep", "fit_activeft"]
+
+
+class ActiveFTFit(NamedTuple):
+    """What `fit_activeft` returns (under `vmap`, every field gains the mapped axes).
+
+    Attributes:
+      selection: `Selection` of B distinct pool indices in prototype order, with
+        each pick's cosine similarity to its prototype.
+      prototypes: [B, d] final prototypes, L2-normalized.
+      losses: [steps] the loss before each optimizer update (the official
+        code prints the same values).
+      init_indices: [B] int32 pool indices the prototypes started from.
+      recomputed: [steps] fraction of the features whose assignment was
+        recomputed in each step (all ones without `prune`).
+    """
+
+    selection: Selection
+    prototypes: jax.Array
+    losses: jax.Array
+    init_indices: jax.Array
+    recomputed: jax.Array
+
+
+class _Bounds(NamedTuple):
+    """State of the pruned assignment (`prune=True`)."""
+
+    assign: jax.Array  # [N] int32, c_i
+    upper: jax.Array   # [N] runner-up similarity at the last recomputation + drift then
+    anchor: jax.Array  # [B, d] prototypes at the last full recomputation
+
+
+class _Carry(NamedTuple):
+    params: jax.Array   # [B, d] raw prototypes θ
+    opt_state: Any
+    bounds: Optional[_Bounds]
+    step: jax.Array     # [] int32
+
+
+class _Config(NamedTuple):
+    """Static settings of one fit (hashable)."""
+
+    k: int
+    steps: int
+    init: str                    # "random" | "fps" | "given"
+    batch_size: Optional[int]    # None: every feature each step
+    chunk_rows: int
+    prune: bool
+    refresh: float               # prune: recompute all when more than this fraction fails
+    num_fast: int                # prune: prototypes scored exactly (those that moved most)
+    optimizer: Optional[optax.GradientTransformation]  # None: Adam(learning_rate)
+
+
+class _Hyper(NamedTuple):
+    """Traced hyperparameters (vmappable)."""
+
+    temperature: jax.Array
+    balance: jax.Array
+    learning_rate: jax.Array
+
+
+# ----------------------------------------------------------------------------- the loss
+
+
+def _assigned_similarity_impl(protos, feats, assign, rows):
+    def fn(x, c):
+        return jnp.sum(x * protos[c], axis=-1)
+
+    return map_rows(fn, plan(feats.shape[0], rows), feats, assign)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _assigned_similarity(protos, feats, assign, rows):
+    """s_i = f_iᵀ θ̂_{c_i} for every feature: [N]; O(N d), chunked."""
+    return _assigned_similarity_impl(protos, feats, assign, rows)
+
+
+def _assigned_similarity_fwd(protos, feats, assign, rows):
+    return _assigned_similarity_impl(protos, feats, assign, rows), (protos, feats, assign)
+
+
+def _assigned_similarity_bwd(rows, res, g):
+    # ∂/∂θ̂_k Σ_i g_i f_iᵀθ̂_{c_i} = Σ_{i: c_i = k} g_i f_i: a scatter-add of N rows,
+    # never the dense [N, B] backward of a similarity matrix.
+    protos, feats, assign = res
+    b = protos.shape[0]
+
+    def fn(acc, valid, x, gi, c):
+        gi = jnp.where(valid, gi, 0)
+        return acc + jax.ops.segment_sum(gi[:, None] * x, c, num_segments=b)
+
+    grad = scan_rows(fn, jnp.zeros_like(protos), plan(feats.shape[0], rows), feats, g, assign)
+    return grad, jnp.zeros_like(feats), np.zeros(assign.shape, jax.dtypes.float0)
+
+
+_assigned_similarity.defvjp(_assigned_similarity_fwd, _assigned_similarity_bwd)
+
+
+def _loss(params, feats, assign, temperature, balance, rows):
+    protos = l2_normalize(params)
+    logits = _assigned_similarity(protos, feats, assign, rows) / temperature
+    gram = matmul(lax.stop_gradient(protos), protos.T) / temperature      # [B, B]
+    log_s = jax.nn.logsumexp(gram, axis=0)                                # log S_k
+    return -jnp.mean(logits - jnp.logaddexp(logits, jnp.log(balance) + log_s[assign]))
+
+
+def _dense_assignment(protos, feats, rows, with_runner_up=False):
+    """argmax_k f_iᵀθ̂_k for every feature (and the runner-up similarity), chunked."""
+
+    def fn(x):
+        sims = matmul(x, protos.T)
+        c = jnp.argmax(sims, axis=1).astype(jnp.int32)
+        if not with_runner_up:
+            return c
+        others = jnp.where(jnp.arange(protos.shape[0])[None, :] == c[:, None], -jnp.inf, sims)
+        return c, jnp.max(others, axis=1)
+
+    return map_rows(fn, plan(feats.shape[0], rows), feats)
+
+
+def activeft_loss(params: jax.Array, features: jax.Array, *, temperature: Any = 0.07,
+                  balance: Any = 1.0, chunk_rows: Optional[int] = None) -> jax.Array:
+    """The official ActiveFT loss of raw prototypes `params` [B, d] on unit-norm `features` [N, d].
+
+    Differentiable in `params` (the assignment is recomputed inside and carries
+    no gradient, as in the official code).
+    """
+    rows = chunk_rows or default_chunk_rows(features.shape[0], params.shape[0])
+    assign = _dense_assignment(lax.stop_gradient(l2_normalize(params)), features, rows)
+    return _loss(params, features, assign, temperature, balance, rows)
+
+
+# ----------------------------------------------------------------------------- pruned assignment
+
+
+def _margin(dtype) -> float:
+    # Slack for round-off between a gathered dot product and the matmul.
+    return float(256 * jnp.finfo(dtype).eps)
+
+
+def _runner_up(sims, assign, shift):
+    """max over k != c_i of sims[i, k] + shift[k]: [C, B], [C], [B] -> [C]."""
+    b = sims.shape[1]
+    others = jnp.where(jnp.arange(b)[None, :] == assign[:, None], -jnp.inf, sims + shift[None, :])
+    return jnp.max(others, axis=1)
+
+
+def _pruned_assignment(protos, feats, bounds: _Bounds, rows: int, refresh: float, num_fast: int):
+    """Exact argmax assignment that recomputes only the features whose bound fails.
+
+    For every feature, `upper` bounds max_{k != c_i} f_iᵀθ̂_k(t_i) + δ_k(t_i) at its
+    last recomputation t_i, with δ_k(t) = ‖θ̂_k(t) − anchor_k‖. Since
+    |fᵀ(θ̂_k(t) − θ̂_k(t_i))| <= δ_k(t) + δ_k(t_i), every prototype k != c_i has
+    similarity at most upper + δ_k(t) now. The `num_fast` prototypes that moved
+    most are scored exactly instead, so the bound only pays the drift of the
+    others. A feature keeps c_i while its similarity to θ̂_{c_i} beats that.
+
+    Returns (bounds, fraction of features recomputed).
+    """
+    n, b = feats.shape[0], protos.shape[0]
+    drift = jnp.sqrt(jnp.sum((protos - bounds.anchor) ** 2, axis=1))          # [B]
+    m = min(num_fast, b - 1)
+    if m > 0:
+        top, fast = lax.top_k(drift, m + 1)
+        rest, fast = top[m], fast[:m]
+        fast_protos = protos[fast]
+
+        def fn(x, c):
+            own = jnp.sum(x * protos[c], axis=-1)
+            sims = matmul(x, fast_protos.T)                                   # [C, m]
+            sims = jnp.where(fast[None, :] == c[:, None], -jnp.inf, sims)
+            return own, jnp.max(sims, axis=1)
+
+        sim, fast_max = map_rows(fn, plan(n, rows), feats, bounds.assign)
+        bound = jnp.maximum(bounds.upper + rest, fast_max)
+    else:
+        sim = _assigned_similarity_impl(protos, feats, bounds.assign, rows)
+        bound = bounds.upper + jnp.max(drift)
+    fail = ~(sim > bound + _margin(feats.dtype))
+    count = jnp.sum(fail)
+
+    def everything(_):
+        def fn(x):
+            sims = matmul(x, protos.T)
+            c = jnp.argmax(sims, axis=1).astype(jnp.int32)
+            return c, _runner_up(sims, c, jnp.zeros((b,), sims.dtype))
+
+        assign, upper = map_rows(fn, plan(n, rows), feats)
+        return _Bounds(assign, upper, protos), jnp.asarray(n, count.dtype)
+
+    def only_failed(_):
+        r = min(512, n)
+        idx = jnp.concatenate([jnp.nonzero(fail, size=n, fill_value=n)[0],
+                               jnp.full((r,), n, jnp.int32)]).astype(jnp.int32)
+
+        def cond(st):
+            return st[0] * r < count
+
+        def body(st):
+            i, assign, upper = st
+            sel = lax.dynamic_slice_in_dim(idx, i * r, r)
+            sims = matmul(feats[jnp.minimum(sel, n - 1)], protos.T)
+            c = jnp.argmax(sims, axis=1).astype(jnp.int32)
+            up = _runner_up(sims, c, drift)
+            return (i + 1, assign.at[sel].set(c, mode="drop"), upper.at[sel].set(up, mode="drop"))
+
+        _, assign, upper = lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), bounds.assign,
+                                                       bounds.upper))
+        return _Bounds(assign, upper, bounds.anchor), count
+
+    new, recomputed = lax.cond(count > refresh * n, everything, only_failed, None)
+    return new, recomputed.astype(feats.dtype) / n
+
+
+# ----------------------------------------------------------------------------- the fit
+
+
+def _initial_indices(feats, key, init_indices, cfg: _Config):
+    n = feats.shape[0]
+    if cfg.init == "given":
+        return init_indices.astype(jnp.int32)
+    if cfg.init == "random":
+        return jax.random.choice(key, n, (cfg.k,), replace=False).astype(jnp.int32)
+    # Farthest-point sampling (the official `--init fps`): k-center greedy in
+    # Euclidean distance on the unit-norm features, random first point.
+    args = {"pool": feats, "kernel": Linear(), "key": key}
+    sel = _greedy._greedy_full(_build_maxdist, args, k=cfg.k, allow_repeats=False,
+                               options=(("normalize", False),))
+    return sel.indices
+
+
+def _optimizer(cfg: _Config, hyper: _Hyper) -> optax.GradientTransformation:
+    return cfg.optimizer if cfg.optimizer is not None else optax.adam(hyper.learning_rate)
+
+
+def _init_carry(feats, key, init_indices, hyper, cfg: _Config):
+    idx = _initial_indices(feats, key, init_indices, cfg)
+    params = feats[idx]
+    bounds = None
+    if cfg.prune:  # +inf bounds: the first step recomputes everything
+        bounds = _Bounds(jnp.zeros((feats.shape[0],), jnp.int32),
+                         jnp.full((feats.shape[0],), jnp.inf, feats.dtype), l2_normalize(params))
+    opt_state = _optimizer(cfg, hyper).init(params)
+    return _Carry(params, opt_state, bounds, jnp.zeros((), jnp.int32)), idx
+
+
+def _run_steps(carry: _Carry, feats, key, hyper: _Hyper, cfg: _Config, num_steps: int):
+    opt = _optimizer(cfg, hyper)
+    n = feats.shape[0]
+    batch_key = jax.random.fold_in(key, 1)
+
+    def step(carry: _Carry, _):
+        x = feats
+        if cfg.batch_size is not None:  # the official ImageNet mode: a fresh batch each step
+            pick = jax.random.choice(jax.random.fold_in(batch_key, carry.step), n,
+                                     (cfg.batch_size,), replace=False)
+            x = feats[pick]
+        protos = lax.stop_gradient(l2_normalize(carry.params))
+        bounds = carry.bounds
+        if cfg.prune:
+            bounds, frac = _pruned_assignment(protos, x, bounds, cfg.chunk_rows, cfg.refresh,
+                                              cfg.num_fast)
+            assign = bounds.assign
+        else:
+            assign = _dense_assignment(protos, x, cfg.chunk_rows)
+            frac = jnp.ones((), feats.dtype)
+        loss, grad = jax.value_and_grad(_loss)(carry.params, x, assign, hyper.temperature,
+                                               hyper.balance, cfg.chunk_rows)
+        updates, opt_state = opt.update(grad, carry.opt_state, carry.params)
+        params = optax.apply_updates(carry.params, updates)
+        return _Carry(params, opt_state, bounds, carry.step + 1), (loss, frac)
+
+    return lax.scan(step, carry, length=num_steps)
+
+
+def _finish(carry: _Carry, feats, idx, losses, recomputed):
+    protos = l2_normalize(carry.params)
+    sel = nearest_unique(protos, feats)
+    return ActiveFTFit(sel, protos, losses, idx, recomputed)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _fit(feats, key, init_indices, hyper, *, cfg: _Config):
+    carry, idx = _init_carry(feats, key, init_indices, hyper, cfg)
+    carry, (losses, recomputed) = _run_steps(carry, feats, key, hyper, cfg, cfg.steps)
+    return _finish(carry, feats, idx, losses, recomputed)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _fit_init(feats, key, init_indices, hyper, *, cfg):
+    return _init_carry(feats, key, init_indices, hyper, cfg)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "num_steps"), donate_argnames=("carry",))
+def _fit_chunk(carry, feats, key, hyper, *, cfg, num_steps):
+    return _run_steps(carry, feats, key, hyper, cfg, num_steps)
+
+
+@functools.partial(jax.jit, static_argnames=())
+def _fit_finish(carry, feats, idx, losses, recomputed):
+    return _finish(carry, feats, idx, losses, recomputed)
+
+
+def _fit_with_progress(feats, key, init_indices, hyper, cfg: _Config) -> ActiveFTFit:
+    from tqdm.auto import tqdm
+
+    carry, idx = _fit_init(feats, key, init_indices, hyper, cfg=cfg)
+    chunk = max(1, math.ceil(cfg.steps / 50))
+    losses, recomputed = [], []
+    with tqdm(total=cfg.steps, desc="activeft", unit="step", file=sys.stderr, leave=False) as bar:
+        done = 0
+        while done < cfg.steps:
+            n = min(chunk, cfg.steps - done)
+            carry, (loss, frac) = _fit_chunk(carry, feats, key, hyper, cfg=cfg, num_steps=n)
+            losses.append(loss)
+            recomputed.append(frac)
+            done += n
+            bar.set_postfix(loss=f"{float(loss[-1]):.4f}")
+            bar.update(n)
+    empty = jnp.zeros((0,), feats.dtype)
+    return _fit_finish(carry, feats, idx, jnp.concatenate(losses or [empty]),
+                       jnp.concatenate(recomputed or [empty]))
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _prepare(features, k, key, init_indices, init, temperature, steps, learning_rate, balance,
+             batch_size, chunk_rows, prune, refresh, num_fast, optimizer):
+    feats = as_float_matrix(features, "features")
+    n, d = feats.shape
+    k = check_k(k, n, name="features")
+    check_finite(feats, "features")
+    check_positive(temperature, "temperature")
+    check_positive(learning_rate, "learning_rate")
+    check_positive(balance, "balance")
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+        raise ValueError(f"`steps` must be a Python int >= 0 (static); got {steps!r}.")
+    if init not in ("random", "fps"):
+        raise ValueError(f"`init` must be 'random' or 'fps'; got {init!r}.")
+    if batch_size is not None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+                or not 1 <= batch_size <= n:
+            raise ValueError(
+                f"`batch_size` must be an int in [1, N={n}] (features per step) or None; got {batch_size!r}."
+            )
+        batch_size = int(batch_size)
+        if prune:
+            raise ValueError("`prune=True` needs the same features every step; it cannot be "
+                             "combined with `batch_size`.")
+    if prune is None:  # auto: prune whenever every feature is used every step
+        prune = batch_size is None
+    if chunk_rows is not None and (isinstance(chunk_rows, bool) or not isinstance(chunk_rows, (int, np.integer))
+                                   or chunk_rows < 1):
+        raise ValueError(f"`chunk_rows` must be a positive int or None; got {chunk_rows!r}.")
+    if not 0.0 <= float(refresh) <= 1.0:
+        raise ValueError(f"`refresh` must be in [0, 1]; got {refresh!r}.")
+    if isinstance(num_fast, bool) or not isinstance(num_fast, (int, np.integer)) or num_fast < 0:
+        raise ValueError(f"`num_fast` must be an int >= 0; got {num_fast!r}.")
+    if optimizer is not None and not isinstance(optimizer, optax.GradientTransformation):
+        raise ValueError(f"`optimizer` must be an optax.GradientTransformation; got {type(optimizer).__name__}.")
+
+    if init_indices is not None:
+        init_indices = _check_init_indices(init_indices, k, n)
+        mode = "given"
+        if key is None:
+            key = jax.random.key(0)  # only draws the batches, if any
+            if batch_size is not None:
+                key = check_key(None, "activeft with batch_size")
+    else:
+        key = check_key(key, "activeft")
+        mode = init
+        init_indices = jnp.zeros((k,), jnp.int32)
+
+    # The official code L2-normalizes the features before anything else.
+    feats = l2_normalize(feats)
+    rows = int(chunk_rows) if chunk_rows else default_chunk_rows(n if batch_size is None else batch_size, k)
+    cfg = _Config(k=k, steps=int(steps), init=mode, batch_size=batch_size, chunk_rows=rows,
+                  prune=bool(prune), refresh=float(refresh), num_fast=int(num_fast),
+                  optimizer=optimizer)
+    dtype = feats.dtype
+    hyper = _Hyper(jnp.asarray(temperature, dtype), jnp.asarray(balance, dtype),
+                   jnp.asarray(learning_rate, dtype))
+    return feats, key, init_indices, hyper, cfg
+
+
+def _check_init_indices(init_indices, k, n):
+    if is_traced(init_indices):
+        if tuple(init_indices.shape) != (k,):
+            raise ValueError(f"`init_indices` must have shape [{k}] (one per prototype); got {init_indices.shape}.")
+        return init_indices
+    arr = np.asarray(init_indices)
+    if arr.shape != (k,):
+        raise ValueError(f"`init_indices` must have shape [{k}] (one per prototype); got shape {arr.shape}.")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"`init_indices` must hold integers; got dtype {arr.dtype}.")
+    if arr.min() < 0 or arr.max() >= n:
+        raise ValueError(f"`init_indices` must lie in [0, N={n}); got values from {arr.min()} to {arr.max()}.")
+    if len(np.unique(arr)) != k:
+        raise ValueError("`init_indices` must be distinct (each prototype starts at its own feature).")
+    return jnp.asarray(arr, jnp.int32)
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def fit_activeft(features: Any, *, k: int, key: Any = None, init_indices: Any = None,
+                 init: str = "random", temperature: Any = 0.07, steps: int = 300,
+                 learning_rate: Any = 1e-3, balance: Any = 1.0,
+                 optimizer: Optional[optax.GradientTransformation] = None,
+                 batch_size: Optional[int] = None, chunk_rows: Optional[int] = None,
+                 prune: Optional[bool] = None, refresh: float = 0.3, num_fast: int = 32,
+                 progress: bool = False) -> ActiveFTFit:
+    """Fits B = k ActiveFT prototypes and matches each to a distinct pool feature.
+
+    Args:
+      features: [N, d] pool features (L2-normalized inside, as the official code does).
+      k: B, the budget (static).
+      key: PRNG key for the random (or farthest-point) init and the per-step
+        batches; traced, so `jax.vmap` sweeps seeds. Needed unless `init_indices`.
+      init_indices: optional [B] distinct pool indices to start the prototypes
+        from (to reproduce a run of the official code).
+      init: 'random' (B random features, the default) or 'fps' (farthest-point).
+      temperature: τ > 0 (traced).
+      steps: optimizer steps (static); 300 in the official CIFAR script.
+      learning_rate: Adam's learning rate (traced) when `optimizer` is None.
+      balance: weight of the diversity term (1.0 in the official code; traced).
+      optimizer: any optax `GradientTransformation` (static) instead of Adam.
+      batch_size: features drawn at random per step (the official ImageNet
+        mode: 100 000 features, 100 steps); None uses every feature every step.
+      chunk_rows: rows of the [rows, B] similarity block computed at once (static).
+      prune: exact pruned assignment (module docstring): the same picks and
+        losses with a fraction of the work. None (default): on unless
+        `batch_size` is set. Under your own `jax.vmap` pass False: vmap turns
+        its data-dependent branches into work on both sides.
+      refresh: with `prune`, recompute every assignment when more than this
+        fraction of the features fails its bound.
+      num_fast: with `prune`, how many of the prototypes that moved most are
+        scored exactly every step instead of bounded.
+      progress: progress bar on stderr (outside jit/vmap only).
+
+    Returns:
+      `ActiveFTFit`: the selection, the final prototypes, the loss curve, the
+      initial indices and the per-step recomputed fraction.
+
+    Raises:
+      ValueError: bad shapes, B outside [1, N], NaN/inf features, τ, learning
+        rate or balance <= 0, bad init indices, or a missing key.
+    """
+    args = _prepare(features, k, key, init_indices, init, temperature, steps, learning_rate, balance,
+                    batch_size, chunk_rows, prune, refresh, num_fast, optimizer)
+    feats, key, init_indices, hyper, cfg = args
+    if progress and not any(is_traced(x) for x in jax.tree_util.tree_leaves((feats, key, hyper))):
+        return _fit_with_progress(feats, key, init_indices, hyper, cfg)
+    return _fit(feats, key, init_indices, hyper, cfg=cfg)
+
+
+def activeft(features: Any, *, k: int, key: Any = None, init_indices: Any = None,
+             temperature: Any = 0.07, steps: int = 300, learning_rate: Any = 1e-3,
+             **options: Any) -> Selection:
+    """ActiveFT selection: B = k distinct pool indices in prototype order (see `fit_activeft`).
+
+    `values` are the cosine similarities of each pick to its prototype. The
+    official script saves the indices sorted; sort them to compare.
+    """
+    return fit_activeft(features, k=k, key=key, init_indices=init_indices, temperature=temperature,
+                        steps=steps, learning_rate=learning_rate, **options).selection
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _sweep(feats, keys, init_indices, temperatures, hyper, *, cfg: _Config):
+    def fit_one(temperature, key):
+        h = hyper._replace(temperature=temperature)
+        carry, idx = _init_carry(feats, key, init_indices, h, cfg)
+        carry, (losses, recomputed) = _run_steps(carry, feats, key, h, cfg, cfg.steps)
+        return carry.params, idx, losses, recomputed
+
+    per_key = jax.vmap(fit_one, in_axes=(None, 0))
+    params, idx, losses, recomputed = jax.vmap(per_key, in_axes=(0, None))(temperatures, keys)
+    t, s = params.shape[:2]
+    # The de-duplication is sequential with a data-dependent fallback; lax.map
+    # keeps its lax.cond a real branch (vmap would evaluate both sides).
+    protos = l2_normalize(params)
+    sel = lax.map(lambda p: nearest_unique(p, feats), protos.reshape((t * s,) + protos.shape[2:]))
+    sel = jax.tree_util.tree_map(lambda x: x.reshape((t, s) + x.shape[1:]), sel)
+    return ActiveFTFit(sel, protos, losses, idx, recomputed)
+
+
+def activeft_sweep(features: Any, *, k: int, temperatures: Any, keys: Any, steps: int = 300,
+                   learning_rate: Any = 1e-3, **options: Any) -> ActiveFTFit:
+    """ActiveFT for every (temperature, key) pair in one compiled call.
+
+    Args:
+      features: [N, d] pool features.
+      k: B, the budget (static).
+      temperatures: [T] temperatures.
+      keys: [S] PRNG keys (e.g. `jax.random.split(key, S)`); each gives its own
+        random init (and batches).
+      steps, learning_rate, **options: as in `fit_activeft` (except
+        `init_indices`, `progress`).
+
+    Returns:
+      `ActiveFTFit` whose fields have leading axes [T, S]: selection.indices
+      [T, S, B], losses [T, S, steps], and so on.
+    """
+    for bad in ("init_indices", "progress"):
+        if bad in options:
+            raise ValueError(f"`activeft_sweep` does not take `{bad}`.")
+    temps = np.asarray(temperatures) if not is_traced(temperatures) else temperatures
+    if temps.ndim != 1 or temps.shape[0] < 1:
+        raise ValueError(f"`temperatures` must have shape [T] with T >= 1; got shape {temps.shape}.")
+    if not is_traced(temps) and not (np.all(np.isfinite(temps)) and np.all(temps > 0)):
+        raise ValueError(f"`temperatures` must all be finite and > 0; got {temps.tolist()}.")
+    if keys is None or jnp.ndim(keys) < 1:
+        raise ValueError("`keys` must be a batch of PRNG keys, e.g. jax.random.split(key, 4).")
+    first_key = keys[0]
+    feats, _, init_indices, hyper, cfg = _prepare(
+        features, k, first_key, None, options.pop("init", "random"), float(np.max(temps))
+        if not is_traced(temps) else 1.0, steps, learning_rate, options.pop("balance", 1.0),
+        options.pop("batch_size", None), options.pop("chunk_rows", None), options.pop("prune", False),
+        options.pop("refresh", 0.3), options.pop("num_fast", 32), options.pop("optimizer", None))
+    if options:
+        raise ValueError(f"`activeft_sweep` does not take option(s) {sorted(options)}.")
+    return _sweep(feats, keys, init_indices, jnp.asarray(temps, feats.dtype), hyper, cfg=cfg)

@@ -1,0 +1,306 @@
+"""ActiveFT against direct dense implementations and the official code's golden runs.
+
+The references here are written as the official code computes (dense [N, B]
+similarities, exp without max-subtraction, the max of exp for the assignment,
+torch-style Adam by hand): nothing is shared with the library's chunked,
+scatter-add or pruned machinery.
+"""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import activeft_jax as aft
+from activeft_jax.selection import prototypes as A
+from activeft_jax.selection._nearest import nearest_unique
+
+TOL = {"float32": 2e-5, "float64": 1e-11}
+GOLDEN = np.load(os.path.join(os.path.dirname(__file__), "data", "activeft_official.npz"))
+PROBLEMS = sorted({k.split("/")[0] for k in GOLDEN.files})
+
+
+def _unit(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def dense_loss(params, feats, tau, balance=1.0):
+    """The official `get_loss`, line for line, in jnp (so jax.grad gives its gradient)."""
+    protos = params / jnp.linalg.norm(params, axis=1, keepdims=True)
+    prod = jnp.exp(feats @ protos.T / tau)
+    pos = jnp.max(prod, axis=1)
+    k = jnp.argmax(prod, axis=1)
+    cent = jnp.sum(jnp.exp(jax.lax.stop_gradient(protos) @ protos.T / tau), axis=0)
+    j = jnp.log(pos) - jnp.log(pos + cent[k] * balance)
+    return -jnp.mean(j)
+
+
+def dense_fit(feats, init, tau, steps, lr=1e-3, sgd=False):
+    """Torch-style Adam (or plain SGD) on the dense loss; returns (params, losses)."""
+    params = jnp.asarray(feats[init])
+    m = jnp.zeros_like(params)
+    v = jnp.zeros_like(params)
+    losses = []
+    grad_fn = jax.jit(jax.value_and_grad(dense_loss), static_argnums=())
+    for t in range(1, steps + 1):
+        loss, g = grad_fn(params, feats, tau)
+        losses.append(float(loss))
+        if sgd:
+            params = params - lr * g
+            continue
+        m = 0.9 * m + 0.1 * g
+        v = 0.999 * v + 0.001 * g * g
+        denom = jnp.sqrt(v) / np.sqrt(1 - 0.999**t) + 1e-8
+        params = params - (lr / (1 - 0.9**t)) * m / denom
+    return params, np.array(losses)
+
+
+def official_dedup(protos, feats):
+    """The official final step: full descending sort per prototype, first untaken, in order."""
+    order = np.argsort(-(protos @ feats.T), axis=1, kind="stable")
+    taken, out = set(), []
+    for row in order:
+        for j in row:
+            if j not in taken:
+                taken.add(int(j))
+                out.append(int(j))
+                break
+    return np.array(out)
+
+
+def _problem(seed, n=300, d=12, b=15, clustered=False):
+    rng = np.random.default_rng(seed)
+    if clustered:
+        centers = rng.standard_normal((6, d))
+        x = centers[rng.integers(0, 6, n)] + 0.3 * rng.standard_normal((n, d))
+    else:
+        x = rng.standard_normal((n, d))
+    return _unit(x), rng.choice(n, b, replace=False)
+
+
+# ----------------------------------------------------------------------------- loss and gradient
+
+
+@pytest.mark.parametrize("balance", [1.0, 0.5])
+@pytest.mark.parametrize("chunk_rows", [None, 37])
+def test_loss_and_gradient_match_dense(dtype, balance, chunk_rows):
+    feats, init = _problem(0)
+    feats = jnp.asarray(feats, dtype)
+    params = feats[init] + 0.05 * jnp.asarray(np.random.default_rng(1).standard_normal((15, 12)), dtype)
+    tau = 0.1 if dtype == "float32" else 0.07
+    ours, g = jax.value_and_grad(
+        lambda p: A.activeft_loss(p, feats, temperature=tau, balance=balance, chunk_rows=chunk_rows))(params)
+    ref, g_ref = jax.value_and_grad(lambda p: dense_loss(p, feats, tau, balance))(params)
+    assert ours.dtype == jnp.dtype(dtype)
+    np.testing.assert_allclose(ours, ref, rtol=TOL[dtype])
+    scale = float(jnp.max(jnp.abs(g_ref)))
+    np.testing.assert_allclose(g, g_ref, rtol=TOL[dtype] * 10, atol=TOL[dtype] * 10 * scale)
+
+
+def test_gradient_flows_only_through_assigned_prototypes():
+    # A prototype no feature is assigned to gets only the diversity term's gradient.
+    feats, _ = _problem(2, n=50, d=5)
+    params = jnp.concatenate([jnp.asarray(feats[:4]), -jnp.ones((1, 5))])  # the last one is far away
+    g = jax.grad(lambda p: A.activeft_loss(p, jnp.asarray(feats), temperature=0.07))(params)
+    g_ref = jax.grad(lambda p: dense_loss(p, jnp.asarray(feats), 0.07))(params)
+    np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- the fit
+
+
+@pytest.mark.parametrize("clustered", [False, True])
+def test_fit_matches_dense_adam_loop(dtype, clustered):
+    feats, init = _problem(3, clustered=clustered)
+    feats = np.asarray(feats, dtype)
+    steps = 25
+    params, losses = dense_fit(jnp.asarray(feats), init, 0.07, steps)
+    fit = aft.selection.fit_activeft(feats, k=15, init_indices=init, steps=steps, prune=False)
+    np.testing.assert_allclose(fit.losses, losses, rtol=TOL[dtype] * 5)
+    np.testing.assert_allclose(fit.prototypes, _unit(np.asarray(params)), rtol=1e-4, atol=TOL[dtype] * 50)
+    np.testing.assert_array_equal(fit.selection.indices, official_dedup(np.asarray(fit.prototypes), feats))
+    np.testing.assert_array_equal(fit.init_indices, init)
+
+
+def test_any_optax_optimizer():
+    feats, init = _problem(4)
+    params, losses = dense_fit(jnp.asarray(feats), init, 0.07, 15, lr=0.05, sgd=True)
+    fit = aft.selection.fit_activeft(feats, k=15, init_indices=init, steps=15, optimizer=optax.sgd(0.05))
+    np.testing.assert_allclose(fit.losses, losses, rtol=1e-5)
+    np.testing.assert_allclose(fit.prototypes, _unit(np.asarray(params)), atol=1e-5)
+
+
+@pytest.mark.parametrize("clustered", [False, True])
+@pytest.mark.parametrize("chunk_rows", [None, 64])
+def test_pruned_assignment_is_exact(clustered, chunk_rows):
+    feats, init = _problem(5, n=700, d=10, b=40, clustered=clustered)
+    kw = dict(k=40, init_indices=init, steps=60, chunk_rows=chunk_rows)
+    dense = aft.selection.fit_activeft(feats, prune=False, **kw)
+    for refresh, num_fast in [(0.3, 32), (1.0, 0), (0.05, 4)]:
+        pruned = aft.selection.fit_activeft(feats, prune=True, refresh=refresh, num_fast=num_fast, **kw)
+        np.testing.assert_array_equal(pruned.selection.indices, dense.selection.indices)
+        np.testing.assert_array_equal(pruned.losses, dense.losses)
+        assert float(pruned.recomputed[0]) == 1.0  # the first step computes everything
+        if num_fast == 32:  # the defaults: later steps skip work
+            assert float(jnp.mean(pruned.recomputed)) < 0.5
+
+
+def test_chunking_does_not_change_results():
+    feats, init = _problem(6, n=517, d=8, b=20)
+    a = aft.selection.fit_activeft(feats, k=20, init_indices=init, steps=20, prune=False)
+    b = aft.selection.fit_activeft(feats, k=20, init_indices=init, steps=20, prune=False, chunk_rows=50)
+    np.testing.assert_array_equal(a.selection.indices, b.selection.indices)
+    np.testing.assert_allclose(a.losses, b.losses, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", PROBLEMS)
+def test_official_code_golden(name):
+    feats = GOLDEN[f"{name}/features"]
+    init = GOLDEN[f"{name}/init_indices"]
+    losses = GOLDEN[f"{name}/losses"]
+    fit = aft.selection.fit_activeft(feats, k=len(init), init_indices=init, steps=len(losses),
+                                     temperature=float(GOLDEN[f"{name}/temperature"]))
+    # The official script prints each loss with 6 decimals.
+    np.testing.assert_allclose(fit.losses, losses, atol=2e-5)
+    np.testing.assert_array_equal(np.sort(np.asarray(fit.selection.indices)), GOLDEN[f"{name}/indices"])
+
+
+def test_select_dispatch_and_random_init():
+    feats, _ = _problem(7)
+    key = jax.random.key(3)
+    sel = aft.select("activeft", feats, k=15, key=key, steps=10)
+    fit = aft.selection.fit_activeft(feats, k=15, key=key, steps=10)
+    np.testing.assert_array_equal(sel.indices, fit.selection.indices)
+    assert len(set(np.asarray(fit.init_indices).tolist())) == 15
+    other = aft.selection.fit_activeft(feats, k=15, key=jax.random.key(4), steps=10)
+    assert not np.array_equal(other.init_indices, fit.init_indices)
+    # picks are distinct and their values are the similarities to their prototypes
+    idx = np.asarray(sel.indices)
+    assert len(set(idx.tolist())) == 15
+    np.testing.assert_allclose(sel.values, np.sum(feats[idx] * np.asarray(fit.prototypes), axis=1), atol=1e-5)
+
+
+def test_fps_init_is_farthest_point_sampling():
+    feats, _ = _problem(8, n=200, d=6)
+    fit = aft.selection.fit_activeft(feats, k=12, key=jax.random.key(0), init="fps", steps=0)
+    idx = [int(fit.init_indices[0])]
+    dist = np.linalg.norm(feats - feats[idx[0]], axis=1)
+    for _ in range(11):
+        idx.append(int(np.argmax(dist)))
+        dist = np.minimum(dist, np.linalg.norm(feats - feats[idx[-1]], axis=1))
+    np.testing.assert_array_equal(fit.init_indices, idx)
+
+
+def test_batch_mode():
+    feats, init = _problem(9, n=400, d=8, b=10)
+    key = jax.random.key(1)
+    a = aft.selection.fit_activeft(feats, k=10, init_indices=init, key=key, steps=20, batch_size=100)
+    b = aft.selection.fit_activeft(feats, k=10, init_indices=init, key=key, steps=20, batch_size=100)
+    np.testing.assert_array_equal(a.losses, b.losses)
+    c = aft.selection.fit_activeft(feats, k=10, init_indices=init, key=jax.random.key(2), steps=20,
+                                   batch_size=100)
+    assert not np.array_equal(a.losses, c.losses)
+    # A batch of all N features is a permutation of the full pass: same fit up to round-off.
+    full = aft.selection.fit_activeft(feats, k=10, init_indices=init, steps=20, prune=False)
+    perm = aft.selection.fit_activeft(feats, k=10, init_indices=init, key=key, steps=20, batch_size=400)
+    np.testing.assert_allclose(perm.losses, full.losses, rtol=1e-5)
+    np.testing.assert_array_equal(perm.selection.indices, full.selection.indices)
+
+
+def test_sweep_equals_loop():
+    feats, _ = _problem(10, n=250, d=8)
+    temps = jnp.array([0.05, 0.1, 0.3])
+    keys = jax.random.split(jax.random.key(0), 2)
+    sweep = aft.selection.activeft_sweep(feats, k=12, temperatures=temps, keys=keys, steps=15)
+    assert sweep.selection.indices.shape == (3, 2, 12)
+    assert sweep.losses.shape == (3, 2, 15)
+    for i, t in enumerate(temps):
+        for j in range(2):
+            one = aft.selection.fit_activeft(feats, k=12, key=keys[j], temperature=float(t), steps=15,
+                                             prune=False)
+            np.testing.assert_array_equal(sweep.selection.indices[i, j], one.selection.indices)
+            np.testing.assert_allclose(sweep.losses[i, j], one.losses, rtol=1e-5)
+
+
+def test_jit_and_vmap_over_keys():
+    feats, _ = _problem(11, n=120, d=6)
+    keys = jax.random.split(jax.random.key(1), 3)
+    f = jax.jit(jax.vmap(lambda key: aft.select("activeft", feats, k=8, key=key, steps=5, prune=False)))
+    out = f(keys)
+    for j in range(3):
+        one = aft.select("activeft", feats, k=8, key=keys[j], steps=5)
+        np.testing.assert_array_equal(out.indices[j], one.indices)
+
+
+# ----------------------------------------------------------------------------- the final de-duplication
+
+
+@pytest.mark.parametrize("num_candidates", [1, 3, 32])
+def test_dedup_matches_official_procedure(num_candidates):
+    # Prototypes crowded around few features, so later ones find their best features taken
+    # (and with few candidates they fall back to a full pass).
+    rng = np.random.default_rng(12)
+    feats = _unit(rng.standard_normal((90, 5)))
+    protos = _unit(feats[rng.integers(0, 4, 30)] + 0.05 * rng.standard_normal((30, 5)))
+    sel = nearest_unique(jnp.asarray(protos), jnp.asarray(feats), num_candidates=num_candidates,
+                         chunk_rows=16)
+    np.testing.assert_array_equal(sel.indices, official_dedup(protos, feats))
+    np.testing.assert_allclose(sel.values, np.sum(protos * feats[np.asarray(sel.indices)], 1), atol=1e-6)
+
+
+def test_dedup_with_bias_is_euclidean_nearest():
+    rng = np.random.default_rng(13)
+    pts = rng.standard_normal((60, 3)) * rng.uniform(0.5, 2, (60, 1))
+    centers = pts[rng.integers(0, 60, 10)] + 0.1
+    sel = nearest_unique(jnp.asarray(centers), jnp.asarray(pts), -0.5 * jnp.sum(jnp.asarray(pts) ** 2, 1),
+                         num_candidates=2)
+    taken, ref = set(), []
+    for c in centers:
+        for j in np.argsort(np.linalg.norm(pts - c, axis=1), kind="stable"):
+            if j not in taken:
+                taken.add(int(j))
+                ref.append(int(j))
+                break
+    np.testing.assert_array_equal(sel.indices, ref)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(k=0), r"1 <= k <= N=50"),
+    (dict(k=51), r"1 <= k <= N=50"),
+    (dict(temperature=0.0), r"`temperature` must be finite and > 0"),
+    (dict(temperature=-1.0), r"`temperature` must be finite and > 0"),
+    (dict(learning_rate=0.0), r"`learning_rate`"),
+    (dict(steps=-1), r"`steps` must be a Python int >= 0"),
+    (dict(init="kmeans"), r"`init` must be 'random' or 'fps'"),
+    (dict(batch_size=0), r"`batch_size` must be an int in \[1, N=50\]"),
+    (dict(batch_size=10, prune=True), r"cannot be combined with `batch_size`"),
+    (dict(key=None), r"needs `key`"),
+    (dict(init_indices=np.arange(4)), r"`init_indices` must have shape \[5\]"),
+    (dict(init_indices=np.array([0, 1, 2, 3, 3])), r"must be distinct"),
+    (dict(init_indices=np.array([0, 1, 2, 3, 50])), r"must lie in \[0, N=50\)"),
+    (dict(optimizer="adam"), r"optax.GradientTransformation"),
+])
+def test_bad_input(kwargs, match):
+    feats = np.random.default_rng(0).standard_normal((50, 4))
+    args = dict(k=5, key=jax.random.key(0))
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        aft.selection.fit_activeft(feats, **args)
+
+
+def test_bad_features():
+    feats = np.random.default_rng(0).standard_normal((50, 4))
+    feats[3, 1] = np.nan
+    with pytest.raises(ValueError, match=r"`features` \(shape \(50, 4\)\) contains NaN or inf"):
+        aft.select("activeft", feats, k=5, key=jax.random.key(0))
+    with pytest.raises(ValueError, match=r"rank 2"):
+        aft.select("activeft", np.ones(10), k=5, key=jax.random.key(0))
+    with pytest.raises(ValueError, match=r"temperatures"):
+        aft.selection.activeft_sweep(np.ones((10, 3)), k=2, temperatures=[0.1, -1.0],
+                                     keys=jax.random.split(jax.random.key(0), 2))
