@@ -2,11 +2,15 @@
 
     activeft-jax select --strategy vtl --pool pool.npy --target target.npy --k 50 \\
         --noise-std 1.0 [--x64] [--normalize] [--allow-repeats] [--seed 0] --out sel.json
+    activeft-jax select --strategy activeft --pool feats.npy --k 1000 --seed 0 \\
+        [--init-indices init.npy] [--temperature 0.07] [--steps 300] --out sel.json
 
 writes `{"indices": [...], "values": [...]}` (non-finite values, such as the
-+inf of maxdist's first pick, are written as null). `.npy` files hold one
-array; from an `.npz`, `--pool` reads the array `pool`, `--target` the array
++inf of maxdist's first pick, are written as null); activeft adds its
+`losses` and `init_indices`. `.npy` files hold one array; from an `.npz`,
+`--pool` reads the array `pool` (or `features`), `--target` the array
 `target` and `--probs` the array `probs`, so one file can hold all of them.
+`--init-indices` takes a `.npy`, an `.npz` with `init_indices`, or a JSON list.
 
 Bad input prints one line to stderr and exits with status 2; an internal
 error prints one line and exits with status 1 (`--debug` shows the traceback).
@@ -68,10 +72,31 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="itl only: the reference's I(f(x); y(A)) or the paper code's form")
     p.add_argument("--beta", type=float, default=1.0, help="information_density exponent")
     p.add_argument("--x64", action="store_true", help="compute in float64")
-    p.add_argument("--normalize", action="store_true", help="L2-normalize the embeddings first")
+    norm = p.add_mutually_exclusive_group()
+    norm.add_argument("--normalize", dest="normalize", action="store_true", default=None,
+                      help="L2-normalize the embeddings first (default: each strategy's own "
+                      "default: on for typiclust and probcover, off for the others)")
+    norm.add_argument("--no-normalize", dest="normalize", action="store_false")
     p.add_argument("--allow-repeats", action="store_true",
                    help="keep picked points as candidates (the reference's behaviour)")
-    p.add_argument("--seed", type=int, default=0, help="PRNG seed (random, maxdist)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="PRNG seed (random, maxdist, kmeans, kmeans_pp, typiclust, activeft)")
+    aft = p.add_argument_group("activeft")
+    aft.add_argument("--init-indices", help="B initial prototype indices (.npy, .npz or .json); "
+                     "default: B random features drawn from --seed")
+    aft.add_argument("--init", default="random", choices=("random", "fps"),
+                     help="random features or farthest-point sampling")
+    aft.add_argument("--temperature", type=float, default=0.07)
+    aft.add_argument("--steps", type=int, default=300)
+    aft.add_argument("--learning-rate", type=float, default=1e-3, help="Adam's learning rate")
+    aft.add_argument("--batch-size", type=int, default=None,
+                     help="random features per step (the official ImageNet mode; default: all)")
+    aft.add_argument("--no-prune", dest="prune", action="store_false", default=None,
+                     help="compute every assignment densely (default: exact pruning)")
+    base = p.add_argument_group("kmeans, typiclust, probcover")
+    base.add_argument("--iters", type=int, default=100, help="Lloyd steps (kmeans, typiclust)")
+    base.add_argument("--max-clusters", type=int, default=500, help="typiclust: most clusters")
+    base.add_argument("--delta", type=float, default=0.6, help="probcover: ball radius")
     bar = p.add_mutually_exclusive_group()
     bar.add_argument("--progress", dest="progress", action="store_true", default=None,
                      help="always show a progress bar (default: on a terminal, for long selections)")
@@ -89,6 +114,8 @@ def _load_array(path: Optional[str], name: str, flag: str) -> Optional[np.ndarra
     try:
         if path.endswith(".npz"):
             with np.load(path, allow_pickle=False) as z:
+                if name == "pool" and name not in z.files and "features" in z.files:
+                    name = "features"
                 if name not in z.files:
                     raise BadInput(
                         f"{flag}: {path} has no array named '{name}' (it has: {', '.join(z.files) or 'none'})"
@@ -101,6 +128,25 @@ def _load_array(path: Optional[str], name: str, flag: str) -> Optional[np.ndarra
     except Exception as e:
         raise BadInput(f"{flag}: cannot read {path}: {e}") from e
     raise BadInput(f"{flag}: expected a .npy or .npz file; got {path}")
+
+
+def _load_indices(path: Optional[str], flag: str) -> Optional[np.ndarray]:
+    if path is None:
+        return None
+    if path.endswith(".json"):
+        if not os.path.exists(path):
+            raise BadInput(f"{flag}: no such file: {path}")
+        try:
+            with open(path) as f:
+                values = json.load(f)
+            arr = np.asarray(values)
+        except (OSError, ValueError) as e:
+            raise BadInput(f"{flag}: cannot read {path}: {e}") from e
+    else:
+        arr = _load_array(path, "init_indices", flag)
+    if arr.ndim != 1 or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
+        raise BadInput(f"{flag}: expected a list of integer indices; got shape {arr.shape}, dtype {arr.dtype}")
+    return arr
 
 
 def _as_float(x: Optional[np.ndarray], dtype, flag: str) -> Optional[np.ndarray]:
@@ -137,6 +183,8 @@ def _select_in_precision(args: argparse.Namespace) -> int:
     target = _as_float(_load_array(args.target, "target", "--target"), dtype, "--target")
     probs = _as_float(_load_array(args.probs, "probs", "--probs"), dtype, "--probs")
 
+    if args.strategy == "activeft":
+        return _write(_activeft(args, pool), args.out)
     options = {}
     gp_rules = ("itl", "vtl", "ctl", "mmitl", "undirected_itl", "undirected_vtl")
     if args.strategy in gp_rules:
@@ -145,6 +193,12 @@ def _select_in_precision(args: argparse.Namespace) -> int:
         options["formulation"] = args.formulation
     if args.strategy == "information_density":
         options["beta"] = args.beta
+    if args.strategy in ("kmeans", "typiclust"):
+        options["iters"] = args.iters
+    if args.strategy == "typiclust":
+        options["max_clusters"] = args.max_clusters
+    if args.strategy == "probcover":
+        options["delta"] = args.delta
 
     progress = args.progress
     if progress is None:
@@ -158,19 +212,44 @@ def _select_in_precision(args: argparse.Namespace) -> int:
         key=jax.random.key(args.seed), allow_repeats=args.allow_repeats,
         normalize=args.normalize, kernel=kernel, probs=probs, progress=progress, **options,
     )
-    out = {
+    return _write({
         "indices": [int(i) for i in np.asarray(sel.indices)],
         "values": [_json_float(float(v)) for v in np.asarray(sel.values)],
+    }, args.out)
+
+
+def _activeft(args: argparse.Namespace, pool: np.ndarray) -> dict:
+    import jax
+
+    from activeft_jax.selection import fit_activeft
+
+    init = _load_indices(args.init_indices, "--init-indices")
+    progress = args.progress
+    if progress is None:
+        n = pool.shape[0] if pool.ndim >= 1 else 0
+        progress = sys.stderr.isatty() and n * max(args.k, 0) * max(args.steps, 0) >= 10**9
+    fit = fit_activeft(pool, k=args.k, key=jax.random.key(args.seed), init_indices=init,
+                       init=args.init, temperature=args.temperature, steps=args.steps,
+                       learning_rate=args.learning_rate, batch_size=args.batch_size,
+                       prune=args.prune, progress=progress)
+    return {
+        "indices": [int(i) for i in np.asarray(fit.selection.indices)],
+        "values": [_json_float(float(v)) for v in np.asarray(fit.selection.values)],
+        "losses": [_json_float(float(v)) for v in np.asarray(fit.losses)],
+        "init_indices": [int(i) for i in np.asarray(fit.init_indices)],
     }
+
+
+def _write(out: dict, path: Optional[str]) -> int:
     text = json.dumps(out)
-    if args.out in (None, "-"):
+    if path in (None, "-"):
         print(text)
     else:
         try:
-            with open(args.out, "w") as f:
+            with open(path, "w") as f:
                 f.write(text + "\n")
         except OSError as e:
-            raise BadInput(f"--out: cannot write {args.out}: {e.strerror}") from e
+            raise BadInput(f"--out: cannot write {path}: {e.strerror}") from e
     return 0
 
 

@@ -92,6 +92,7 @@ def files(tmp_path):
     np.save(tmp_path / "vec.npy", POOL[0])
     np.save(tmp_path / "text.npy", np.array([["a", "b"]]))
     (tmp_path / "pool.csv").write_text("1,2\n")
+    np.save(tmp_path / "init2.npy", np.array([0, 1]))
     return tmp_path
 
 
@@ -112,6 +113,15 @@ CLI_BAD = [
     ("strategy", "--strategy nope --pool {d}/pool.npy --k 2", "invalid choice"),
     ("no k", "--strategy vtl --pool {d}/pool.npy --target {d}/target.npy", "required: --k"),
     ("bad out", "--strategy vtl --pool {d}/pool.npy --target {d}/target.npy --k 2 --out /nonexistent/x.json", "cannot write"),
+    ("activeft B > N", "--strategy activeft --pool {d}/pool.npy --k 21", "1 <= k <= N=20"),
+    ("activeft tau", "--strategy activeft --pool {d}/pool.npy --k 3 --temperature 0", "`temperature` must be finite and > 0"),
+    ("activeft nan", "--strategy activeft --pool {d}/nan.npy --k 3", "contains NaN or inf"),
+    ("activeft init shape", "--strategy activeft --pool {d}/pool.npy --k 3 --init-indices {d}/init2.npy", "`init_indices` must have shape [3]"),
+    ("activeft init file", "--strategy activeft --pool {d}/pool.npy --k 3 --init-indices {d}/none.json", "no such file"),
+    ("activeft init floats", "--strategy activeft --pool {d}/pool.npy --k 3 --init-indices {d}/pool.npy", "expected a list of integer indices"),
+    ("activeft batch", "--strategy activeft --pool {d}/pool.npy --k 3 --batch-size 50", "`batch_size` must be an int in [1, N=20]"),
+    ("probcover delta", "--strategy probcover --pool {d}/pool.npy --k 3 --delta -1", "`delta` must be finite and > 0"),
+    ("kmeans iters", "--strategy kmeans --pool {d}/pool.npy --k 3 --iters -2", "`iters` must be"),
 ]
 
 
@@ -146,6 +156,32 @@ def test_cli_writes_the_library_selection(files, capsys):
     ref = aft.select("vtl", POOL, TARGET, k=5, noise_std=0.7, allow_repeats=True)
     assert got["indices"] == [int(i) for i in ref.indices]
     np.testing.assert_allclose(got["values"], np.asarray(ref.values), rtol=1e-6)
+
+
+def test_cli_activeft_and_baselines(files, capsys):
+    init = np.array([3, 7, 11, 0])
+    np.save(files / "init.npy", init)
+    out = files / "aft.json"
+    assert cli.main(["select", "--strategy", "activeft", "--pool", str(files / "both.npz"), "--k", "4",
+                     "--init-indices", str(files / "init.npy"), "--steps", "12", "--temperature", "0.1",
+                     "--out", str(out)]) == 0
+    got = json.loads(out.read_text())
+    ref = aft.selection.fit_activeft(POOL, k=4, init_indices=init, steps=12, temperature=0.1)
+    assert got["indices"] == [int(i) for i in ref.selection.indices]
+    assert got["init_indices"] == init.tolist()
+    np.testing.assert_allclose(got["losses"], np.asarray(ref.losses), rtol=1e-6)
+    (files / "init.json").write_text(json.dumps(init.tolist()))
+    assert cli.main(["select", "--strategy", "activeft", "--pool", str(files / "pool.npy"), "--k", "4",
+                     "--init-indices", str(files / "init.json"), "--steps", "12", "--temperature", "0.1"]) == 0
+    assert json.loads(capsys.readouterr().out)["indices"] == got["indices"]
+    for name, extra, kwargs in [("kmeans", ["--iters", "7"], dict(key=jax.random.key(2), iters=7)),
+                                ("kmeans_pp", [], dict(key=jax.random.key(2))),
+                                ("typiclust", [], dict(key=jax.random.key(2))),
+                                ("probcover", ["--delta", "0.9"], dict(delta=0.9))]:
+        assert cli.main(["select", "--strategy", name, "--pool", str(files / "pool.npy"), "--k", "3",
+                         "--seed", "2"] + extra) == 0
+        got = json.loads(capsys.readouterr().out)
+        assert got["indices"] == [int(i) for i in aft.select(name, POOL, k=3, **kwargs).indices], name
 
 
 def test_cli_x64_normalize_seed_and_stdout(files, capsys):

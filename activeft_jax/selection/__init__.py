@@ -5,7 +5,13 @@ from activeft_jax.selection.prototypes import activeft as activeft
 from activeft_jax.selection.prototypes import activeft_loss as activeft_loss
 from activeft_jax.selection.prototypes import activeft_sweep as activeft_sweep
 from activeft_jax.selection.prototypes import fit_activeft as fit_activeft
+from activeft_jax.selection.clustering import KMeansFit as KMeansFit
+from activeft_jax.selection.clustering import fit_kmeans as fit_kmeans
+from activeft_jax.selection.clustering import kmeans as kmeans
+from activeft_jax.selection.clustering import kmeans_pp as kmeans_pp
+from activeft_jax.selection.clustering import typiclust as typiclust
 from activeft_jax.selection.diversity import maxdist as maxdist
+from activeft_jax.selection.diversity import probcover as probcover
 from activeft_jax.selection.diversity import random as random
 from activeft_jax.selection.dispatch import STRATEGIES as STRATEGIES
 from activeft_jax.selection.dispatch import TARGETED as TARGETED
@@ -24,6 +30,7 @@ from activeft_jax.selection.undirected import undirected_vtl as undirected_vtl
 
 __all__ = [
     "ActiveFTFit",
+    "KMeansFit",
     "STRATEGIES",
     "TARGETED",
     "Selection",
@@ -33,13 +40,18 @@ __all__ = [
     "cosine",
     "ctl",
     "fit_activeft",
+    "fit_kmeans",
     "information_density",
     "itl",
+    "kmeans",
+    "kmeans_pp",
     "max_entropy",
     "maxdist",
     "mmitl",
+    "probcover",
     "random",
     "select",
+    "typiclust",
     "uncertainty",
     "undirected_itl",
     "undirected_vtl",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from activeft_jax.selection import diversity, prototypes, similarity, transductive, undirected
+from activeft_jax.selection import clustering, diversity, prototypes, similarity, transductive, undirected
 from activeft_jax.selection.result import Selection
 
 __all__ = ["STRATEGIES", "TARGETED", "select"]
@@ -22,6 +22,11 @@ _TABLE: dict[str, tuple[Callable[..., Selection], bool, bool, bool, tuple[str, .
     "cosine": (similarity.cosine, True, False, False, ()),
     "maxdist": (diversity.maxdist, False, False, True, ("kernel", "normalize", "allow_repeats", "progress")),
     "random": (diversity.random, False, False, True, ()),
+    "kmeans": (clustering.kmeans, False, False, True, ("normalize", "iters")),
+    "kmeans_pp": (clustering.kmeans_pp, False, False, True, ("normalize",)),
+    "typiclust": (clustering.typiclust, False, False, True, (
+        "normalize", "max_clusters", "min_cluster_size", "num_neighbors", "iters")),
+    "probcover": (diversity.probcover, False, False, False, ("normalize", "delta")),
     "information_density": (similarity.information_density, True, True, False, ("beta",)),
     "max_entropy": (similarity.max_entropy, False, True, False, ()),
     "activeft": (prototypes.activeft, False, False, False, (
@@ -38,7 +43,7 @@ _COMMON = frozenset({"noise_std", "key", "allow_repeats", "normalize", "kernel",
 
 
 def select(name: str, pool: Any = None, target: Any = None, *, k: int, noise_std: Any = 0.1,
-           key: Any = None, allow_repeats: bool = False, normalize: bool = False,
+           key: Any = None, allow_repeats: bool = False, normalize: Any = None,
            kernel: Any = None, probs: Any = None, progress: bool = False,
            **options: Any) -> Selection:
     """Selects k pool points with the strategy `name`.
@@ -46,7 +51,8 @@ def select(name: str, pool: Any = None, target: Any = None, *, k: int, noise_std
     Args:
       name: one of `STRATEGIES`: itl, vtl, ctl, mmitl, undirected_itl,
         undirected_vtl, uncertainty, cosine, maxdist, random,
-        information_density, max_entropy, activeft.
+        information_density, max_entropy, activeft, kmeans, kmeans_pp,
+        typiclust, probcover.
       pool: [N, d] pool embeddings (for max_entropy it may be omitted).
       target: [m, d] target embeddings; required by itl, vtl, ctl, mmitl,
         cosine and information_density, ignored by the others.
@@ -54,7 +60,9 @@ def select(name: str, pool: Any = None, target: Any = None, *, k: int, noise_std
       noise_std: observation noise standard deviation of the GP rules (> 0).
       key: PRNG key, required by random and maxdist.
       allow_repeats: keep picked points as candidates (GP rules and maxdist).
-      normalize: L2-normalize embeddings first.
+      normalize: L2-normalize embeddings first; None (default) keeps each
+        strategy's own default: off, except typiclust and probcover (their
+        official code works on normalized features; activeft always normalizes).
       kernel: 'linear' (default), 'cosine', 'rbf' or a kernel object.
       probs: [N, C] class probabilities (information_density, max_entropy).
       progress: progress bar on stderr for the sequential rules.
@@ -87,6 +95,8 @@ def select(name: str, pool: Any = None, target: Any = None, *, k: int, noise_std
         "progress": progress,
         **options,
     }
+    if normalize is None:
+        del given["normalize"]
     kwargs = {opt: given[opt] for opt in accepted if opt in given}
     if needs_key or name == "activeft":  # activeft: needed unless init_indices are given
         kwargs["key"] = key

@@ -1,0 +1,328 @@
+"""ActiveFT: parity and speed of activeft_jax against the official code, and scale.
+
+Both run side by side on the same features, on this machine, one at a time
+(the official code through experiments/benchmarks/official/run_official.py, in
+its own venv; point --official-repo at a checkout of github.com/yichen928/ActiveFT):
+
+1. parity: fresh seeded feature sets (never used by the tests). The official
+   code draws its random init; ours starts from the same indices. Overlap of
+   the picks as a set (the official script saves them sorted) and the largest
+   difference between the two loss curves.
+2. speed at N = 50 000, d = 384, B = 1 000, 300 steps (the CIFAR script's
+   defaults): the official code with its anomaly detection on (as shipped) and
+   off, against ours dense and with exact pruning, warm (compiled beforehand)
+   and cold. Also the achieved GFLOP/s of our dense assignment (the step's only
+   N·B·d work) next to this machine's float32 matmul rate.
+3. scale: N = 10^6, d = 384, B = 10 000: a few steps of the full-batch loop
+   and of the official ImageNet mode (a random batch of 100 000 features per
+   step), time per step and peak memory, in a fresh process each.
+
+    make ref-venv   # once: torch 2.13.0 CPU + numpy in .ref-venv
+    .venv/bin/python experiments/benchmarks/compare_activeft.py --official-repo ../ActiveFT_official
+
+Writes experiments/results/compare_activeft.{json,md}. Takes ~40 minutes, most
+of it the official code (~13 min with anomaly detection, ~8 min without).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from _reference import DEFAULT_OFFICIAL_REPO, DEFAULT_REF_PYTHON, ROOT, run_official
+
+# (name, seed, N, d, B, steps, temperature, clustered) — seeds disjoint from the fixtures'
+PARITY_PROBLEMS = [
+    ("gauss N=5000 d=128 B=100", 4001, 5000, 128, 100, 300, 0.07, False),
+    ("mixture N=4000 d=64 B=80", 4002, 4000, 64, 80, 300, 0.07, True),
+    ("gauss N=3000 d=96 B=150 tau=0.1", 4003, 3000, 96, 150, 200, 0.1, False),
+]
+
+
+def features(seed, n, d, clustered=False):
+    rng = np.random.default_rng(seed)
+    if not clustered:
+        return rng.standard_normal((n, d), dtype=np.float32)
+    centers = rng.standard_normal((20, d))
+    labels = rng.integers(0, 20, n)
+    return (centers[labels] + 0.4 * rng.standard_normal((n, d))).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- ours (worker)
+
+
+def worker(spec: dict) -> dict:
+    """Runs one of our fits in this (fresh) process; returns a JSON-able record."""
+    import jax
+    import jax.numpy as jnp
+
+    from activeft_jax.selection import fit_activeft
+    from activeft_jax.selection import prototypes as P
+
+    feats = np.load(spec["npz"])["features"]
+    kw = dict(k=spec["k"], steps=spec["steps"], temperature=spec["temperature"],
+              prune=spec.get("prune"), batch_size=spec.get("batch_size"))
+    if spec.get("init") is not None:
+        kw["init_indices"] = np.asarray(spec["init"])
+    kw["key"] = jax.random.key(spec.get("seed", 0))
+    out = {}
+    if spec.get("mode") == "steps":  # time individual steps of a large problem
+        feats_j, key, init, hyper, cfg = P._prepare(
+            feats, spec["k"], kw["key"], None, "random", spec["temperature"], 1, 1e-3, 1.0,
+            spec.get("batch_size"), None, spec.get("prune", False), 0.3, 32, None)
+        t0 = time.perf_counter()
+        carry, idx = P._fit_init(feats_j, key, init, hyper, cfg=cfg)
+        jax.block_until_ready(carry)
+        out["init_s"] = time.perf_counter() - t0
+        times = []
+        for _ in range(spec["steps"]):
+            t0 = time.perf_counter()
+            carry, (loss, _) = P._fit_chunk(carry, feats_j, key, hyper, cfg=cfg, num_steps=1)
+            jax.block_until_ready(loss)
+            times.append(time.perf_counter() - t0)
+        out["step_s"] = times
+        out["loss"] = [float(loss[0])]
+        if spec.get("finish", True):
+            t0 = time.perf_counter()
+            fit = P._fit_finish(carry, feats_j, idx, loss, loss)
+            jax.block_until_ready(fit)
+            out["finish_s"] = time.perf_counter() - t0
+            out["distinct"] = len(set(np.asarray(fit.selection.indices).tolist()))
+    else:
+        t0 = time.perf_counter()
+        fit = jax.block_until_ready(fit_activeft(feats, **kw))
+        out["cold_s"] = time.perf_counter() - t0
+        warm = []
+        for _ in range(spec.get("repeats", 1)):
+            t0 = time.perf_counter()
+            fit = jax.block_until_ready(fit_activeft(feats, **kw))
+            warm.append(time.perf_counter() - t0)
+        out["warm_s"] = float(np.median(warm)) if warm else None
+        out["indices"] = [int(i) for i in np.asarray(fit.selection.indices)]
+        out["losses"] = [float(v) for v in np.asarray(fit.losses)]
+        out["recomputed"] = float(jnp.mean(fit.recomputed))
+        if spec.get("gflops"):
+            # The dense assignment alone, on the final prototypes: its N·B·d matmul is all
+            # the O(N·B·d) work of a step.
+            from activeft_jax.kernels import l2_normalize
+            f = l2_normalize(jnp.asarray(feats))
+            assign = jax.jit(lambda p: P._dense_assignment(p, f, P.default_chunk_rows(f.shape[0], p.shape[0])))
+            jax.block_until_ready(assign(fit.prototypes))
+            ts = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                jax.block_until_ready(assign(fit.prototypes))
+                ts.append(time.perf_counter() - t0)
+            n, d = feats.shape
+            out["assign_s"] = min(ts)
+            out["assign_gflops"] = 2 * n * spec["k"] * d / min(ts) / 1e9
+            a = jnp.ones((20000, 384))
+            b = jnp.ones((384, 400))
+            mm = jax.jit(lambda a, b: a @ b)
+            jax.block_until_ready(mm(a, b))
+            ts = []
+            for _ in range(10):
+                t0 = time.perf_counter()
+                jax.block_until_ready(mm(a, b))
+                ts.append(time.perf_counter() - t0)
+            out["xla_matmul_gflops"] = 2 * 20000 * 384 * 400 / min(ts) / 1e9
+    out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    return out
+
+
+def run_ours(spec: dict) -> dict:
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(spec, f)
+    try:
+        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", f.name],
+                             capture_output=True, text=True, check=False)
+    finally:
+        os.remove(f.name)
+    if out.returncode:
+        raise RuntimeError(f"our worker failed: {out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def numpy_sgemm_gflops() -> float:
+    """float32 20000×384 @ 384×400 through NumPy's BLAS: this machine's matmul rate."""
+    a = np.random.default_rng(0).standard_normal((20000, 384), dtype=np.float32)
+    b = np.random.default_rng(1).standard_normal((384, 400), dtype=np.float32)
+    ts = []
+    for _ in range(10):
+        t0 = time.perf_counter()
+        a @ b
+        ts.append(time.perf_counter() - t0)
+    return 2 * 20000 * 384 * 400 / min(ts) / 1e9
+
+
+def compare(ours_idx, off_idx, ours_losses, off_losses) -> dict:
+    b = len(off_idx)
+    return {"overlap": len(set(ours_idx) & set(off_idx)) / b,
+            "max_loss_diff": float(np.max(np.abs(np.asarray(ours_losses) - np.asarray(off_losses)))),
+            "final_loss_official": off_losses[-1], "final_loss_ours": ours_losses[-1]}
+
+
+# ----------------------------------------------------------------------------- parts
+
+
+def part_parity(a, tmp, log) -> list[dict]:
+    rows = []
+    for name, seed, n, d, b, steps, tau, clustered in PARITY_PROBLEMS:
+        npz = os.path.join(tmp, f"parity{seed}.npz")
+        np.savez(npz, features=features(seed, n, d, clustered))
+        off = run_official(a.ref_python, a.official_repo, npz, b, seed=seed, anomaly=False,
+                           extra=("--max-iter", str(steps), "--temperature", str(tau)))
+        ours = run_ours({"npz": npz, "k": b, "steps": steps, "temperature": tau,
+                         "init": off["init_indices"], "repeats": 0})
+        row = {"problem": name, **compare(ours["indices"], off["indices"], ours["losses"], off["losses"])}
+        rows.append(row)
+        log(f"parity  {name:34s} picks identical as a set {row['overlap']:.1%}  "
+            f"max |loss diff| {row['max_loss_diff']:.1e} (official prints 6 decimals)")
+    return rows
+
+
+def part_speed(a, tmp, log) -> dict:
+    n, d, b, steps = 50_000, 384, 1000, 300
+    npz = os.path.join(tmp, "speed.npz")
+    np.savez(npz, features=features(a.seed, n, d))
+    res = {"N": n, "d": d, "B": b, "steps": steps, "numpy_sgemm_gflops": numpy_sgemm_gflops()}
+    off = run_official(a.ref_python, a.official_repo, npz, b, seed=a.seed, anomaly=True, threads=2)
+    log(f"speed   official (anomaly detection on, as shipped): {off['wall_time_s']:.1f} s")
+    off_na = run_official(a.ref_python, a.official_repo, npz, b, seed=a.seed, anomaly=False, threads=2,
+                          init_indices=off["init_indices"])
+    log(f"speed   official (anomaly detection off): {off_na['wall_time_s']:.1f} s")
+    res["official_s"] = off["wall_time_s"]
+    res["official_no_anomaly_s"] = off_na["wall_time_s"]
+    res["official_same_picks_both_modes"] = sorted(off["indices"]) == sorted(off_na["indices"])
+    for label, prune in (("dense", False), ("pruned", True)):
+        ours = run_ours({"npz": npz, "k": b, "steps": steps, "temperature": 0.07, "prune": prune,
+                         "init": off["init_indices"], "repeats": 1, "gflops": not prune})
+        cmp = compare(ours["indices"], off["indices"], ours["losses"], off["losses"])
+        res[label] = {**{k: v for k, v in ours.items() if k not in ("indices", "losses")}, **cmp,
+                      "ratio": off["wall_time_s"] / ours["warm_s"],
+                      "ratio_no_anomaly": off_na["wall_time_s"] / ours["warm_s"]}
+        log(f"speed   ours {label:6s}: warm {ours['warm_s']:.1f} s (cold {ours['cold_s']:.1f} s), "
+            f"x{res[label]['ratio']:.1f} vs official, x{res[label]['ratio_no_anomaly']:.1f} vs official "
+            f"without anomaly detection; picks identical as a set {cmp['overlap']:.1%}, "
+            f"max |loss diff| {cmp['max_loss_diff']:.1e}; features recomputed per step "
+            f"{ours['recomputed']:.1%}; peak RSS {ours['peak_rss_gb']:.2f} GB")
+        if "assign_gflops" in ours:
+            log(f"speed   dense assignment: {ours['assign_s']*1e3:.0f} ms a step = "
+                f"{ours['assign_gflops']:.0f} GFLOP/s (XLA matmul 20000x384x400: "
+                f"{ours['xla_matmul_gflops']:.0f} GFLOP/s, NumPy sgemm {res['numpy_sgemm_gflops']:.0f} GFLOP/s)")
+    return res
+
+
+def part_scale(a, tmp, log) -> list[dict]:
+    n, d, b = 1_000_000, 384, 10_000
+    npz = os.path.join(tmp, "scale.npz")
+    np.savez(npz, features=features(a.seed + 1, n, d))
+    rows = []
+    for label, batch, steps, finish in (("full batch (every feature each step)", None, a.scale_steps, True),
+                                        ("ImageNet mode (100 000 random features a step)", 100_000,
+                                         a.scale_steps, False)):
+        ours = run_ours({"npz": npz, "k": b, "steps": steps, "temperature": 0.07, "mode": "steps",
+                         "batch_size": batch, "prune": False, "finish": finish})
+        row = {"setting": label, "N": n, "d": d, "B": b, **ours}
+        rows.append(row)
+        log(f"scale   {label}: steps {', '.join(f'{t:.1f}' for t in ours['step_s'])} s "
+            f"(first includes compilation); init {ours['init_s']:.1f} s"
+            + (f"; final matching {ours['finish_s']:.1f} s ({ours['distinct']} distinct)" if finish else "")
+            + f"; peak RSS {ours['peak_rss_gb']:.2f} GB")
+    os.remove(npz)
+    return rows
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def markdown(r: dict) -> str:
+    lines = []
+    if r.get("parity"):
+        lines += ["| problem (unseen features, same init) | picks identical as a set | max loss-curve difference |",
+                  "|---|---:|---:|"]
+        for row in r["parity"]:
+            lines.append(f"| {row['problem']} | {row['overlap']:.1%} | {row['max_loss_diff']:.1e} |")
+        lines.append("")
+    s = r.get("speed")
+    if s:
+        lines += [f"N = {s['N']:,}, d = {s['d']}, B = {s['B']:,}, {s['steps']} steps:", "",
+                  "| | time | official ÷ this | official without anomaly detection ÷ this |",
+                  "|---|---:|---:|---:|",
+                  f"| official (anomaly detection on, as shipped) | {s['official_s']:.1f} s | 1 | |",
+                  f"| official, anomaly detection off | {s['official_no_anomaly_s']:.1f} s | | 1 |"]
+        for label in ("dense", "pruned"):
+            o = s[label]
+            lines.append(f"| ours, {label} (warm; cold {o['cold_s']:.1f} s) | {o['warm_s']:.1f} s | "
+                         f"{o['ratio']:.1f}× | {o['ratio_no_anomaly']:.1f}× |")
+        lines.append("")
+        for label in ("dense", "pruned"):
+            o = s[label]
+            lines.append(f"- ours {label}: picks identical as a set {o['overlap']:.1%}, max loss-curve "
+                         f"difference {o['max_loss_diff']:.1e}, features recomputed per step "
+                         f"{o['recomputed']:.1%}, peak RSS {o['peak_rss_gb']:.2f} GB")
+        o = s["dense"]
+        lines.append(f"- dense assignment: {o['assign_s']*1e3:.0f} ms a step, {o['assign_gflops']:.0f} GFLOP/s; "
+                     f"this machine: XLA float32 matmul {o['xla_matmul_gflops']:.0f} GFLOP/s, NumPy sgemm "
+                     f"{s['numpy_sgemm_gflops']:.0f} GFLOP/s (20000×384×400)")
+        lines.append("")
+    if r.get("scale"):
+        lines += ["| N = 10⁶, d = 384, B = 10 000 | time per step | init | final matching | peak RSS |",
+                  "|---|---:|---:|---:|---:|"]
+        for row in r["scale"]:
+            steps = row["step_s"]
+            warm = steps[1:] or steps
+            fin = f"{row['finish_s']:.1f} s" if "finish_s" in row else "—"
+            lines.append(f"| {row['setting']} | {np.mean(warm):.1f} s (first, with compile: {steps[0]:.1f} s) | "
+                         f"{row['init_s']:.1f} s | {fin} | {row['peak_rss_gb']:.2f} GB |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--ref-python", default=DEFAULT_REF_PYTHON)
+    p.add_argument("--official-repo", default=DEFAULT_OFFICIAL_REPO)
+    p.add_argument("--parts", default="parity,speed,scale", help="comma-separated subset of parity,speed,scale")
+    p.add_argument("--seed", type=int, default=5001)
+    p.add_argument("--scale-steps", type=int, default=3)
+    p.add_argument("--out", default=os.path.join(ROOT, "experiments", "results", "compare_activeft"))
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.worker:
+        with open(a.worker) as f:
+            print(json.dumps(worker(json.load(f))))
+        return 0
+    parts = set(a.parts.split(","))
+    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+
+    def log(msg):
+        print(msg, flush=True)
+
+    results = {"machine": f"{os.cpu_count()} CPU cores"}
+    with tempfile.TemporaryDirectory() as tmp:
+        if "parity" in parts:
+            results["parity"] = part_parity(a, tmp, log)
+        if "speed" in parts:
+            results["speed"] = part_speed(a, tmp, log)
+        if "scale" in parts:
+            results["scale"] = part_scale(a, tmp, log)
+    with open(a.out + ".json", "w") as f:
+        json.dump(results, f, indent=1)
+    md = markdown(results)
+    with open(a.out + ".md", "w") as f:
+        f.write(md)
+    print("\n" + md)
+    print(f"wrote {a.out}.json and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
