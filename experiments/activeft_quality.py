@@ -142,6 +142,7 @@ def main(argv=None):
         axes[1].plot(budgets, cs, marker="o", label=name, **style)
     for ax in axes:
         ax.set_xscale("log")
+        ax.minorticks_off()
         ax.set_xticks(budgets)
         ax.set_xticklabels([f"{b}\n({b / n:.0%})" for b in budgets])
         ax.set_xlabel("budget B (share of the pool)")

@@ -47,7 +47,7 @@ def _candidates(centers, points, bias, num: int, rows: int):
 
 
 def nearest_unique(centers: jax.Array, points: jax.Array, bias: Optional[jax.Array] = None, *,
-                   num_candidates: int = 32, chunk_rows: Optional[int] = None) -> Selection:
+                   num_candidates: int = 8, chunk_rows: Optional[int] = None) -> Selection:
     """Matches B centers to B distinct pool points, greedily in center order.
 
     Args:
