@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench ref-venv clean
+.PHONY: install run test bench bench-activeft ref-venv clean
 
 install: $(STAMP)
 
@@ -32,6 +32,13 @@ $(REF_VENV)/.installed:
 
 bench: install ref-venv
 	$(PY) experiments/benchmarks/compare_reference.py --ref-python $(REF_VENV)/bin/python
+
+# ActiveFT against the official code: needs a checkout of github.com/yichen928/ActiveFT
+# (see experiments/benchmarks/official/README.md); never committed here.
+OFFICIAL_REPO ?= ../ActiveFT_official
+bench-activeft: install ref-venv
+	$(PY) experiments/benchmarks/compare_activeft.py --ref-python $(REF_VENV)/bin/python \
+		--official-repo $(OFFICIAL_REPO)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

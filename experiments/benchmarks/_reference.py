@@ -101,3 +101,13 @@ def run_official(ref_python: str, repo: str, npz: str, budget: int, *, seed: int
     if out.returncode != 0 or not lines:
         raise RuntimeError(f"official ActiveFT failed (exit {out.returncode}): {out.stderr[-2000:]}")
     return json.loads(lines[-1])
+
+
+def write_report(out: str, results: dict, md: str) -> None:
+    """Writes `out`.json (the raw results) and `out`.md (the tables), and prints the tables."""
+    with open(out + ".json", "w") as f:
+        json.dump(results, f, indent=1)
+    with open(out + ".md", "w") as f:
+        f.write(md)
+    print("\n" + md)
+    print(f"wrote {out}.json and .md")

@@ -37,7 +37,7 @@ import time
 
 import numpy as np
 
-from _reference import DEFAULT_OFFICIAL_REPO, DEFAULT_REF_PYTHON, ROOT, run_official
+from _reference import DEFAULT_OFFICIAL_REPO, DEFAULT_REF_PYTHON, ROOT, run_official, write_report
 
 # (name, seed, N, d, B, steps, temperature, clustered) — seeds disjoint from the fixtures'
 PARITY_PROBLEMS = [
@@ -314,13 +314,7 @@ def main(argv=None):
             results["speed"] = part_speed(a, tmp, log)
         if "scale" in parts:
             results["scale"] = part_scale(a, tmp, log)
-    with open(a.out + ".json", "w") as f:
-        json.dump(results, f, indent=1)
-    md = markdown(results)
-    with open(a.out + ".md", "w") as f:
-        f.write(md)
-    print("\n" + md)
-    print(f"wrote {a.out}.json and .md")
+    write_report(a.out, results, markdown(results))
     return 0
 
 

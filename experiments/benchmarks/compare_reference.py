@@ -41,7 +41,7 @@ import time
 
 import numpy as np
 
-from _reference import DEFAULT_REF_PYTHON, REFERENCE_NAME, ROOT, gaussian, run_reference
+from _reference import DEFAULT_REF_PYTHON, REFERENCE_NAME, ROOT, gaussian, run_reference, write_report
 
 TARGETED = {"itl", "vtl", "ctl", "mmitl", "cosine"}
 PARITY_RULES = ["itl", "vtl", "ctl", "mmitl", "undirected_vtl", "undirected_itl",
@@ -370,13 +370,7 @@ def main(argv=None):
             results["default_mode"] = part_default_mode(a.ref_python, tmp, a, log)
         if "scale" in parts:
             results["scale"] = part_scale(tmp, a, log)
-    with open(a.out + ".json", "w") as f:
-        json.dump(results, f, indent=1)
-    md = markdown(results)
-    with open(a.out + ".md", "w") as f:
-        f.write(md)
-    print("\n" + md)
-    print(f"wrote {a.out}.json and .md")
+    write_report(a.out, results, markdown(results))
 
 
 if __name__ == "__main__":
