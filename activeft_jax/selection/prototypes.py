@@ -368,7 +368,7 @@ def _fit_chunk(carry, feats, key, hyper, *, cfg, num_steps):
     return _run_steps(carry, feats, key, hyper, cfg, num_steps)
 
 
-@functools.partial(jax.jit, static_argnames=())
+@jax.jit
 def _fit_finish(carry, feats, idx, losses, recomputed):
     return _finish(carry, feats, idx, losses, recomputed)
 
@@ -559,7 +559,10 @@ def _sweep(feats, keys, init_indices, temperatures, hyper, *, cfg: _Config):
 
 
 def activeft_sweep(features: Any, *, k: int, temperatures: Any, keys: Any, steps: int = 300,
-                   learning_rate: Any = 1e-3, **options: Any) -> ActiveFTFit:
+                   learning_rate: Any = 1e-3, init: str = "random", balance: Any = 1.0,
+                   optimizer: Optional[optax.GradientTransformation] = None,
+                   batch_size: Optional[int] = None, chunk_rows: Optional[int] = None,
+                   prune: bool = False, refresh: float = 0.3, num_fast: int = 32) -> ActiveFTFit:
     """ActiveFT for every (temperature, key) pair in one compiled call.
 
     Args:
@@ -568,29 +571,23 @@ def activeft_sweep(features: Any, *, k: int, temperatures: Any, keys: Any, steps
       temperatures: [T] temperatures.
       keys: [S] PRNG keys (e.g. `jax.random.split(key, S)`); each gives its own
         random init (and batches).
-      steps, learning_rate, **options: as in `fit_activeft` (except
-        `init_indices`, `progress`).
+      steps, learning_rate, init, balance, optimizer, batch_size, chunk_rows,
+        prune, refresh, num_fast: as in `fit_activeft`, except that `prune`
+        defaults to False (vmap would run both sides of its branches).
 
     Returns:
       `ActiveFTFit` whose fields have leading axes [T, S]: selection.indices
       [T, S, B], losses [T, S, steps], and so on.
     """
-    for bad in ("init_indices", "progress"):
-        if bad in options:
-            raise ValueError(f"`activeft_sweep` does not take `{bad}`.")
-    temps = np.asarray(temperatures) if not is_traced(temperatures) else temperatures
+    temps = temperatures if is_traced(temperatures) else np.asarray(temperatures)
     if temps.ndim != 1 or temps.shape[0] < 1:
         raise ValueError(f"`temperatures` must have shape [T] with T >= 1; got shape {temps.shape}.")
     if not is_traced(temps) and not (np.all(np.isfinite(temps)) and np.all(temps > 0)):
         raise ValueError(f"`temperatures` must all be finite and > 0; got {temps.tolist()}.")
     if keys is None or jnp.ndim(keys) < 1:
         raise ValueError("`keys` must be a batch of PRNG keys, e.g. jax.random.split(key, 4).")
-    first_key = keys[0]
+    # Everything but the temperatures is checked as for a single fit (keys[0] stands in).
     feats, _, init_indices, hyper, cfg = _prepare(
-        features, k, first_key, None, options.pop("init", "random"), float(np.max(temps))
-        if not is_traced(temps) else 1.0, steps, learning_rate, options.pop("balance", 1.0),
-        options.pop("batch_size", None), options.pop("chunk_rows", None), options.pop("prune", False),
-        options.pop("refresh", 0.3), options.pop("num_fast", 32), options.pop("optimizer", None))
-    if options:
-        raise ValueError(f"`activeft_sweep` does not take option(s) {sorted(options)}.")
+        features, k, keys[0], None, init, 1.0, steps, learning_rate, balance, batch_size,
+        chunk_rows, prune, refresh, num_fast, optimizer)
     return _sweep(feats, keys, init_indices, jnp.asarray(temps, feats.dtype), hyper, cfg=cfg)
