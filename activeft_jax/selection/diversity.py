@@ -19,7 +19,7 @@ from jax import lax
 
 from activeft_jax._numerics import matmul
 from activeft_jax.kernels import Linear, l2_normalize
-from activeft_jax.selection._chunks import map_rows, plan
+from activeft_jax.selection._chunks import default_chunk_rows, map_rows, plan
 from activeft_jax.selection._setup import validate
 from activeft_jax.selection.greedy import GreedyRule, greedy, top_k
 from activeft_jax.selection.result import Selection
@@ -129,7 +129,7 @@ def _probcover(points, delta, *, k, normalize):
     dtype = points.dtype
     sq = jnp.sum(points * points, axis=1)
     delta2 = jnp.square(jnp.asarray(delta, dtype))
-    rows = max(256, min(n, (1 << 22) // n))
+    rows = default_chunk_rows(n, n)
     # Out-degree of every point in the δ-ball graph (self-loops included): one
     # chunked O(N² d) pass, then updated as points get covered.
     degree = _ball_counts(points, sq, points, sq, jnp.ones((n,), jnp.int32), delta2, rows)

@@ -176,16 +176,11 @@ def _loss(params, feats, assign, temperature, balance, rows):
     return -jnp.mean(logits - jnp.logaddexp(logits, jnp.log(balance) + log_s[assign]))
 
 
-def _dense_assignment(protos, feats, rows, with_runner_up=False):
-    """argmax_k f_iᵀθ̂_k for every feature (and the runner-up similarity), chunked."""
+def _dense_assignment(protos, feats, rows):
+    """argmax_k f_iᵀθ̂_k for every feature, chunked."""
 
     def fn(x):
-        sims = matmul(x, protos.T)
-        c = jnp.argmax(sims, axis=1).astype(jnp.int32)
-        if not with_runner_up:
-            return c
-        others = jnp.where(jnp.arange(protos.shape[0])[None, :] == c[:, None], -jnp.inf, sims)
-        return c, jnp.max(others, axis=1)
+        return jnp.argmax(matmul(x, protos.T), axis=1).astype(jnp.int32)
 
     return map_rows(fn, plan(feats.shape[0], rows), feats)
 
@@ -351,10 +346,16 @@ def _finish(carry: _Carry, feats, idx, losses, recomputed):
     return ActiveFTFit(sel, protos, losses, idx, recomputed)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _fit(feats, key, init_indices, hyper, *, cfg: _Config):
+def _optimize(feats, key, init_indices, hyper, cfg: _Config):
+    """Init and all `cfg.steps` steps: (final carry, initial indices, losses, recomputed)."""
     carry, idx = _init_carry(feats, key, init_indices, hyper, cfg)
     carry, (losses, recomputed) = _run_steps(carry, feats, key, hyper, cfg, cfg.steps)
+    return carry, idx, losses, recomputed
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _fit(feats, key, init_indices, hyper, *, cfg: _Config):
+    carry, idx, losses, recomputed = _optimize(feats, key, init_indices, hyper, cfg)
     return _finish(carry, feats, idx, losses, recomputed)
 
 
@@ -542,9 +543,8 @@ def activeft(features: Any, *, k: int, key: Any = None, init_indices: Any = None
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def _sweep(feats, keys, init_indices, temperatures, hyper, *, cfg: _Config):
     def fit_one(temperature, key):
-        h = hyper._replace(temperature=temperature)
-        carry, idx = _init_carry(feats, key, init_indices, h, cfg)
-        carry, (losses, recomputed) = _run_steps(carry, feats, key, h, cfg, cfg.steps)
+        carry, idx, losses, recomputed = _optimize(
+            feats, key, init_indices, hyper._replace(temperature=temperature), cfg)
         return carry.params, idx, losses, recomputed
 
     per_key = jax.vmap(fit_one, in_axes=(None, 0))
