@@ -5,6 +5,7 @@
     sel.indices, sel.values
 """
 
+from activeft_jax import embeddings as embeddings
 from activeft_jax import gp as gp
 from activeft_jax import kernels as kernels
 from activeft_jax import selection as selection
@@ -14,4 +15,4 @@ from activeft_jax.selection import select as select
 
 __version__ = "0.1.0"
 
-__all__ = ["STRATEGIES", "Selection", "gp", "kernels", "select", "selection", "__version__"]
+__all__ = ["STRATEGIES", "Selection", "embeddings", "gp", "kernels", "select", "selection", "__version__"]
