@@ -59,5 +59,9 @@ bench-activeft: install ref-venv
 	$(PY) experiments/benchmarks/compare_activeft.py --ref-python $(REF_VENV)/bin/python \
 		--official-repo $(OFFICIAL_REPO)
 
+# MiniLM sentences/s against sentence-transformers, same texts and batch size.
+bench-embed: install st-venv
+	$(PY) experiments/benchmarks/embed_throughput.py --ref-python $(ST_VENV)/bin/python
+
 clean:
 	rm -rf $(VENV) build *.egg-info

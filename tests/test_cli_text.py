@@ -1,0 +1,176 @@
+"""`activeft-jax embed` / `score`: bad input is one line and exit status 2, before any model loads."""
+
+import json
+
+import pytest
+
+from activeft_jax import cli
+
+
+def _write(path, content: bytes):
+    path.write_bytes(content)
+    return str(path)
+
+
+@pytest.mark.parametrize("desc,content,message", [
+    ("empty file", b"", "has no lines"),
+    ("empty line", b'{"text": "a"}\n\n{"text": "b"}\n', "line 2 of .* is empty"),
+    ("blank line", b'{"text": "a"}\n   \n', "line 2 of .* is empty"),
+    ("invalid json", b'{"text": "a"}\n{"text": "b"\n', "line 2 of .* is not valid JSON"),
+    ("not an object", b'["a"]\n', "line 1 .* got list"),
+    ("no text", b'{"txt": "a"}\n', "line 1 .* got no 'text'"),
+    ("text not str", b'{"text": 3}\n', "'text' of type int"),
+    ("not utf-8", b'{"text": "\xff"}\n', "is not UTF-8"),
+])
+@pytest.mark.parametrize("command", ["embed", "score"])
+def test_bad_jsonl_is_one_line_exit_2(tmp_path, capsys, command, desc, content, message):
+    path = _write(tmp_path / "in.jsonl", content)
+    out = str(tmp_path / ("e.npy" if command == "embed" else "s.json"))
+    code = cli.main([command, "--input", path, "--out", out])
+    err = capsys.readouterr().err
+    assert code == 2, desc
+    assert err.count("\n") == 1 and err.startswith("activeft-jax: error: --input:"), err
+    import re
+    assert re.search(message, err), err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["embed", "--input", "{i}", "--out", "{d}/e.txt"], "--out: expected a .npy or .npz"),
+    (["embed", "--input", "{i}", "--out", "{d}/e.npy", "--batch-size", "0"], "--batch-size must be >= 1"),
+    (["embed", "--input", "{i}", "--out", "{d}/e.npy", "--cache", "{d}/c.npy"], "--cache: expected a .npz"),
+    (["embed", "--input", "{d}/missing.jsonl", "--out", "{d}/e.npy"], "--input: cannot read"),
+    (["embed", "--model", "gpt", "--input", "{i}", "--out", "{d}/e.npy"], "invalid choice: 'gpt'"),
+    (["score", "--model", "minilm", "--input", "{i}"], "invalid choice: 'minilm'"),
+    (["score", "--input", "{i}", "--window", "1"], "--window must be >= 2"),
+    (["score", "--input", "{e}"], "line 2 has an empty text"),
+])
+def test_bad_options_one_line_exit_2(tmp_path, capsys, argv, message):
+    good = _write(tmp_path / "in.jsonl", b'{"text": "hello"}\n')
+    empty_text = _write(tmp_path / "empty.jsonl", (json.dumps({"text": "a"}) + "\n"
+                                                   + json.dumps({"text": ""}) + "\n").encode())
+    argv = [a.format(i=good, e=empty_text, d=tmp_path) for a in argv]
+    code = cli.main(argv)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and message in err, err
+
+
+# ---------------------------------------------------------------- real models, end to end
+
+DATA = __import__("pathlib").Path(__file__).parent / "data"
+
+
+def _jsonl(path, texts):
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+    return str(path)
+
+
+def test_embed_minilm_matches_golden_and_uses_the_cache(tmp_path, capsys):
+    import numpy as np
+
+    golden = json.loads((DATA / "minilm_golden.json").read_text())
+    with np.load(DATA / "minilm_golden.npz") as z:
+        want = z["sentence_embeddings"]
+    texts = golden["sentences"]
+    inp = _jsonl(tmp_path / "in.jsonl", texts)
+    out, cache = tmp_path / "e.npy", tmp_path / "cache.npz"
+    assert cli.main(["embed", "--model", "minilm", "--input", inp, "--out", str(out),
+                     "--batch-size", "3", "--cache", str(cache)]) == 0
+    emb = np.load(out)
+    assert emb.dtype == np.float32 and emb.shape == (len(texts), 384)
+    np.testing.assert_allclose(emb, want, atol=1e-5, rtol=0)
+    # the cache now holds exactly what was written; a second run reads it (same bytes)
+    with np.load(cache) as z:
+        np.testing.assert_array_equal(z["embeddings"], emb)
+    out2 = tmp_path / "e2.npz"
+    assert cli.main(["embed", "--input", inp, "--out", str(out2), "--cache", str(cache),
+                     "--progress"]) == 0
+    assert "cache hit" in capsys.readouterr().err
+    with np.load(out2) as z:
+        np.testing.assert_array_equal(z["pool"], emb)
+    # other texts: stale, recomputed, rows follow the new lines
+    inp2 = _jsonl(tmp_path / "in2.jsonl", texts[::-1])
+    assert cli.main(["embed", "--input", inp2, "--out", str(out), "--cache", str(cache),
+                     "--progress"]) == 0
+    assert "inputs changed" in capsys.readouterr().err
+    np.testing.assert_allclose(np.load(out), want[::-1], atol=1e-5, rtol=0)
+
+
+def test_score_smollm2_matches_golden(tmp_path, capsys):
+    import math
+
+    import numpy as np
+
+    golden = json.loads((DATA / "smollm2_golden.json").read_text())
+    with np.load(DATA / "smollm2_golden.npz") as z:
+        nll0 = z["nll_per_token_first_prompt"].astype(np.float64)
+        lengths = z["lengths"]
+    prompts = golden["prompts"]
+    inp = _jsonl(tmp_path / "in.jsonl", prompts)
+    out = tmp_path / "s.json"
+    assert cli.main(["score", "--input", inp, "--out", str(out)]) == 0
+    scores = json.loads(out.read_text())
+    assert [s["tokens"] for s in scores] == [int(n) for n in lengths]
+    assert abs(scores[0]["nll"] - nll0.sum()) < 1e-3
+    for s, p in zip(scores, prompts):
+        assert s["bpb"] == pytest.approx(s["nll"] / (math.log(2) * len(p.encode("utf-8"))), rel=1e-9)
+        assert s["nll"] > 0
+
+
+def test_score_unseen_long_texts_through_the_cli(tmp_path):
+    """Texts no fixture prompt saw (stdlib source, up to 747 tokens): per-token NLL as HF gives."""
+    import numpy as np
+
+    with np.load(DATA / "smollm2_unseen.npz") as z:
+        texts = [str(t) for t in z["texts"]]
+        nll, off = z["nll"].astype(np.float64), z["nll_offsets"]
+        ids_off = z["ids_offsets"]
+    inp = _jsonl(tmp_path / "in.jsonl", texts)
+    out = tmp_path / "s.json"
+    assert cli.main(["score", "--input", inp, "--out", str(out), "--no-progress"]) == 0
+    scores = json.loads(out.read_text())
+    for i, s in enumerate(scores):
+        assert s["tokens"] == ids_off[i + 1] - ids_off[i]
+        want = nll[off[i]:off[i + 1]]
+        # transformers' float32 sum drifts ~1e-5 per token (see test_smollm2), so per token
+        assert abs(s["nll"] - want.sum()) / len(want) < 2e-5, (i, s["nll"], want.sum())
+    # a window shorter than the longest text: sliding windows, every token once, same as the API
+    win = tmp_path / "w.json"
+    long = [t for t in texts if len(t) > 2000][:1]
+    assert long, "the fixture has a long text"
+    inp2 = _jsonl(tmp_path / "long.jsonl", long)
+    assert cli.main(["score", "--input", inp2, "--out", str(win), "--window", "256"]) == 0
+    (w,) = json.loads(win.read_text())
+    full = next(s for s, t in zip(scores, texts) if t == long[0])
+    assert w["tokens"] == full["tokens"] > 256
+    # less context for the later tokens can only cost a little: within 10% of the full score
+    assert full["nll"] < w["nll"] < 1.1 * full["nll"]
+
+
+def test_embed_unseen_long_texts_through_the_cli(tmp_path):
+    """sentence-transformers' embeddings of texts nobody here wrote, some longer than 256 tokens."""
+    import numpy as np
+
+    with np.load(DATA / "minilm_unseen.npz") as z:
+        texts = [str(t) for t in z["texts"]]
+        want, ntok = z["embeddings"], z["num_tokens"]
+    assert (ntok == 256).sum() >= 3  # counts after truncation: longer texts are cut at 256
+    inp = _jsonl(tmp_path / "in.jsonl", texts)
+    out = tmp_path / "e.npy"
+    assert cli.main(["embed", "--input", inp, "--out", str(out), "--batch-size", "4"]) == 0
+    np.testing.assert_allclose(np.load(out), want, atol=1e-5, rtol=0)
+
+
+def test_embed_smollm2_is_the_mean_final_hidden_state(tmp_path):
+    import numpy as np
+
+    golden = json.loads((DATA / "smollm2_golden.json").read_text())
+    with np.load(DATA / "smollm2_golden.npz") as z:
+        idx = list(z["hidden_states_index"]).index(30)  # after the final RMSNorm
+        want = z["hidden_states_first_prompt"][idx].mean(axis=0)
+    inp = _jsonl(tmp_path / "in.jsonl", golden["prompts"][:1])
+    out = tmp_path / "e.npy"
+    assert cli.main(["embed", "--model", "smollm2", "--input", inp, "--out", str(out)]) == 0
+    emb = np.load(out)
+    assert emb.shape == (1, 576) and emb.dtype == np.float32
+    np.testing.assert_allclose(emb[0], want, atol=1e-4 * np.abs(want).max(), rtol=0)
