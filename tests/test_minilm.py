@@ -47,7 +47,7 @@ def test_attributes(model, golden):
     meta, _ = golden
     assert model.name == "all-MiniLM-L6-v2"
     assert (model.dim, model.max_seq_length) == (384, 256)
-    assert model.fingerprint == meta["model_safetensors_sha256"][:16]
+    assert model.fingerprint == "sha256:" + meta["model_safetensors_sha256"][:16]
     assert model.config.num_layers == 6 and model.config.num_heads == 12
 
 
@@ -127,8 +127,8 @@ def test_progress_bar_goes_to_stderr(model, capsys):
 @pytest.mark.parametrize("texts, match", [
     ([], "`texts` must be a non-empty list of str; got an empty list"),
     ("a sentence", "got a single str"),
-    (["ok", 3], "element 1 is int"),
-    (["ok", None], "element 1 is NoneType"),
+    (["ok", 3], r"`texts\[1\]` must be a str; got int"),
+    (["ok", None], r"`texts\[1\]` must be a str; got NoneType"),
     (None, "got NoneType"),
 ])
 def test_bad_texts(model, texts, match):

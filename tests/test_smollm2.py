@@ -297,11 +297,11 @@ def test_loss_gradient_is_finite_and_sgd_step_lowers_loss(lm, golden):
 
 
 @pytest.mark.parametrize("texts, match", [
-    ([], r"`texts` is empty"),
-    ("a string", r"`texts` must be a list of strings"),
+    ([], r"`texts` must be a non-empty list of str; got an empty list"),
+    ("a string", r"`texts` must be a non-empty list of str; got a single str"),
     (["ok", 3], r"`texts\[1\]` must be a str"),
     (["ok", ""], r"`texts\[1\]` is an empty string"),
-    (None, r"`texts` must be a list of strings"),
+    (None, r"`texts` must be a non-empty list of str; got NoneType"),
 ])
 def test_bad_texts_raise(lm, texts, match):
     with pytest.raises(ValueError, match=match):

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -43,6 +42,8 @@ from typing import Any, NamedTuple, Optional, Sequence, Union
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from activeft_jax.models._common import check_texts, file_fingerprint
 
 __all__ = [
     "MiniLM",
@@ -293,26 +294,6 @@ def _load_tokenizer(path: Path, max_seq_length: int):
     return tok
 
 
-def _check_texts(texts: Any, name: str = "texts") -> list:
-    if isinstance(texts, (str, bytes)):
-        raise ValueError(f"`{name}` must be a non-empty list of str; got a single "
-                         f"{type(texts).__name__} (wrap it in a list).")
-    if isinstance(texts, np.ndarray):
-        texts = texts.tolist()
-    try:
-        texts = list(texts)
-    except TypeError:
-        raise ValueError(f"`{name}` must be a non-empty list of str; "
-                         f"got {type(texts).__name__}.") from None
-    if not texts:
-        raise ValueError(f"`{name}` must be a non-empty list of str; got an empty list.")
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise ValueError(f"`{name}` must be a non-empty list of str; element {i} is "
-                             f"{type(t).__name__} ({t!r:.60}).")
-    return texts
-
-
 def _bucket(length: int, max_len: int) -> int:
     for b in BUCKETS:
         if b >= length:
@@ -332,7 +313,7 @@ class MiniLM:
       name: "all-MiniLM-L6-v2".
       dim: embedding dimension, 384.
       max_seq_length: 256 (tokens, including [CLS] and [SEP]).
-      fingerprint: first 16 hex digits of the sha256 of `model.safetensors`.
+      fingerprint: "sha256:" and the first 16 hex digits of the sha256 of `model.safetensors`.
       path: the model directory.
     """
 
@@ -358,7 +339,7 @@ class MiniLM:
         Returns:
           (input_ids, attention_mask), int32 numpy arrays of shape [len(texts), L].
         """
-        texts = _check_texts(texts)
+        texts = check_texts(texts)
         encodings = self.tokenizer.encode_batch(texts)
         ids = np.asarray([e.ids for e in encodings], dtype=np.int32)
         mask = np.asarray([e.attention_mask for e in encodings], dtype=np.int32)
@@ -385,7 +366,7 @@ class MiniLM:
         Raises:
           ValueError: if `texts` is not a non-empty list of str, or `batch_size` < 1.
         """
-        texts = _check_texts(texts)
+        texts = check_texts(texts)
         if (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
                 or batch_size < 1):
             raise ValueError(f"`batch_size` must be a positive int; got {batch_size!r}.")
@@ -461,8 +442,7 @@ def load_minilm(path: Optional[Union[str, Path]] = None, dtype: Any = jnp.float3
         with open(sbert) as f:
             max_seq_length = int(json.load(f).get("max_seq_length", max_seq_length))
     max_seq_length = min(max_seq_length, config.max_position_embeddings)
-    with open(weights_file, "rb") as f:
-        fingerprint = hashlib.file_digest(f, "sha256").hexdigest()[:16]
+    fingerprint = file_fingerprint(weights_file)
     params = _convert(load_file(str(weights_file)), config, jnp.dtype(dtype))
     return MiniLM(params=params, config=config, tokenizer=_load_tokenizer(path, max_seq_length),
                   name=NAME, dim=config.hidden_size, max_seq_length=max_seq_length,

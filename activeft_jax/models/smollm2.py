@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import math
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
@@ -29,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from activeft_jax.models import llama
+from activeft_jax.models._common import check_texts, file_fingerprint
 from activeft_jax.models.gguf import read_llama_gguf
 
 __all__ = ["SmolLM2", "load_smollm2"]
@@ -83,7 +83,7 @@ class SmolLM2:
 
     def tokenize_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """`tokenize` for many texts at once (parallel in the Rust tokenizer)."""
-        texts = _check_texts(texts, allow_empty=True)
+        texts = check_texts(texts, allow_empty=True)
         return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
 
     def encode_batch(self, texts: Sequence[str], max_length: Optional[int] = None,
@@ -138,7 +138,7 @@ class SmolLM2:
         per batch) and padded to bucketed lengths (at most 12.5% or 15 tokens longer),
         so few shapes get compiled.
         """
-        texts = _check_texts(texts, allow_empty=False)
+        texts = check_texts(texts, allow_empty=False)
         window = self.context_length if window is None else _check_int(
             window, "window", 2, self.context_length)
         batch_size = _check_int(batch_size, "batch_size", 1, None)
@@ -169,7 +169,7 @@ class SmolLM2:
               params: Any = None) -> np.ndarray:
         """Prompt embeddings, float32 [n, 576]: the mean over real tokens of the final
         (post-RMSNorm) hidden states. Texts are truncated to the context length."""
-        texts = _check_texts(texts, allow_empty=False)
+        texts = check_texts(texts, allow_empty=False)
         batch_size = _check_int(batch_size, "batch_size", 1, None)
         params = self.params if params is None else params
         ids = [x[:self.context_length] for x in self.tokenize_batch(texts)]
@@ -193,7 +193,7 @@ def load_smollm2(path: Union[str, Path, None] = None) -> SmolLM2:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no GGUF file at {path}")
-    fingerprint = _fingerprint(path)
+    fingerprint = file_fingerprint(path)
     model = read_llama_gguf(path)
     tok = model.tokenizer
     pad = model.metadata.get("tokenizer.ggml.padding_token_id")
@@ -211,34 +211,6 @@ def load_smollm2(path: Union[str, Path, None] = None) -> SmolLM2:
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def _fingerprint(path: Path) -> str:
-    """sha256 of the whole file (about 0.1 s for the 98 MB GGUF), shortened."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return f"sha256:{h.hexdigest()[:16]}"
-
-
-def _check_texts(texts: Any, allow_empty: bool, name: str = "texts") -> list[str]:
-    if isinstance(texts, (str, bytes)):
-        raise ValueError(f"`{name}` must be a list of strings, not a single "
-                         f"{type(texts).__name__}; wrap it in a list.")
-    try:
-        texts = list(texts)
-    except TypeError:
-        raise ValueError(
-            f"`{name}` must be a list of strings; got {type(texts).__name__}.") from None
-    if not texts:
-        raise ValueError(f"`{name}` is empty; give at least one text.")
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise ValueError(f"`{name}[{i}]` must be a str; got {type(t).__name__}.")
-        if not allow_empty and not t:
-            raise ValueError(f"`{name}[{i}]` is an empty string (0 UTF-8 bytes, no tokens).")
-    return texts
 
 
 def _check_int(value: Any, name: str, lo: int, hi: Optional[int]) -> int:
@@ -309,6 +281,9 @@ def _pad(seqs: Iterable[Sequence[int]], rows: int, length: int, pad_id: int):
 def _progress(batches: list, enabled: bool):
     if not enabled:
         return batches
-    from tqdm import tqdm
+    import sys
 
-    return tqdm(batches, total=len(batches), unit="batch")
+    from tqdm.auto import tqdm
+
+    return tqdm(batches, total=len(batches), desc="SmolLM2", unit="batch", file=sys.stderr,
+                leave=False)
