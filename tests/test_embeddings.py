@@ -141,6 +141,19 @@ def test_last_layer_is_penultimate_activation(name, dtype):
     assert out.dtype == jnp.dtype(dtype)
 
 
+def test_linear_probe_features_are_its_inputs():
+    """A model that is one nn.Dense (a linear head on frozen embeddings): its inputs."""
+    head = nn.Dense(3)
+    x = np.random.default_rng(0).normal(size=(7, 5)).astype(np.float32)
+    variables = head.init(jax.random.key(0), x[:1])
+    np.testing.assert_array_equal(np.asarray(emb.last_layer(head, variables, x)), x)
+    g = emb.loss_gradient(head, variables, x)
+    p = jax.nn.softmax(head.apply(variables, x))
+    e = np.eye(3)[np.asarray(p).argmax(1)]
+    want = np.einsum("nh,nc->nhc", np.concatenate([np.ones((7, 1)), x], 1), np.asarray(p) - e)
+    np.testing.assert_allclose(np.asarray(g), want.reshape(7, -1), atol=1e-6)
+
+
 def test_named_layer_matches_capture_intermediates(dtype):
     model, variables, x = make("cnn", dtype)
     _, state = model.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])

@@ -59,7 +59,9 @@ def _trace_calls(module, variables, x, apply_kwargs) -> tuple[Any, list[_Call]]:
     def interceptor(next_fun, args, kwargs, context):
         out = next_fun(*args, **kwargs)
         mod = context.module
-        if context.method_name == "__call__" and mod.path:
+        # submodules, and the root when it is itself a Dense (a linear probe: its
+        # penultimate features are its inputs); the root has the empty name
+        if context.method_name == "__call__" and (mod.path or isinstance(mod, nn.Dense)):
             first = args[0] if args else next(iter(kwargs.values()), None)
             dense = isinstance(mod, nn.Dense)
             calls.append(
@@ -76,7 +78,8 @@ def _trace_calls(module, variables, x, apply_kwargs) -> tuple[Any, list[_Call]]:
 def _names(calls: list[_Call]) -> list[str]:
     seen: dict[str, None] = {}
     for c in calls:
-        seen.setdefault(c.name, None)
+        if c.name:
+            seen.setdefault(c.name, None)
     return list(seen)
 
 
