@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench bench-activeft bench-embed ref-venv st-venv clean
+.PHONY: install run demo test bench bench-activeft bench-embed ref-venv st-venv clean
 
 install: $(STAMP)
 
@@ -21,6 +21,9 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	touch $(STAMP)
 
 run: install
+	$(PY) experiments/study_a.py
+
+demo: install
 	$(PY) experiments/digits_demo.py
 
 test: install
