@@ -15,4 +15,17 @@ from activeft_jax.selection import select as select
 
 __version__ = "0.1.0"
 
-__all__ = ["STRATEGIES", "Selection", "embeddings", "gp", "kernels", "select", "selection", "__version__"]
+# Heavier subpackages load on first use: `aft.training` (orbax), `aft.data`
+# (tensorflow-datasets), `aft.models` (tokenizers, gguf).
+_LAZY = ("data", "models", "training")
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f"activeft_jax.{name}")
+    raise AttributeError(f"module 'activeft_jax' has no attribute {name!r}")
+
+__all__ = ["STRATEGIES", "Selection", "data", "embeddings", "gp", "kernels", "models", "select",
+           "selection", "training", "__version__"]
