@@ -7,6 +7,7 @@
 
     activeft-jax embed --model minilm --input texts.jsonl --out emb.npy [--cache c.npz]
     activeft-jax score --model smollm2 --input texts.jsonl --out scores.json
+    activeft-jax study A [--config cfg.json] [--setting bbc] [--seeds 10]
 
 `select` writes `{"indices": [...], "values": [...]}` (non-finite values, such as the
 +inf of maxdist's first pick, are written as null); activeft adds its
@@ -144,6 +145,17 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     _progress_flags(p)
     p.set_defaults(func=_score)
+
+    p = sub.add_parser(
+        "study",
+        help="run a study of experiments/ (from a checkout of the repository)",
+        description="Run Study A (fine-tune toward a target) or B (ActiveFT's setting); results go "
+        "to experiments/results/. Options after the name go to the study "
+        "(e.g. --config cfg.json, --setting bbc, --seeds 10; see `study A --help`).",
+    )
+    p.add_argument("name", choices=("A", "B"), help="which study")
+    p.add_argument("options", nargs=argparse.REMAINDER, help="the study's own options")
+    p.set_defaults(func=_study)
     return parser
 
 
@@ -387,6 +399,21 @@ def _score(args: argparse.Namespace) -> int:
                          progress=_auto_progress(args.progress, len(texts), 32))
     out = [{"tokens": int(s["tokens"]), "nll": float(s["nll"]), "bpb": float(s["bpb"])} for s in scores]
     return _write(out, args.out)
+
+
+def _study(args: argparse.Namespace) -> int:
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "experiments" / f"study_{args.name.lower()}.py"
+    if not script.is_file():
+        raise BadInput(f"study {args.name}: {script} not found; the studies run from a checkout "
+                       "of the repository (an editable install)")
+    spec = importlib.util.spec_from_file_location(f"_activeft_study_{args.name.lower()}", script)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return int(module.main(args.options) or 0)
 
 
 def _write(out, path: Optional[str]) -> int:

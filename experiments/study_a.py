@@ -120,6 +120,8 @@ def setting_bbc(cfg: Config) -> dict:
 
 SETTINGS = {"digits": setting_digits, "bbc": setting_bbc}
 DEFAULT_CLASSES = {"digits": ((0, 1, 2, 3, 4), (5, 7, 9)), "bbc": ((0, 1), (2, 3, 4))}
+# Training examples (the pool) of each setting's train split (activeft_jax.data).
+POOL_SIZE = {"digits": 1423, "bbc": 1794}
 # Adam's step size for the head: MiniLM's unit-norm inputs need larger steps than the CNN's.
 DEFAULT_LR = {"digits": 1e-2, "bbc": 1e-1}
 
@@ -155,7 +157,7 @@ def run(cfg: Config, out_dir: Path = RESULTS, progress: bool = True) -> dict:
             res = active_finetune(
                 model, params, optax.adam(cfg.learning_rate or DEFAULT_LR[cfg.setting]), x, y, xt[target], yt[target],
                 strategy=strategy, rounds=cfg.rounds, k_per_round=cfg.k_per_round,
-                workdir=out_dir / "runs" / cfg.setting / f"{strategy}_s{seed}", seed=seed,
+                workdir=out_dir / "runs" / f"{strategy}_s{seed}", seed=seed,
                 trainable="head", epochs=cfg.epochs, batch_size=cfg.batch_size,
                 select_kwargs=kwargs,
             )
@@ -240,20 +242,63 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv=None) -> int:
+def config_from_args(argv=None) -> tuple[Config, Path]:
+    """The configuration from flags and/or a JSON file; every check runs before any work."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--setting", default="digits", choices=sorted(SETTINGS))
-    p.add_argument("--strategies", default=",".join(STRATEGIES))
-    p.add_argument("--seeds", type=int, default=Config.seeds)
-    p.add_argument("--rounds", type=int, default=Config.rounds)
-    p.add_argument("--k-per-round", type=int, default=Config.k_per_round)
+    p.add_argument("--config", help="JSON file with Config fields (flags given explicitly win)")
+    p.add_argument("--setting", choices=sorted(SETTINGS))
+    p.add_argument("--strategies", help="comma-separated strategy names")
+    p.add_argument("--seeds", type=int)
+    p.add_argument("--rounds", type=int)
+    p.add_argument("--k-per-round", type=int)
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
-    pre, tgt = DEFAULT_CLASSES[args.setting]
-    cfg = Config(setting=args.setting, strategies=tuple(s for s in args.strategies.split(",") if s),
-                 seeds=args.seeds, rounds=args.rounds, k_per_round=args.k_per_round,
-                 pretrain_classes=pre, target_classes=tgt)
-    out = Path(args.out) / args.setting
+    fields = {f.name for f in dataclasses.fields(Config)}
+    values: dict = {}
+    if args.config:
+        try:
+            with open(args.config) as f:
+                loaded = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"--config: cannot read {args.config}: {e}") from e
+        if not isinstance(loaded, dict) or set(loaded) - fields:
+            unknown = sorted(set(loaded) - fields) if isinstance(loaded, dict) else loaded
+            raise ValueError(f"--config: unknown fields {unknown}; known: {sorted(fields)}")
+        values.update(loaded)
+    for name in ("setting", "seeds", "rounds", "k_per_round"):
+        if getattr(args, name) is not None:
+            values[name] = getattr(args, name)
+    if args.strategies is not None:
+        values["strategies"] = [s for s in args.strategies.split(",") if s]
+    setting = values.get("setting", Config.setting)
+    if setting not in SETTINGS:
+        raise ValueError(f"unknown setting {setting!r}; choose one of {sorted(SETTINGS)}")
+    pre, tgt = DEFAULT_CLASSES[setting]
+    values.setdefault("pretrain_classes", pre)
+    values.setdefault("target_classes", tgt)
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    cfg = Config(**values)
+    from activeft_jax.selection import STRATEGIES as KNOWN
+
+    bad = [s for s in cfg.strategies if s not in KNOWN]
+    if bad or not cfg.strategies:
+        raise ValueError(f"unknown strategies {bad}; choose from {', '.join(KNOWN)}")
+    for name in ("seeds", "rounds", "k_per_round", "epochs", "batch_size"):
+        if int(getattr(cfg, name)) < 1:
+            raise ValueError(f"{name} must be >= 1; got {getattr(cfg, name)}")
+    pool = POOL_SIZE[setting]
+    if cfg.rounds * cfg.k_per_round > pool:
+        raise ValueError(f"the budget rounds * k_per_round = {cfg.rounds * cfg.k_per_round} "
+                         f"exceeds the pool ({pool} training examples of {setting})")
+    return cfg, Path(args.out) / setting
+
+
+def main(argv=None) -> int:
+    try:
+        cfg, out = config_from_args(argv)
+    except ValueError as e:
+        print(f"study A: error: {e}", file=sys.stderr)
+        return 2
     out.mkdir(parents=True, exist_ok=True)
     result = run(cfg, out)
     (out / "study_a.json").write_text(json.dumps(result, indent=1))
