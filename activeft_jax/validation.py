@@ -68,8 +68,11 @@ def check_finite(x: jax.Array, name: str) -> None:
     """Raises if a concrete `x` holds NaN or inf (skipped for tracers)."""
     if is_traced(x):
         return
-    finite = jnp.isfinite(x)
-    if not bool(jnp.all(finite)):
+    # A concrete array closed over by a function under jit: evaluate now, not staged.
+    with jax.ensure_compile_time_eval():
+        finite = jnp.isfinite(x)
+        ok = bool(jnp.all(finite))
+    if not ok:
         bad = np.argwhere(~np.asarray(finite))[0]
         raise ValueError(
             f"`{name}` (shape {_shape(x)}) contains NaN or inf, first at index {tuple(int(i) for i in bad)}."

@@ -80,6 +80,18 @@ def test_shape_errors_also_raise_under_jit_and_vmap():
         jax.vmap(lambda s: aft.select("vtl", POOL, TARGET, k=30, noise_std=s))(jnp.ones(2))
 
 
+def test_select_under_jit_with_a_closed_over_pool():
+    """Concrete arrays closed over under jit are still checked, and a clean one works."""
+    pool, target = jnp.asarray(POOL), jnp.asarray(TARGET)
+    grid = jnp.asarray([0.5, 1.0])
+    got = jax.jit(jax.vmap(lambda s: aft.select("vtl", pool, target, k=3, noise_std=s).indices))(grid)
+    want = [aft.select("vtl", POOL, TARGET, k=3, noise_std=float(s)).indices for s in grid]
+    np.testing.assert_array_equal(np.asarray(got), np.stack([np.asarray(w) for w in want]))
+    bad = pool.at[2, 1].set(jnp.nan)
+    with pytest.raises(ValueError, match=r"contains NaN or inf, first at index \(2, 1\)"):
+        jax.jit(lambda s: aft.select("vtl", bad, target, k=3, noise_std=s).indices)(1.0)
+
+
 # ----------------------------------------------------------------------------- CLI
 
 
