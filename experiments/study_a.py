@@ -242,9 +242,17 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Bad flags: one line on stderr and exit status 2 (no usage block)."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
 def config_from_args(argv=None) -> tuple[Config, Path]:
     """The configuration from flags and/or a JSON file; every check runs before any work."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="study A", description=__doc__.splitlines()[0])
     p.add_argument("--config", help="JSON file with Config fields (flags given explicitly win)")
     p.add_argument("--setting", choices=sorted(SETTINGS))
     p.add_argument("--strategies", help="comma-separated strategy names")

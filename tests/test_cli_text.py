@@ -194,6 +194,22 @@ def test_study_bad_configuration_fails_at_start(tmp_path, capsys, options, messa
     assert not (tmp_path / "out").exists()  # nothing ran
 
 
+@pytest.mark.parametrize("options,message", [
+    (["--strategies", "activeft,nope"], "unknown strategies ['nope']"),
+    (["--budgets", "0.01,2"], "budgets must be fractions of the pool in (0, 1]"),
+    (["--setting", "cifar"], "unknown setting(s) ['cifar']"),
+    (["--config", "{d}/bad.json"], "unknown fields ['sedes']"),
+])
+def test_study_b_bad_configuration_fails_at_start(tmp_path, capsys, options, message):
+    (tmp_path / "bad.json").write_text(json.dumps({"sedes": 3}))
+    options = [o.format(d=tmp_path) for o in options]
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["study", "B", *options, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "out").exists()
+
+
 def test_study_a_runs_from_the_command_line(tmp_path, capsys):
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps({"strategies": ["itl", "random"], "seeds": 2, "rounds": 2}))
