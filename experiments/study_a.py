@@ -250,6 +250,22 @@ class OneLineParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def read_config(path, config_cls) -> dict:
+    """The fields of a `--config` JSON file (an object of `config_cls` fields), or {}."""
+    if not path:
+        return {}
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    try:
+        with open(path) as f:
+            loaded = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--config: cannot read {path}: {e}") from e
+    if not isinstance(loaded, dict) or set(loaded) - fields:
+        unknown = sorted(set(loaded) - fields) if isinstance(loaded, dict) else loaded
+        raise ValueError(f"--config: unknown fields {unknown}; known: {sorted(fields)}")
+    return loaded
+
+
 def config_from_args(argv=None) -> tuple[Config, Path]:
     """The configuration from flags and/or a JSON file; every check runs before any work."""
     p = OneLineParser(prog="study A", description=__doc__.splitlines()[0])
@@ -261,18 +277,7 @@ def config_from_args(argv=None) -> tuple[Config, Path]:
     p.add_argument("--k-per-round", type=int)
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
-    fields = {f.name for f in dataclasses.fields(Config)}
-    values: dict = {}
-    if args.config:
-        try:
-            with open(args.config) as f:
-                loaded = json.load(f)
-        except (OSError, ValueError) as e:
-            raise ValueError(f"--config: cannot read {args.config}: {e}") from e
-        if not isinstance(loaded, dict) or set(loaded) - fields:
-            unknown = sorted(set(loaded) - fields) if isinstance(loaded, dict) else loaded
-            raise ValueError(f"--config: unknown fields {unknown}; known: {sorted(fields)}")
-        values.update(loaded)
+    values = read_config(args.config, Config)
     for name in ("setting", "seeds", "rounds", "k_per_round"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)

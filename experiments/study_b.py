@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from study_a import OneLineParser, _ci  # noqa: E402  (after the path)
+from study_a import OneLineParser, _ci, read_config  # noqa: E402  (after the path)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results" / "study_b"
@@ -365,17 +365,10 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int)
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
-    fields = {f.name for f in dataclasses.fields(Config)}
-    values: dict = {}
-    if args.config:
-        try:
-            with open(args.config) as f:
-                values = json.load(f)
-        except (OSError, ValueError) as e:
-            p.error(f"--config: cannot read {args.config}: {e}")
-        if not isinstance(values, dict) or set(values) - fields:
-            extra = sorted(set(values) - fields) if isinstance(values, dict) else values
-            p.error(f"--config: unknown fields {extra}; known: {sorted(fields)}")
+    try:
+        values = read_config(args.config, Config)
+    except ValueError as e:
+        p.error(str(e))
     settings = values.pop("setting", list(DEFAULT_SETTINGS))
     settings = [settings] if isinstance(settings, str) else list(settings)
     if args.setting is not None:
