@@ -8,6 +8,9 @@
     result = active_finetune(module, variables, tx, pool_x, pool_y, target_x, target_y,
                              strategy="vtl", rounds=5, k_per_round=20, workdir="runs/vtl")
 
+    # test-time fine-tuning: one step per selected example, then the document's bpb
+    out = ttft_evaluate(lm.nll, lm.loss, lm.params, 1e-4, ex_tokens, ex_mask, doc, doc_mask)
+
 `active_finetune` is checkpointed every round and resumes bit for bit after
 any crash (see `activeft_jax.training.active`).
 """
@@ -26,20 +29,36 @@ from activeft_jax.training.steps import fit as fit
 from activeft_jax.training.steps import make_eval_step as make_eval_step
 from activeft_jax.training.steps import make_train_step as make_train_step
 from activeft_jax.training.steps import predict as predict
+from activeft_jax.training.ttft import InContextInputs as InContextInputs
+from activeft_jax.training.ttft import TTFTInputs as TTFTInputs
+from activeft_jax.training.ttft import in_context_evaluate as in_context_evaluate
+from activeft_jax.training.ttft import in_context_inputs as in_context_inputs
+from activeft_jax.training.ttft import sequence_nll as sequence_nll
+from activeft_jax.training.ttft import test_time_finetune as test_time_finetune
+from activeft_jax.training.ttft import ttft_evaluate as ttft_evaluate
+from activeft_jax.training.ttft import ttft_inputs as ttft_inputs
 
 __all__ = [
     "ActiveResult",
     "Checkpointer",
+    "InContextInputs",
+    "TTFTInputs",
     "TrainState",
     "active_finetune",
     "combine",
     "create_train_state",
     "evaluate",
     "fit",
+    "in_context_evaluate",
+    "in_context_inputs",
     "layer_names",
     "make_eval_step",
     "make_train_step",
     "partition",
     "predict",
     "resolve_trainable",
+    "sequence_nll",
+    "test_time_finetune",
+    "ttft_evaluate",
+    "ttft_inputs",
 ]
