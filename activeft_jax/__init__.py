@@ -12,6 +12,7 @@ from activeft_jax import selection as selection
 from activeft_jax.selection import STRATEGIES as STRATEGIES
 from activeft_jax.selection import Selection as Selection
 from activeft_jax.selection import select as select
+from activeft_jax.selection import sift as sift
 
 __version__ = "0.1.0"
 
@@ -28,4 +29,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'activeft_jax' has no attribute {name!r}")
 
 __all__ = ["STRATEGIES", "Selection", "data", "embeddings", "gp", "kernels", "models", "select",
-           "selection", "training", "__version__"]
+           "selection", "sift", "training", "__version__"]

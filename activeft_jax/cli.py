@@ -5,6 +5,8 @@
     activeft-jax select --strategy activeft --pool feats.npy --k 1000 --seed 0 \\
         [--init-indices init.npy] [--temperature 0.07] [--steps 300] --out sel.json
 
+    activeft-jax sift --pool pool.npz --prompts prompts.npz --k 10 --candidates 200 \\
+        --lambda 0.01 [--normalize] [--adaptive 0.1] [--x64] --out sel.json
     activeft-jax embed --model minilm --input texts.jsonl --out emb.npy [--cache c.npz]
     activeft-jax score --model smollm2 --input texts.jsonl --out scores.json
     activeft-jax study A [--config cfg.json] [--setting bbc] [--seeds 10]
@@ -15,6 +17,10 @@
 `--pool` reads the array `pool` (or `features`), `--target` the array
 `target` and `--probs` the array `probs`, so one file can hold all of them.
 `--init-indices` takes a `.npy`, an `.npz` with `init_indices`, or a JSON list.
+
+`sift` writes `{"indices": [[...], ...], "values": [[...], ...]}`, one row per
+prompt (with `--adaptive`, also `"steps": [...]`); `--pool` reads the array
+`pool` and `--prompts` the array `prompts` of an `.npz` (or a `.npy`).
 
 `embed` and `score` read JSONL, one `{"text": ...}` object per line (empty lines
 and invalid JSON are bad input). `embed` writes float32 [n, d], row i for line i;
@@ -108,6 +114,28 @@ def _build_parser() -> argparse.ArgumentParser:
     _progress_flags(p)
     p.add_argument("--out", default="-", help="output JSON file ('-' or omitted: stdout)")
     p.set_defaults(func=_select)
+
+    p = sub.add_parser(
+        "sift",
+        help="SIFT: select k pool points for each prompt (test-time fine-tuning)",
+        description="SIFT for a batch of prompts: prefilter the K pool points with the largest "
+        "|<x, q>|, then VTL with noise variance lambda and repeats allowed; writes "
+        "{\"indices\": [[...], ...], \"values\": [[...], ...]} as JSON, one row per prompt.",
+    )
+    p.add_argument("--pool", required=True, help="pool embeddings [N, d]: .npy, or .npz with array 'pool'")
+    p.add_argument("--prompts", required=True,
+                   help="prompt embeddings [P, d]: .npy, or .npz with array 'prompts'")
+    p.add_argument("--k", type=int, default=10, help="picks per prompt (default 10)")
+    p.add_argument("--candidates", type=int, default=200, help="prefilter size K (default 200)")
+    p.add_argument("--lambda", dest="lambda_", type=float, default=0.01,
+                   help="noise variance lambda > 0 (default 0.01)")
+    p.add_argument("--adaptive", type=float, default=None,
+                   help="also write per prompt the number of picks until its posterior variance "
+                   "is <= this threshold")
+    p.add_argument("--normalize", action="store_true", help="L2-normalize pool and prompts first")
+    p.add_argument("--x64", action="store_true", help="compute in float64")
+    p.add_argument("--out", default="-", help="output JSON file ('-' or omitted: stdout)")
+    p.set_defaults(func=_sift)
 
     p = sub.add_parser(
         "embed",
@@ -276,6 +304,32 @@ def _select_in_precision(args: argparse.Namespace) -> int:
         "indices": [int(i) for i in np.asarray(sel.indices)],
         "values": [_json_float(float(v)) for v in np.asarray(sel.values)],
     }, args.out)
+
+
+def _sift(args: argparse.Namespace) -> int:
+    import jax
+
+    from activeft_jax.selection.sift import sift
+
+    dtype = np.float64 if args.x64 else np.float32
+    pool = _as_float(_load_array(args.pool, "pool", "--pool"), dtype, "--pool")
+    prompts = _as_float(_load_array(args.prompts, "prompts", "--prompts"), dtype, "--prompts")
+    with jax.enable_x64(bool(args.x64)):
+        try:
+            sel = sift(pool, prompts, k=args.k, candidates=args.candidates, lambda_=args.lambda_,
+                       adaptive=args.adaptive, normalize=args.normalize)
+        except ValueError as e:  # name the flag, not the Python argument
+            msg = str(e).replace("`lambda_`", "--lambda").replace("`candidates`", "--candidates")
+            msg = msg.replace("`prompts`", "--prompts").replace("`pool`", "--pool").replace("`k`", "--k")
+            msg = msg.replace("`adaptive`", "--adaptive")
+            raise BadInput(msg) from e
+        out = {
+            "indices": np.asarray(sel.indices).astype(int).tolist(),
+            "values": [[_json_float(float(v)) for v in row] for row in np.asarray(sel.values)],
+        }
+        if args.adaptive is not None:
+            out["steps"] = np.asarray(sel.steps).astype(int).tolist()
+    return _write(out, args.out)
 
 
 def _activeft(args: argparse.Namespace, pool: np.ndarray) -> dict:

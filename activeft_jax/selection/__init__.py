@@ -17,6 +17,8 @@ from activeft_jax.selection.dispatch import STRATEGIES as STRATEGIES
 from activeft_jax.selection.dispatch import TARGETED as TARGETED
 from activeft_jax.selection.dispatch import select as select
 from activeft_jax.selection.result import Selection as Selection
+from activeft_jax.selection.sift import AdaptiveSelection as AdaptiveSelection
+from activeft_jax.selection.sift import sift as sift
 from activeft_jax.selection.similarity import cosine as cosine
 from activeft_jax.selection.similarity import information_density as information_density
 from activeft_jax.selection.similarity import max_entropy as max_entropy
@@ -30,6 +32,7 @@ from activeft_jax.selection.undirected import undirected_vtl as undirected_vtl
 
 __all__ = [
     "ActiveFTFit",
+    "AdaptiveSelection",
     "KMeansFit",
     "STRATEGIES",
     "TARGETED",
@@ -51,6 +54,7 @@ __all__ = [
     "probcover",
     "random",
     "select",
+    "sift",
     "typiclust",
     "uncertainty",
     "undirected_itl",

@@ -52,7 +52,7 @@ def select(name: str, pool: Any = None, target: Any = None, *, k: int, noise_std
       name: one of `STRATEGIES`: itl, vtl, ctl, mmitl, undirected_itl,
         undirected_vtl, uncertainty, cosine, maxdist, random,
         information_density, max_entropy, activeft, kmeans, kmeans_pp,
-        typiclust, probcover.
+        typiclust, probcover; and sift (see below).
       pool: [N, d] pool embeddings (for max_entropy it may be omitted).
       target: [m, d] target embeddings; required by itl, vtl, ctl, mmitl,
         cosine and information_density, ignored by the others.
@@ -74,13 +74,20 @@ def select(name: str, pool: Any = None, target: Any = None, *, k: int, noise_std
     Returns:
       `Selection(indices [k] int32, values [k])` in pick order.
 
+    `select("sift", pool, prompts, k=..., candidates=200)` runs
+    `activeft_jax.selection.sift` with one row of `target` per prompt and returns
+    [P, k] arrays; λ is `lambda_` if given, else noise_std² (the default 0.1
+    gives SIFT's λ = 0.01). It is not in `STRATEGIES` (whose rules return [k]).
+
     Raises:
       ValueError: unknown strategy or option, or bad input (wrong rank,
         dimension mismatch, k out of [1, N], NaN/inf, noise_std <= 0, empty or
         missing target, missing key or probs), before anything is traced.
     """
+    if name == "sift":
+        return _select_sift(pool, target, k=k, noise_std=noise_std, normalize=normalize, **options)
     if name not in _TABLE:
-        raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}.")
+        raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}, sift.")
     fn, needs_target, needs_probs, needs_key, accepted = _TABLE[name]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
@@ -121,3 +128,25 @@ def select(name: str, pool: Any = None, target: Any = None, *, k: int, noise_std
     if needs_target:
         return fn(pool, target, k=k, **kwargs)
     return fn(pool, k=k, **kwargs)
+
+
+_SIFT_OPTIONS = ("candidates", "lambda_", "adaptive", "chunk_rows", "approx")
+
+
+def _select_sift(pool: Any, prompts: Any, *, k: int, noise_std: Any, normalize: Any,
+                 **options: Any) -> Any:
+    from activeft_jax.selection.sift import sift
+
+    unknown = sorted(set(options) - set(_SIFT_OPTIONS))
+    if unknown:
+        raise ValueError(f"strategy 'sift' does not take option(s) {unknown}; see `aft.sift`.")
+    if pool is None:
+        raise ValueError("strategy 'sift' needs a `pool` of shape [N, d]; got None.")
+    if prompts is None:
+        raise ValueError("strategy 'sift' needs `target`: the prompt embeddings [P, d]; got None.")
+    if "lambda_" not in options:
+        from activeft_jax.validation import check_noise_std
+
+        check_noise_std(noise_std)
+        options["lambda_"] = noise_std * noise_std
+    return sift(pool, prompts, k=k, normalize=bool(normalize), **options)

@@ -1,0 +1,204 @@
+"""Exact top-K retrieval: for each query, the K pool rows with the largest score.
+
+    vals, idx = aft.retrieval.top_k(queries, pool, k=200)                 # inner product
+    vals, idx = aft.retrieval.top_k(queries, pool, k=200, metric="abs")   # |<x, q>| (SIFT)
+
+Scores of a query q [d] against a pool row x [d]:
+
+* ``"ip"``:     ⟨x, q⟩
+* ``"cosine"``: ⟨x, q⟩ / (‖x‖ ‖q‖)  (a zero row scores 0)
+* ``"abs"``:    |⟨x, q⟩|, SIFT's prefilter. The reference `Retriever` searches
+  q and −q in an inner-product index and keeps the K largest of the 2K hits,
+  i.e. the top-K by |⟨x, q⟩| (for K ≤ N/2; beyond that the reference can
+  return a point twice, this function never does).
+
+The pool is read in chunks of `chunk_rows` rows inside one `lax.scan`; a
+running [P, K] top-K is merged with each chunk's [P, C] scores, so memory is
+O(P·(K + C)) however large N is. Results are sorted by score, best first; ties
+go to the lower pool index (deterministic). A pool sharded along N over a
+1-D device mesh (`NamedSharding(mesh, P(axis, None))`) is searched where it
+lies: each device finds its local top-K and only the [P, K] lists travel.
+
+`approx=True` uses `lax.approx_max_k` per chunk (TPU-friendly; on CPU it is
+exact), with `recall_target`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from activeft_jax._numerics import matmul
+from activeft_jax.selection._chunks import plan
+from activeft_jax.validation import as_float_matrix, check_finite
+
+__all__ = ["METRICS", "TopK", "top_k"]
+
+METRICS = ("ip", "cosine", "abs")
+
+
+class TopK(NamedTuple):
+    """Top-K per query: `values` [P, K] scores, best first; `indices` [P, K] int32 pool rows."""
+
+    values: jax.Array
+    indices: jax.Array
+
+
+def _scores(queries: jax.Array, block: jax.Array, metric: str) -> jax.Array:
+    s = matmul(queries, block.T)                                   # [P, C]
+    if metric == "abs":
+        return jnp.abs(s)
+    if metric == "cosine":
+        tiny = jnp.finfo(s.dtype).tiny
+        qn = jnp.maximum(jnp.linalg.norm(queries, axis=1), tiny)
+        bn = jnp.maximum(jnp.linalg.norm(block, axis=1), tiny)
+        return s / qn[:, None] / bn[None, :]
+    return s
+
+
+def _select(scores: jax.Array, k: int, approx: bool, recall_target: float):
+    if approx:
+        return lax.approx_max_k(scores, k, recall_target=recall_target)
+    return lax.top_k(scores, k)
+
+
+def _merge(run_v, run_i, v, i, k):
+    # Running entries come first and hold lower pool indices than the new
+    # chunk; lax.top_k keeps the earlier position on ties, so ties go to the
+    # lower pool index.
+    vals, pos = lax.top_k(jnp.concatenate([run_v, v], axis=1), k)
+    idx = jnp.take_along_axis(jnp.concatenate([run_i, i], axis=1), pos, axis=1)
+    return vals, idx
+
+
+def _local_top_k(queries, pool, offset, *, k, metric, chunk_rows, approx, recall_target):
+    n = pool.shape[0]
+    chunks = plan(n, max(chunk_rows, k))
+    if chunks.rows == n:
+        v, i = _select(_scores(queries, pool, metric), k, approx, recall_target)
+        return v, i.astype(jnp.int32) + offset
+    p = queries.shape[0]
+    local = jnp.arange(chunks.rows, dtype=jnp.int32)
+
+    def body(carry, inp):
+        start, lo = inp
+        block = lax.dynamic_slice_in_dim(pool, start, chunks.rows)
+        s = _scores(queries, block, metric)
+        s = jnp.where((local >= lo)[None, :], s, -jnp.inf)       # rows an earlier chunk covered
+        v, i = _select(s, k, approx, recall_target)
+        return _merge(*carry, v, i.astype(jnp.int32) + start + offset, k), None
+
+    init = (jnp.full((p, k), -jnp.inf, queries.dtype), jnp.full((p, k), -1, jnp.int32))
+    (v, i), _ = lax.scan(body, init, (jnp.asarray(chunks.starts), jnp.asarray(chunks.lo)))
+    return v, i
+
+
+@functools.partial(jax.jit, static_argnames=("k", "metric", "chunk_rows", "approx", "recall_target"))
+def _top_k(queries, pool, *, k, metric, chunk_rows, approx, recall_target):
+    return TopK(*_local_top_k(queries, pool, 0, k=k, metric=metric, chunk_rows=chunk_rows,
+                              approx=approx, recall_target=recall_target))
+
+
+def _pool_mesh_axis(pool: Any):
+    """(mesh, axis name) if `pool` is split along N over a 1-D mesh axis, else None."""
+    sharding = getattr(pool, "sharding", None)
+    if not isinstance(sharding, jax.sharding.NamedSharding):
+        return None
+    spec = tuple(sharding.spec) + (None,) * 2
+    axis = spec[0]
+    if axis is None or isinstance(axis, tuple) or spec[1] is not None:
+        return None
+    mesh = sharding.mesh
+    if len(mesh.axis_names) != 1 or pool.shape[0] % mesh.shape[axis] != 0:
+        return None
+    return mesh, axis
+
+
+@functools.partial(jax.jit, static_argnames=("mesh", "axis", "k", "metric", "chunk_rows", "approx",
+                                             "recall_target"))
+def _top_k_sharded(queries, pool, *, mesh, axis, k, metric, chunk_rows, approx, recall_target):
+    from jax.sharding import PartitionSpec as P
+
+    shard_n = pool.shape[0] // mesh.shape[axis]
+
+    def local(q, block):
+        offset = lax.axis_index(axis).astype(jnp.int32) * shard_n
+        v, i = _local_top_k(q, block, offset, k=min(k, shard_n), metric=metric,
+                            chunk_rows=chunk_rows, approx=approx, recall_target=recall_target)
+        # Gathered in device order = ascending pool rows, so the final merge
+        # keeps the lower index on ties.
+        v = lax.all_gather(v, axis, axis=1, tiled=True)
+        i = lax.all_gather(i, axis, axis=1, tiled=True)
+        vals, pos = lax.top_k(v, k)
+        return vals, jnp.take_along_axis(i, pos, axis=1)
+
+    fn = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(axis, None)), out_specs=(P(), P()),
+                       check_vma=False)
+    return TopK(*fn(queries, pool))
+
+
+def check_query_pool(queries: Any, pool: Any, k: Any, *, queries_name: str = "queries",
+                     k_name: str = "k"):
+    """Validates [P, d] queries, an [N, d] pool and 1 <= k <= N before tracing."""
+    pool = as_float_matrix(pool, "pool")
+    shape = tuple(getattr(queries, "shape", np.shape(queries)))
+    if len(shape) == 2 and shape[0] == 0:
+        raise ValueError(f"`{queries_name}` is empty (shape {shape}); give at least one row.")
+    queries = as_float_matrix(queries, queries_name)
+    n, d = pool.shape
+    if queries.shape[1] != d:
+        raise ValueError(f"`{queries_name}` has embedding dimension {queries.shape[1]} "
+                         f"(shape {queries.shape}) but `pool` has {d}.")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise ValueError(f"`{k_name}` must be a Python int (it fixes the output shape); got {k!r}.")
+    if not 1 <= int(k) <= n:
+        raise ValueError(f"`{k_name}` must satisfy 1 <= {k_name} <= N={n} (the rows of `pool`); "
+                         f"got {k_name}={k}.")
+    check_finite(pool, "pool")
+    check_finite(queries, queries_name)
+    dtype = jnp.result_type(pool.dtype, queries.dtype)
+    return queries.astype(dtype), pool.astype(dtype), int(k)
+
+
+def top_k(queries: Any, pool: Any, *, k: int, metric: str = "ip", chunk_rows: Optional[int] = None,
+          approx: bool = False, recall_target: float = 0.95) -> TopK:
+    """The k best pool rows for every query, exactly (see the module docstring).
+
+    Args:
+      queries: [P, d] query embeddings.
+      pool: [N, d] pool embeddings; may be sharded along N.
+      k: rows per query, 1 <= k <= N (static).
+      metric: 'ip' (inner product), 'cosine' or 'abs' (|inner product|).
+      chunk_rows: pool rows scored at once (default: about 2²⁶ scores per
+        chunk, 256 MB in float32); at least k.
+      approx: use `lax.approx_max_k` within each chunk.
+      recall_target: approx_max_k's recall target.
+
+    Returns:
+      `TopK(values [P, k], indices [P, k] int32)`, best first, ties to the lower index.
+
+    Raises:
+      ValueError: wrong rank, d mismatch, empty queries, k outside [1, N],
+        NaN/inf, unknown metric, before tracing.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"`metric` must be one of {', '.join(METRICS)}; got {metric!r}.")
+    queries, pool, k = check_query_pool(queries, pool, k)
+    n = pool.shape[0]
+    if chunk_rows is None:
+        chunk_rows = max(k, (1 << 26) // max(queries.shape[0], 1), 1024)
+    elif isinstance(chunk_rows, bool) or not isinstance(chunk_rows, (int, np.integer)) or chunk_rows < 1:
+        raise ValueError(f"`chunk_rows` must be a positive int; got {chunk_rows!r}.")
+    chunk_rows = int(min(max(int(chunk_rows), k), n))
+    opts = dict(k=k, metric=metric, chunk_rows=chunk_rows, approx=bool(approx),
+                recall_target=float(recall_target))
+    sharded = _pool_mesh_axis(pool)
+    if sharded is not None:
+        mesh, axis = sharded
+        return _top_k_sharded(queries, pool, mesh=mesh, axis=axis, **opts)
+    return _top_k(queries, pool, **opts)
