@@ -437,12 +437,7 @@ def ttft_inputs(lm: Any, examples: Sequence[Sequence[str]], documents: Sequence[
     max_doc_tokens = ctx if max_doc_tokens is None else _check_int(
         max_doc_tokens, "max_doc_tokens", 2, ctx)
     docs = _documents(lm, documents, max_doc_tokens)
-    if isinstance(examples, (str, bytes)):
-        raise ValueError("`examples` must be a list (one per prompt) of lists of str.")
-    examples = list(examples)
-    if len(examples) != len(docs):
-        raise ValueError(f"`examples` has {len(examples)} prompts but `documents` has "
-                         f"{len(docs)}; they must match.")
+    examples = _per_prompt(examples, len(docs))
     rows = []
     for i, ex in enumerate(examples):
         ex = _texts(ex, f"examples[{i}]")
@@ -463,6 +458,17 @@ def ttft_inputs(lm: Any, examples: Sequence[Sequence[str]], documents: Sequence[
                       np.array([len(d[0]) for d in docs], np.int64),
                       np.array([d[2] for d in docs], bool),
                       np.array([len(r) for r in rows], np.int64))
+
+
+def _per_prompt(examples: Any, n_docs: int) -> list:
+    """`examples` as a list with one entry (a list of texts) per document."""
+    if isinstance(examples, (str, bytes)):
+        raise ValueError("`examples` must be a list (one per prompt) of lists of str.")
+    examples = list(examples)
+    if len(examples) != n_docs:
+        raise ValueError(f"`examples` has {len(examples)} prompts but `documents` has "
+                         f"{n_docs}; they must match.")
+    return examples
 
 
 def in_context_inputs(lm: Any, examples: Sequence[Sequence[str]], documents: Sequence[str], *,
@@ -488,12 +494,7 @@ def in_context_inputs(lm: Any, examples: Sequence[Sequence[str]], documents: Seq
     if not isinstance(separator, str):
         raise ValueError(f"`separator` must be a str; got {type(separator).__name__}.")
     docs = _documents(lm, documents, window)
-    if isinstance(examples, (str, bytes)):
-        raise ValueError("`examples` must be a list (one per prompt) of lists of str.")
-    examples = list(examples)
-    if len(examples) != len(docs):
-        raise ValueError(f"`examples` has {len(examples)} prompts but `documents` has "
-                         f"{len(docs)}; they must match.")
+    examples = _per_prompt(examples, len(docs))
     sep = list(_encode(lm, [separator])[0].ids) if separator else []
     seqs, starts, used = [], [], []
     for i, (ex, (doc_ids, _, _)) in enumerate(zip(examples, docs)):
