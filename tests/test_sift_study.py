@@ -1,0 +1,147 @@
+"""experiments/sift_study.py: what its corpora keep out of the pool, and its bad flags.
+
+The study itself (SmolLM2 test-time fine-tuning, ~30 min) is not run here; these
+tests check the parts a wrong result would hide: that no test document (or a
+duplicate of it) is in the pool it retrieves from, and that the adaptive stop rule
+reads the same steps as the library's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from activeft_jax import cli, data
+from activeft_jax.selection.sift import adaptive_steps as library_adaptive_steps
+
+SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "sift_study.py"
+
+
+@pytest.fixture(scope="module")
+def study():
+    spec = importlib.util.spec_from_file_location("_sift_study_under_test", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bbc_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tfds_bbc")
+    data.prepare("bbc_news", root)
+    return root
+
+
+def _norm_lines(text, min_chars):
+    """The whitespace-normalized lines of `text` with at least `min_chars` characters."""
+    lines = (" ".join(line.split()) for line in text.splitlines())
+    return {line for line in lines if len(line) >= min_chars}
+
+
+def test_news_pool_holds_no_test_text(study, bbc_dir, monkeypatch):
+    monkeypatch.setenv("ACTIVEFT_JAX_DATA", str(bbc_dir))
+    cfg = study.Config(docs=20)
+    corpus = study.build_news(cfg)
+    train = data.load("bbc_news", "train", data_dir=bbc_dir)
+    test = data.load("bbc_news", "test", data_dir=bbc_dir)
+    by_id = {str(i): str(t) for i, t in zip(test.ids, test.text)}
+    names = [n for n, _ in corpus.docs]
+    assert len(names) == 20 == len(set(names))
+    for name, doc in corpus.docs:
+        article = by_id[name]
+        assert article.startswith(doc) and cfg.doc_min_chars <= len(doc) <= cfg.doc_max_chars
+    # the documents come in order of sha256(id), as the docstring says
+    order = sorted(by_id, key=lambda i: int(hashlib.sha256(i.encode()).hexdigest(), 16))
+    assert names == [i for i in order if i in set(names)]
+    # the pool comes from the train split only, and no chunk repeats a test paragraph
+    assert set(corpus.pool_src) <= {str(i) for i in train.ids}
+    test_paras = set().union(*(_norm_lines(by_id[n], cfg.dup_chars) for n in names))
+    for chunk in corpus.pool:
+        assert not _norm_lines(chunk, cfg.dup_chars) & test_paras
+    # an exact duplicate of a test article in train (there is one among these 20) is dropped
+    train_by_text = {}
+    for i, t in zip(train.ids, train.text):
+        train_by_text.setdefault(" ".join(str(t).split()), []).append(str(i))
+    dups = [i for n in names for i in train_by_text.get(" ".join(by_id[n].split()), [])]
+    assert dups and set(dups) <= set(corpus.info["dropped_duplicates"])
+    assert not set(dups) & set(corpus.pool_src)
+
+
+def test_code_pool_holds_no_held_out_module(study):
+    cfg = study.Config(docs=20)
+    corpus = study.build_code(cfg)
+    names = [n for n, _ in corpus.docs]
+    assert len(names) == 20
+    assert not set(corpus.held) & set(corpus.pool_src)
+    stdlib = Path(corpus.info["source"])
+    for name, doc in corpus.docs:
+        assert int(hashlib.sha256(name.encode()).hexdigest(), 16) % cfg.holdout_mod == 0
+        assert doc in (stdlib / f"{name}.py").read_text(encoding="utf-8")
+        assert cfg.doc_min_chars <= len(doc) <= cfg.doc_max_chars
+    # every chunk is a run of lines of a pool module
+    src = {}
+    for chunk, name in zip(corpus.pool[::97], corpus.pool_src[::97]):
+        text = src.setdefault(name, (stdlib / f"{name}.py").read_text(encoding="utf-8"))
+        assert chunk in text
+
+
+def test_adaptive_steps_agree_with_the_library(study):
+    rng = np.random.default_rng(0)
+    prior = rng.uniform(0.5, 2.0, size=40)
+    drops = rng.uniform(0.0, 0.3, size=(40, 6))
+    post = prior[:, None] * np.concatenate([np.ones((40, 1)), 1 - np.cumsum(drops, 1) / 2], 1)
+    for thr in (0.0, 0.3, 0.7, 1.0, 5.0):
+        ours = study.adaptive_steps(post, thr)
+        lib = np.asarray(library_adaptive_steps(prior, -post[:, 1:], thr))
+        np.testing.assert_array_equal(ours, lib)
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--corpus", "poems"], "invalid choice: 'poems'"),
+    (["--docs", "1"], "docs=1"),
+    (["--k", "0"], "k=0"),
+])
+def test_sift_study_bad_flags_fail_before_any_work(tmp_path, capsys, options, message):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["study", "sift", *options, "--out", str(tmp_path)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_sift_study_unknown_config_field(tmp_path, capsys):
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text('{"k": 3, "steps": 9}')
+    with pytest.raises(SystemExit) as e:
+        cli.main(["study", "sift", "--config", str(cfg), "--out", str(tmp_path / "o")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown fields ['steps']" in err and not (tmp_path / "o").exists()
+
+
+def test_large_configuration_finds_its_documents(study, bbc_dir, monkeypatch):
+    """`--large` asks for 100 documents per corpus: both corpora must have them."""
+    monkeypatch.setenv("ACTIVEFT_JAX_DATA", str(bbc_dir))
+    cfg = study.Config(**study.LARGE)
+    code, news = study.build_code(cfg), study.build_news(cfg)
+    assert len(code.docs) == len(news.docs) == cfg.docs == 100
+    modules = [n.split("#")[0] for n, _ in code.docs]
+    assert not set(modules) & set(code.pool_src)
+    stdlib = Path(code.info["source"])
+    for (name, doc), module in zip(code.docs, modules):
+        assert doc in (stdlib / f"{module}.py").read_text(encoding="utf-8")
+        assert cfg.doc_min_chars <= len(doc) <= cfg.doc_max_chars
+    # documents of one module do not overlap: each starts after the previous ended
+    for module in set(modules):
+        text = (stdlib / f"{module}.py").read_text(encoding="utf-8")
+        starts = [text.index(d) for n, d in code.docs if n.split("#")[0] == module]
+        ends = [s + len(d) for s, (n, d) in zip(starts, [x for x in code.docs
+                                                         if x[0].split("#")[0] == module])]
+        assert all(e <= s for e, s in zip(ends, starts[1:]))
