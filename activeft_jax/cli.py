@@ -10,6 +10,7 @@
     activeft-jax embed --model minilm --input texts.jsonl --out emb.npy [--cache c.npz]
     activeft-jax score --model smollm2 --input texts.jsonl --out scores.json
     activeft-jax study A [--config cfg.json] [--setting bbc] [--seeds 10]
+    activeft-jax study sift [--corpus code|news|all] [--docs 20] [--large]
 
 `select` writes `{"indices": [...], "values": [...]}` (non-finite values, such as the
 +inf of maxdist's first pick, are written as null); activeft adds its
@@ -177,11 +178,12 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "study",
         help="run a study of experiments/ (from a checkout of the repository)",
-        description="Run Study A (fine-tune toward a target) or B (ActiveFT's setting); results go "
-        "to experiments/results/. Options after the name go to the study "
-        "(e.g. --config cfg.json, --setting bbc, --seeds 10; see `study A --help`).",
+        description="Run Study A (fine-tune toward a target), B (ActiveFT's setting) or sift "
+        "(test-time fine-tuning of SmolLM2 on code and news); results go to experiments/results/. "
+        "Options after the name go to the study (e.g. --config cfg.json, --setting bbc, "
+        "--seeds 10, --corpus news; see `study A --help`).",
     )
-    p.add_argument("name", choices=("A", "B"), help="which study")
+    p.add_argument("name", choices=tuple(_STUDIES), help="which study")
     p.add_argument("options", nargs=argparse.REMAINDER, help="the study's own options")
     p.set_defaults(func=_study)
     return parser
@@ -455,11 +457,15 @@ def _score(args: argparse.Namespace) -> int:
     return _write(out, args.out)
 
 
+#: `activeft-jax study NAME` runs this script of experiments/.
+_STUDIES = {"A": "study_a.py", "B": "study_b.py", "sift": "sift_study.py"}
+
+
 def _study(args: argparse.Namespace) -> int:
     import importlib.util
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "experiments" / f"study_{args.name.lower()}.py"
+    script = Path(__file__).resolve().parents[1] / "experiments" / _STUDIES[args.name]
     if not script.is_file():
         raise BadInput(f"study {args.name}: {script} not found; the studies run from a checkout "
                        "of the repository (an editable install)")
