@@ -46,8 +46,8 @@ GGUF):
 
 k, the learning rate and the threshold were fixed before any result was seen:
 k = 5, Adam lr 5e-5 (the SIFT paper's setting for GPT-2-class models, one step
-per example), threshold 0.5. The default (both corpora, 20 documents each) takes
-about 30 minutes on 2 CPU cores with cold embedding caches.
+per example), threshold 0.5. The default (both corpora, 20 documents each) took
+29 min 34 s on this 2-core machine from cold caches (data, embeddings).
 
 A larger configuration for a GPU/TPU (not run here: no accelerator was available)
 is the `--large` preset: 100 documents per corpus (code: a quarter of the modules
@@ -419,7 +419,8 @@ def _rows(res: dict, cfg: Config):
     base = np.array(res["bpb_base"])
     steps, ada = _adaptive_bpb(res, cfg.adaptive_threshold)
     return [("base", base),
-            ("in-context (k NN prepended)", np.array(res["bpb_in_context"])),
+            (f"in-context (nearest chunks prepended: {np.mean(res['in_context_n']):.1f} fit)",
+             np.array(res["bpb_in_context"])),
             ("TTFT on k nearest neighbours", np.array(res["bpb_ttft_nn"])),
             ("TTFT on SIFT picks", np.array(res["bpb_ttft_sift"])),
             (f"adaptive SIFT (σ² ≤ {cfg.adaptive_threshold:g}; {steps.mean():.2f} steps "
@@ -462,8 +463,9 @@ def _facts(res: dict, cfg: Config) -> list[str]:
            f"Pool: {res['pool_size']} chunks; runtime {res['runtime_s']:.0f} s "
            f"({res['jax_backend']})."]
     if res.get("dropped_duplicates") is not None:
-        out[-1] += (f" {len(res['dropped_duplicates'])} pool articles dropped for sharing a "
-                    "paragraph with a test article.")
+        nd = len(res["dropped_duplicates"])
+        out[-1] += (f" {nd} pool article{'s' * (nd != 1)} dropped for sharing a paragraph "
+                    "with a test article.")
     return out
 
 
@@ -491,6 +493,7 @@ def write_corpus(res: dict, cfg: Config, out: Path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     # left: mean bpb; right: paired change to the base model, with 95% t-intervals
     # (the between-document spread is far larger than the differences between methods)
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4))
@@ -503,12 +506,13 @@ def write_corpus(res: dict, cfg: Config, out: Path):
         ax2.plot(steps, m, "o-", color=c, label=label)
         ax2.fill_between(steps, m - h, m + h, color=c, alpha=0.15)
     ic = np.array(res["bpb_in_context"])
-    ax.axhline(float(ic.mean()), color="C2", ls="--", label="in-context (k NN)")
+    ax.axhline(float(ic.mean()), color="C2", ls="--", label="in-context (NN that fit)")
     m, h = _ci(ic - base)
-    ax2.axhline(float(m), color="C2", ls="--", label=f"in-context (k NN), ±{h:.3f}")
+    ax2.axhline(float(m), color="C2", ls="--", label=f"in-context (NN that fit), ±{h:.3f}")
     ax2.axhline(0.0, color="k", lw=0.5)
     for a in (ax, ax2):
         a.set_xlabel("test-time steps (examples)")
+        a.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         a.legend()
     ax.set_ylabel("bits per byte (mean over documents)")
     ax2.set_ylabel("bpb − base bpb (paired, mean ± 95% t-int.)")
@@ -528,7 +532,8 @@ def write_summary(done: dict, out: Path):
     lines = [head, "|---|" + "---|---|" * len(cols)]
     table_rows = {c: _rows(done[c], cfgs[c]) for c in cols}
     for i in range(len(table_rows[cols[0]])):
-        name = table_rows[cols[0]][i][0]
+        name = table_rows[cols[0]][i][0].split(":")[0].split(";")[0]
+        name += ")" if name.count("(") > name.count(")") else ""
         cells = []
         for c in cols:
             rows = table_rows[c]
@@ -542,6 +547,7 @@ def write_summary(done: dict, out: Path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     fig, axes = plt.subplots(len(cols), 3, figsize=(14, 3.8 * len(cols)), squeeze=False)
     rng = np.random.default_rng(0)
     for row, c in zip(axes, cols):
@@ -577,6 +583,7 @@ def write_summary(done: dict, out: Path):
         ax.plot(steps.mean(), gain.mean(), "*", color="C3", ms=12,
                 label=f"adaptive, σ² ≤ {cfg.adaptive_threshold:g}")
         ax.set_xlabel("test-time steps (mean over documents)")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_ylabel("mean bpb gained")
         ax.legend(fontsize=8)
         ax.set_title(f"{c}: gain per step spent")
