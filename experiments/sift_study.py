@@ -235,10 +235,10 @@ def _ci(a):
 
 
 def adaptive_steps(post_var: np.ndarray, threshold: float) -> np.ndarray:
-    """First n in 0..k with post_var[:, n] <= threshold, else k (post_var: [P, k + 1])."""
-    below = post_var <= threshold
-    k = post_var.shape[1] - 1
-    return np.where(below.any(axis=1), below.argmax(axis=1), k)
+    """Adaptive SIFT's steps for any threshold from the recorded posterior variances
+    (post_var [P, k + 1]: σ²_0..σ²_k), by the library's rule."""
+    from activeft_jax.selection.sift import adaptive_steps as steps
+    return np.asarray(steps(post_var[:, 0], -post_var[:, 1:], threshold))
 
 
 def main(argv=None):
@@ -340,7 +340,6 @@ def run_corpus(cfg: Config, corpus: str, enc, lm, t0: float) -> dict:
     # posterior variance of each prompt after n = 0..k picks (n = 0: the prior ‖q‖²)
     post_var = np.concatenate([np.sum(q_emb.astype(np.float64) ** 2, axis=1)[:, None],
                                -np.asarray(sel.values, np.float64)], axis=1)
-    assert np.array_equal(adaptive_steps(post_var, cfg.adaptive_threshold), np.asarray(sel.steps))
     nn_ex = [[pool[i] for i in row] for row in nn_idx]
     sift_ex = [[pool[i] for i in row] for row in sel_idx]
 
