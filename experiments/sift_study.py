@@ -53,7 +53,8 @@ A larger configuration for a GPU/TPU (not run here: no accelerator was available
 is the `--large` preset: 100 documents per corpus (code: a quarter of the modules
 held out, up to 4 consecutive documents from each), k = 20, documents up to 4000 characters and 1024 tokens,
 examples up to 512 tokens, 25 documents per compiled call; every other setting as
-above. The selection is the same code; only test-time fine-tuning grows
+above. (Documents from one module are not independent; the t-intervals treat them
+as if they were.) The selection is the same code; only test-time fine-tuning grows
 (P x k optimizer steps of SmolLM2-135M).
 
     python experiments/sift_study.py                  # both corpora, 20 documents each
