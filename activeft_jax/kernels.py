@@ -18,7 +18,7 @@ from typing import NamedTuple, Union
 import jax
 import jax.numpy as jnp
 
-from activeft_jax._numerics import matmul
+from activeft_jax._core import matmul
 
 __all__ = ["Cosine", "Kernel", "Linear", "RBF", "get_kernel", "l2_normalize"]
 

@@ -33,8 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from activeft_jax._numerics import matmul
-from activeft_jax.selection._chunks import plan
+from activeft_jax._core import matmul
+from activeft_jax._core import plan
 from activeft_jax.validation import as_float_matrix, check_finite
 
 __all__ = ["METRICS", "TopK", "top_k"]

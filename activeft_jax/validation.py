@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from activeft_jax._core import is_traced
+
 __all__ = [
     "as_float_matrix",
     "check_finite",
@@ -25,11 +27,6 @@ __all__ = [
     "check_target",
     "is_traced",
 ]
-
-
-def is_traced(x: Any) -> bool:
-    """True if `x` is a JAX tracer (inside jit / vmap / grad)."""
-    return isinstance(x, jax.core.Tracer)
 
 
 def _shape(x: Any) -> tuple:

@@ -14,6 +14,8 @@ reloads it while the inputs, model and options stay the same.
 """
 
 from activeft_jax.embeddings._flax import LinenFeatures as LinenFeatures
+from activeft_jax.embeddings._flax import is_linen_module as is_linen_module
+from activeft_jax.embeddings._flax import is_nnx_module as is_nnx_module
 from activeft_jax.embeddings._flax import linen_features as linen_features
 from activeft_jax.embeddings._flax import nnx_apply as nnx_apply
 from activeft_jax.embeddings._last_layer import last_layer as last_layer
@@ -23,6 +25,7 @@ from activeft_jax.embeddings._ntk import ntk as ntk
 from activeft_jax.embeddings._ntk import projection_tangent as projection_tangent
 from activeft_jax.embeddings._params import ParamSelection as ParamSelection
 from activeft_jax.embeddings._params import param_paths as param_paths
+from activeft_jax.embeddings._params import path_str as path_str
 from activeft_jax.embeddings._params import select_params as select_params
 from activeft_jax.embeddings.cache import StaleCacheError as StaleCacheError
 from activeft_jax.embeddings.cache import cache_status as cache_status
@@ -34,12 +37,15 @@ __all__ = [
     "StaleCacheError",
     "cache_status",
     "cached_embeddings",
+    "is_linen_module",
+    "is_nnx_module",
     "last_layer",
     "linen_features",
     "loss_gradient",
     "nnx_apply",
     "ntk",
     "param_paths",
+    "path_str",
     "per_example_gradient",
     "projection_tangent",
     "select_params",

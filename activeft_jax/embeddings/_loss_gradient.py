@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from activeft_jax._numerics import matmul
+from activeft_jax._core import matmul
 from activeft_jax.embeddings._batching import (
     EmbeddingInputError,
     check_inputs,

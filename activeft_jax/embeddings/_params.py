@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["ParamSelection", "Wrt", "param_paths", "ravel_leaves", "select_params"]
+__all__ = ["ParamSelection", "Wrt", "param_paths", "path_str", "ravel_leaves", "select_params"]
 
 # None (default subset), one prefix, several prefixes, or a predicate on the path.
 Wrt = Union[None, str, Sequence[str], Callable[[str], bool]]
@@ -30,7 +30,8 @@ def _key_str(key: Any) -> str:
     return str(key)
 
 
-def _path_str(path: tuple) -> str:
+def path_str(path: tuple) -> str:
+    """A pytree key path as one "/"-joined string, e.g. ``"params/Dense_0/kernel"``."""
     return "/".join(_key_str(k) for k in path)
 
 
@@ -43,7 +44,7 @@ def param_paths(params: Any) -> list[str]:
     Returns:
       One string per leaf, e.g. ``["params/Dense_0/bias", "params/Dense_0/kernel", ...]``.
     """
-    return [_path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    return [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
 
 
 class ParamSelection(NamedTuple):
@@ -126,7 +127,7 @@ def select_params(params: Any, wrt: Wrt = None) -> ParamSelection:
     flat, treedef = jax.tree_util.tree_flatten_with_path(params)
     if not flat:
         raise ValueError("`params` has no leaves; nothing to differentiate.")
-    paths = [_path_str(p) for p, _ in flat]
+    paths = [path_str(p) for p, _ in flat]
     leaves = [leaf for _, leaf in flat]
     if wrt is None:
         try:

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from activeft_jax._numerics import matmul
+from activeft_jax._core import matmul
 from activeft_jax.kernels import Kernel
 
 __all__ = [

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from activeft_jax.embeddings import ParamSelection, select_params
+from activeft_jax.embeddings import ParamSelection, path_str, select_params
 
 __all__ = [
     "TrainState",
@@ -129,10 +129,8 @@ def _walk(tree: Any, prefix: tuple[str, ...], out: list[tuple[str, Any]]) -> Non
         if len(flat) == 1 and not flat[0][0]:
             out.append(("/".join(prefix), flat[0][1]))
             return
-        from activeft_jax.embeddings._params import _path_str
-
         for path, leaf in flat:
-            out.append(("/".join(prefix + tuple(_path_str(path).split("/"))), leaf))
+            out.append(("/".join(prefix + tuple(path_str(path).split("/"))), leaf))
 
 
 def _has_params_collection(params: Any) -> bool:

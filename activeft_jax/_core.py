@@ -1,4 +1,10 @@
-"""Row-chunked passes over a large [N, d] array, with static shapes and no padding copy.
+"""The internal core every sub-package may import: exact matmuls, safe division, row chunking.
+
+`retrieval`, `selection`, `gp`, `kernels` and `embeddings` share these helpers;
+this module imports nothing else of the library, so it can never be part of an
+import cycle.
+
+Row chunking: passes over a large [N, d] array with static shapes and no padding copy.
 
 A pass over N rows in chunks of C rows runs ceil(N / C) chunks; the last one
 starts at N − C (it overlaps the one before), so every chunk has the same
@@ -16,7 +22,67 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["Chunks", "default_chunk_rows", "map_rows", "plan", "scan_rows"]
+__all__ = [
+    "Chunks",
+    "MissingExtraError",
+    "default_chunk_rows",
+    "is_traced",
+    "map_rows",
+    "matmul",
+    "plan",
+    "require",
+    "safe_divide",
+    "scan_rows",
+]
+
+# GP conditioning subtracts nearly equal quantities; on GPU/TPU the default
+# float32 matmul precision (TF32 / bf16 passes) would make every pick noisy.
+_HIGHEST = lax.Precision.HIGHEST
+
+
+class MissingExtraError(ImportError):
+    """A part of the library needs an optional extra that is not installed."""
+
+
+def require(part: str, extra: str, *modules: str) -> None:
+    """Raises `MissingExtraError` naming the pip extra if any of `modules` is not installed.
+
+    Checked with `importlib.util.find_spec`, so nothing is imported.
+    """
+    import importlib.util
+
+    missing = []
+    for name in modules:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(name)
+    if missing:
+        raise MissingExtraError(
+            f"{part} needs {', '.join(missing)}, from the optional extra [{extra}]: "
+            f"pip install 'activeft-jax[{extra}]'")
+
+
+def is_traced(x) -> bool:
+    """True if `x` is a JAX tracer (inside jit / vmap / grad)."""
+    return isinstance(x, jax.core.Tracer)
+
+
+def matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+    """`a @ b` at full float32 (or float64) precision on every backend."""
+    return jnp.matmul(a, b, precision=_HIGHEST)
+
+
+def safe_divide(num: jax.Array, den: jax.Array) -> jax.Array:
+    """num / den where den > 0, else 0 (a zero-variance point is uninformative).
+
+    The double `where` keeps gradients finite at den == 0.
+    """
+    ok = den > 0
+    return jnp.where(ok, num / jnp.where(ok, den, 1), 0)
+
 
 
 class Chunks(NamedTuple):
