@@ -9,8 +9,14 @@
         --lambda 0.01 [--normalize] [--adaptive 0.1] [--x64] --out sel.json
     activeft-jax embed --model minilm --input texts.jsonl --out emb.npy [--cache c.npz]
     activeft-jax score --model smollm2 --input texts.jsonl --out scores.json
-    activeft-jax study A [--config cfg.json] [--setting bbc] [--seeds 10]
-    activeft-jax study sift [--corpus code|news|all] [--docs 20] [--large]
+
+Every strategy option is a flag (`--space`, `--iters`, `--temperature`, ...), made from
+the strategy registry (`activeft_jax.selection.REGISTRY`): `select --help` lists them
+and the strategies that take each. The common options (`--noise-std`, `--kernel`,
+`--normalize`, `--allow-repeats`) are ignored by a strategy that has no use for them,
+as `activeft_jax.select` ignores them; any other option a strategy does not take is bad
+input. The studies are not run from here: see `make run`, `make sift-study` and
+`python -m experiments.<name>` in a checkout of the repository.
 
 `select` writes `{"indices": [...], "values": [...]}` (non-finite values, such as the
 +inf of maxdist's first pick, are written as null); activeft adds its
@@ -57,7 +63,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    from activeft_jax.selection import STRATEGIES
+    from activeft_jax.selection import REGISTRY, STRATEGIES
 
     parser = _Parser(prog=PROG, description="Select the right data to fine-tune large models.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
@@ -70,48 +76,17 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Select k pool points; writes {\"indices\": [...], \"values\": [...]} as JSON.",
     )
     p.add_argument("--strategy", required=True, choices=STRATEGIES, metavar="NAME",
-                   help="one of: " + ", ".join(STRATEGIES))
+                   help="; ".join(f"{n}: {REGISTRY[n].summary}" for n in STRATEGIES))
     p.add_argument("--pool", help="pool embeddings [N, d]: .npy, or .npz with array 'pool'")
     p.add_argument("--target", help="target embeddings [m, d]: .npy, or .npz with array 'target'")
     p.add_argument("--probs", help="class probabilities [N, C]: .npy, or .npz with array 'probs' "
                    "(information_density, max_entropy)")
     p.add_argument("--k", type=int, required=True, help="number of points to select")
-    p.add_argument("--noise-std", type=float, default=0.1,
-                   help="observation noise std of the GP rules, > 0 (default 0.1: the reference's "
-                   "automatic noise variance 0.01)")
-    p.add_argument("--kernel", default="linear", choices=("linear", "cosine", "rbf"))
     p.add_argument("--lengthscale", type=float, default=1.0, help="RBF lengthscale")
-    p.add_argument("--space", default="auto", choices=("auto", "weight", "kernel"),
-                   help="GP rules: weight or kernel space (auto: by cost)")
-    p.add_argument("--formulation", default="reference", choices=("reference", "paper"),
-                   help="itl only: the reference's I(f(x); y(A)) or the paper code's form")
-    p.add_argument("--beta", type=float, default=1.0, help="information_density exponent")
     p.add_argument("--x64", action="store_true", help="compute in float64")
-    norm = p.add_mutually_exclusive_group()
-    norm.add_argument("--normalize", dest="normalize", action="store_true", default=None,
-                      help="L2-normalize the embeddings first (default: each strategy's own "
-                      "default: on for typiclust and probcover, off for the others)")
-    norm.add_argument("--no-normalize", dest="normalize", action="store_false")
-    p.add_argument("--allow-repeats", action="store_true",
-                   help="keep picked points as candidates (the reference's behaviour)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="PRNG seed (random, maxdist, kmeans, kmeans_pp, typiclust, activeft)")
-    aft = p.add_argument_group("activeft")
-    aft.add_argument("--init-indices", help="B initial prototype indices (.npy, .npz or .json); "
-                     "default: B random features drawn from --seed")
-    aft.add_argument("--init", default="random", choices=("random", "fps"),
-                     help="random features or farthest-point sampling")
-    aft.add_argument("--temperature", type=float, default=0.07)
-    aft.add_argument("--steps", type=int, default=300)
-    aft.add_argument("--learning-rate", type=float, default=1e-3, help="Adam's learning rate")
-    aft.add_argument("--batch-size", type=int, default=None,
-                     help="random features per step (the official ImageNet mode; default: all)")
-    aft.add_argument("--no-prune", dest="prune", action="store_false", default=None,
-                     help="compute every assignment densely (default: exact pruning)")
-    base = p.add_argument_group("kmeans, typiclust, probcover")
-    base.add_argument("--iters", type=int, default=100, help="Lloyd steps (kmeans, typiclust)")
-    base.add_argument("--max-clusters", type=int, default=500, help="typiclust: most clusters")
-    base.add_argument("--delta", type=float, default=0.6, help="probcover: ball radius")
+    p.add_argument("--seed", type=int, default=0, help="PRNG seed (" + ", ".join(
+        n for n in STRATEGIES if REGISTRY[n].key != "none") + ")")
+    _option_flags(p, [REGISTRY[n] for n in STRATEGIES])
     _progress_flags(p)
     p.add_argument("--out", default="-", help="output JSON file ('-' or omitted: stdout)")
     p.set_defaults(func=_select)
@@ -127,14 +102,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", required=True,
                    help="prompt embeddings [P, d]: .npy, or .npz with array 'prompts'")
     p.add_argument("--k", type=int, default=10, help="picks per prompt (default 10)")
-    p.add_argument("--candidates", type=int, default=200, help="prefilter size K (default 200)")
-    p.add_argument("--lambda", dest="lambda_", type=float, default=0.01,
-                   help="noise variance lambda > 0 (default 0.01)")
-    p.add_argument("--adaptive", type=float, default=None,
-                   help="also write per prompt the number of picks until its posterior variance "
-                   "is <= this threshold")
-    p.add_argument("--normalize", action="store_true", help="L2-normalize pool and prompts first")
     p.add_argument("--x64", action="store_true", help="compute in float64")
+    _option_flags(p, [REGISTRY["sift"]])
     p.add_argument("--out", default="-", help="output JSON file ('-' or omitted: stdout)")
     p.set_defaults(func=_sift)
 
@@ -175,18 +144,53 @@ def _build_parser() -> argparse.ArgumentParser:
     _progress_flags(p)
     p.set_defaults(func=_score)
 
-    p = sub.add_parser(
-        "study",
-        help="run a study of experiments/ (from a checkout of the repository)",
-        description="Run Study A (fine-tune toward a target), B (ActiveFT's setting) or sift "
-        "(test-time fine-tuning of SmolLM2 on code and news); results go to experiments/results/. "
-        "Options after the name go to the study (e.g. --config cfg.json, --setting bbc, "
-        "--seeds 10, --corpus news; see `study A --help`).",
-    )
-    p.add_argument("name", choices=tuple(_STUDIES), help="which study")
-    p.add_argument("options", nargs=argparse.REMAINDER, help="the study's own options")
-    p.set_defaults(func=_study)
     return parser
+
+
+def _option_flags(p: argparse.ArgumentParser, records) -> None:
+    """One flag per option of the given strategies (`OPTION_HELP` says its type), default None.
+
+    None means "not given": the strategy's own default applies.
+    """
+    users: dict = {}
+    for rec in records:
+        for opt in rec.options:
+            if opt.help.type is not None:
+                users.setdefault(opt.name, []).append((rec.name, opt))
+    for name, used in users.items():
+        opt = used[0][1]
+        kind = opt.help.type
+        defaults = {repr(o.default) for _, o in used}
+        text = opt.help.help
+        if len(records) > 1:
+            text += " (" + ", ".join(r for r, _ in used) + ")"
+        if len(defaults) == 1 and opt.default is not None:
+            text += f"; default {opt.default}"
+        kw = dict(dest=name, default=None, help=text)
+        if kind is bool:
+            p.add_argument(opt.flag, action=argparse.BooleanOptionalAction, **kw)
+        elif kind == "indices":
+            p.add_argument(opt.flag, metavar="FILE", **kw)
+        else:
+            p.add_argument(opt.flag, type=kind, choices=opt.help.choices, **kw)
+
+
+def _given_options(args: argparse.Namespace, rec) -> dict:
+    """The options of `rec` given on the command line; a strategy-specific one it does not take is bad input."""
+    from activeft_jax.selection import COMMON_OPTIONS, OPTION_HELP
+
+    taken = rec.option_names
+    out = {}
+    for name, h in OPTION_HELP.items():
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        if name in taken:
+            out[name] = value
+        elif name not in COMMON_OPTIONS:
+            flag = h.flag or "--" + name.replace("_", "-")
+            raise BadInput(f"strategy '{rec.name}' does not take {flag}")
+    return out
 
 
 def _progress_flags(p: argparse.ArgumentParser) -> None:
@@ -262,7 +266,7 @@ def _select_in_precision(args: argparse.Namespace) -> int:
     import jax
 
     from activeft_jax.kernels import get_kernel
-    from activeft_jax.selection import TARGETED, select
+    from activeft_jax.selection import REGISTRY, TARGETED, select
 
     dtype = np.float64 if args.x64 else np.float32
     if args.pool is None and args.strategy != "max_entropy":
@@ -273,35 +277,25 @@ def _select_in_precision(args: argparse.Namespace) -> int:
     target = _as_float(_load_array(args.target, "target", "--target"), dtype, "--target")
     probs = _as_float(_load_array(args.probs, "probs", "--probs"), dtype, "--probs")
 
+    rec = REGISTRY[args.strategy]
+    options = _given_options(args, rec)
+    if "init_indices" in options:
+        options["init_indices"] = _load_indices(options["init_indices"], "--init-indices")
+    if "kernel" in options:
+        options["kernel"] = get_kernel(options["kernel"], args.lengthscale)
+    if "progress" in rec.option_names:  # default: on a terminal, for long work
+        progress = args.progress
+        if progress is None:
+            n = pool.shape[0] if pool is not None and pool.ndim >= 1 else 0
+            work, threshold = n * max(args.k, 0), 10**6
+            if args.strategy == "activeft":
+                work, threshold = work * max(options.get("steps", 300), 0), 10**9
+            progress = sys.stderr.isatty() and work >= threshold
+        options["progress"] = progress
+    key = jax.random.key(args.seed)
     if args.strategy == "activeft":
-        return _write(_activeft(args, pool), args.out)
-    options = {}
-    gp_rules = ("itl", "vtl", "ctl", "mmitl", "undirected_itl", "undirected_vtl")
-    if args.strategy in gp_rules:
-        options["space"] = args.space
-    if args.strategy == "itl":
-        options["formulation"] = args.formulation
-    if args.strategy == "information_density":
-        options["beta"] = args.beta
-    if args.strategy in ("kmeans", "typiclust"):
-        options["iters"] = args.iters
-    if args.strategy == "typiclust":
-        options["max_clusters"] = args.max_clusters
-    if args.strategy == "probcover":
-        options["delta"] = args.delta
-
-    progress = args.progress
-    if progress is None:
-        n = pool.shape[0] if pool is not None and pool.ndim >= 1 else 0
-        sequential = args.strategy in gp_rules + ("maxdist",)
-        progress = sys.stderr.isatty() and sequential and n * max(args.k, 0) >= 1_000_000
-
-    kernel = get_kernel(args.kernel, args.lengthscale)
-    sel = select(
-        args.strategy, pool, target, k=args.k, noise_std=args.noise_std,
-        key=jax.random.key(args.seed), allow_repeats=args.allow_repeats,
-        normalize=args.normalize, kernel=kernel, probs=probs, progress=progress, **options,
-    )
+        return _write(_activeft(pool, args.k, key, options), args.out)
+    sel = select(args.strategy, pool, target, k=args.k, key=key, probs=probs, **options)
     return _write({
         "indices": [int(i) for i in np.asarray(sel.indices)],
         "values": [_json_float(float(v)) for v in np.asarray(sel.values)],
@@ -311,43 +305,37 @@ def _select_in_precision(args: argparse.Namespace) -> int:
 def _sift(args: argparse.Namespace) -> int:
     import jax
 
-    from activeft_jax.selection.sift import sift
+    from activeft_jax.selection import REGISTRY, sift
 
+    rec = REGISTRY["sift"]
+    options = _given_options(args, rec)
     dtype = np.float64 if args.x64 else np.float32
     pool = _as_float(_load_array(args.pool, "pool", "--pool"), dtype, "--pool")
     prompts = _as_float(_load_array(args.prompts, "prompts", "--prompts"), dtype, "--prompts")
     with jax.enable_x64(bool(args.x64)):
         try:
-            sel = sift(pool, prompts, k=args.k, candidates=args.candidates, lambda_=args.lambda_,
-                       adaptive=args.adaptive, normalize=args.normalize)
+            sel = sift(pool, prompts, k=args.k, **options)
         except ValueError as e:  # name the flag, not the Python argument
-            msg = str(e).replace("`lambda_`", "--lambda").replace("`candidates`", "--candidates")
-            msg = msg.replace("`prompts`", "--prompts").replace("`pool`", "--pool").replace("`k`", "--k")
-            msg = msg.replace("`adaptive`", "--adaptive")
+            msg = str(e)
+            for opt in rec.options:
+                msg = msg.replace(f"`{opt.name}`", opt.flag)
+            for name in ("prompts", "pool", "k"):
+                msg = msg.replace(f"`{name}`", f"--{name}")
             raise BadInput(msg) from e
         out = {
             "indices": np.asarray(sel.indices).astype(int).tolist(),
             "values": [[_json_float(float(v)) for v in row] for row in np.asarray(sel.values)],
         }
-        if args.adaptive is not None:
+        if options.get("adaptive") is not None:
             out["steps"] = np.asarray(sel.steps).astype(int).tolist()
     return _write(out, args.out)
 
 
-def _activeft(args: argparse.Namespace, pool: np.ndarray) -> dict:
-    import jax
-
+def _activeft(pool: np.ndarray, k: int, key, options: dict) -> dict:
+    """ActiveFT with its loss curve and initial indices in the output."""
     from activeft_jax.selection import fit_activeft
 
-    init = _load_indices(args.init_indices, "--init-indices")
-    progress = args.progress
-    if progress is None:
-        n = pool.shape[0] if pool.ndim >= 1 else 0
-        progress = sys.stderr.isatty() and n * max(args.k, 0) * max(args.steps, 0) >= 10**9
-    fit = fit_activeft(pool, k=args.k, key=jax.random.key(args.seed), init_indices=init,
-                       init=args.init, temperature=args.temperature, steps=args.steps,
-                       learning_rate=args.learning_rate, batch_size=args.batch_size,
-                       prune=args.prune, progress=progress)
+    fit = fit_activeft(pool, k=k, key=key, **options)
     return {
         "indices": [int(i) for i in np.asarray(fit.selection.indices)],
         "values": [_json_float(float(v)) for v in np.asarray(fit.selection.values)],
@@ -455,25 +443,6 @@ def _score(args: argparse.Namespace) -> int:
                          progress=_auto_progress(args.progress, len(texts), 32))
     out = [{"tokens": int(s["tokens"]), "nll": float(s["nll"]), "bpb": float(s["bpb"])} for s in scores]
     return _write(out, args.out)
-
-
-#: `activeft-jax study NAME` runs this script of experiments/.
-_STUDIES = {"A": "study_a.py", "B": "study_b.py", "sift": "sift_study.py"}
-
-
-def _study(args: argparse.Namespace) -> int:
-    import importlib.util
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[1] / "experiments" / _STUDIES[args.name]
-    if not script.is_file():
-        raise BadInput(f"study {args.name}: {script} not found; the studies run from a checkout "
-                       "of the repository (an editable install)")
-    spec = importlib.util.spec_from_file_location(f"_activeft_study_{args.name.lower()}", script)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return int(module.main(args.options) or 0)
 
 
 def _write(out, path: Optional[str]) -> int:

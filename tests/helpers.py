@@ -111,3 +111,37 @@ def k_center_greedy(pool, k: int, first: int, kernel=linear_kernel):
         centers.append(i)
         values.append(dist[i])
     return np.array(centers), np.array(values)
+
+
+class count_traces:
+    """Counts how often jitted functions named `name` are traced inside the `with` block.
+
+        with count_traces("_greedy_full") as traced:
+            aft.select("vtl", P, T, k=4)
+        assert traced.count == 1
+
+    Uses `jax.monitoring`'s trace events (public API), so it needs no private
+    attribute of the function (the event carries the traced function's name).
+    """
+
+    EVENT = "/jax/core/compile/jaxpr_trace_duration"
+
+    def __init__(self, name: str):
+        self.name = name
+        self.count = 0
+
+    def _listen(self, event, duration, **kwargs):
+        if event == self.EVENT and kwargs.get("fun_name") == self.name:
+            self.count += 1
+
+    def __enter__(self):
+        import jax
+
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+        return self
+
+    def __exit__(self, *exc):
+        import jax
+
+        jax.monitoring.unregister_event_duration_listener(self._listen)
+        return False

@@ -12,7 +12,7 @@ import pytest
 
 import activeft_jax as aft
 from activeft_jax import cli
-from activeft_jax.selection import greedy as greedy_module
+from helpers import count_traces
 
 POOL = np.random.default_rng(0).standard_normal((20, 4)).astype(np.float32)
 TARGET = np.random.default_rng(1).standard_normal((3, 4)).astype(np.float32)
@@ -67,10 +67,9 @@ BAD = [
 
 @pytest.mark.parametrize("desc,call,pattern", BAD, ids=[b[0] for b in BAD])
 def test_bad_input_raises_value_error_before_tracing(desc, call, pattern):
-    before = greedy_module._greedy_full._cache_size()
-    with pytest.raises(ValueError, match=pattern):
+    with count_traces("_greedy_full") as traced, pytest.raises(ValueError, match=pattern):
         call()
-    assert greedy_module._greedy_full._cache_size() == before  # nothing was traced
+    assert traced.count == 0  # nothing was traced
 
 
 def test_shape_errors_also_raise_under_jit_and_vmap():

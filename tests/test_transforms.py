@@ -7,9 +7,8 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import activeft_jax as aft
-from activeft_jax.selection import greedy as greedy_module
 
-from helpers import TOL, random_problem
+from helpers import TOL, count_traces, random_problem
 
 GP_RULES = ["itl", "vtl", "ctl", "mmitl", "undirected_itl", "undirected_vtl"]
 ALL = GP_RULES + ["uncertainty", "cosine", "maxdist", "random"]
@@ -100,10 +99,10 @@ def test_no_retrace_for_new_values_of_the_same_shapes():
     pool, target = random_problem(36, n=40, d=6, m=4)
     P, T = jnp.asarray(pool, jnp.float32), jnp.asarray(target, jnp.float32)
     aft.select("vtl", P, T, k=4, noise_std=0.5)
-    before = greedy_module._greedy_full._cache_size()
-    aft.select("vtl", P + 1, T * 2, k=4, noise_std=0.7)
-    aft.select("vtl", P - 1, T, k=4, noise_std=1.5)
-    assert greedy_module._greedy_full._cache_size() == before
+    with count_traces("_greedy_full") as traced:
+        aft.select("vtl", P + 1, T * 2, k=4, noise_std=0.7)
+        aft.select("vtl", P - 1, T, k=4, noise_std=1.5)
+    assert traced.count == 0
 
 
 def test_progress_bar_chunks_give_identical_picks(capsys):

@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from activeft_jax._numerics import matmul
-from activeft_jax.selection._chunks import default_chunk_rows, plan, scan_rows
+from activeft_jax._core import matmul
+from activeft_jax._core import default_chunk_rows, plan, scan_rows
 from activeft_jax.selection.result import Selection
 
 __all__ = ["nearest_unique"]

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from activeft_jax import gp
 from activeft_jax.kernels import Kernel, Linear, get_kernel, l2_normalize
+from activeft_jax.selection.greedy import RuleInputs
 from activeft_jax.validation import (
     as_float_matrix,
     check_finite,
@@ -49,7 +50,14 @@ def validate(pool: Any, target: Any = None, *, k: Any, kernel: Any = None,
 
 
 def noise_variance(noise_std: Any, dtype) -> jax.Array:
+    """ρ² from the surface's noise standard deviation ρ (the only place a std becomes a variance)."""
     return jnp.square(jnp.asarray(noise_std, dtype=dtype))
+
+
+def rule_inputs(inputs: Inputs, noise_std: Any = None, key: Any = None) -> RuleInputs:
+    """The traced `RuleInputs` of validated inputs; the noise enters as a variance."""
+    noise_var = None if noise_std is None else noise_variance(noise_std, inputs.pool.dtype)
+    return RuleInputs(inputs.pool, inputs.target, inputs.kernel, noise_var, key)
 
 
 class Geometry(NamedTuple):
@@ -61,14 +69,14 @@ class Geometry(NamedTuple):
     kernel: Kernel             # Linear on features, or the raw kernel
 
 
-def geometry(args: dict, *, space: str, normalize: bool, compress: bool) -> Geometry:
+def geometry(inputs: RuleInputs, *, space: str, normalize: bool, compress: bool) -> Geometry:
     """Builds the feature/kernel view of pool and targets inside a traced rule.
 
     Kernels with a feature map are reduced to the linear kernel on φ(x); with
     `compress`, more targets than dimensions are replaced by d exact
     pseudo-targets (`gp.compress_targets`).
     """
-    kernel, pool, target = args["kernel"], args["pool"], args.get("target")
+    kernel, pool, target = inputs.kernel, inputs.pool, inputs.target
     if normalize:
         pool = l2_normalize(pool)
         target = None if target is None else l2_normalize(target)

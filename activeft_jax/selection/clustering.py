@@ -25,9 +25,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from activeft_jax._numerics import matmul
+from activeft_jax._core import matmul
 from activeft_jax.kernels import l2_normalize
-from activeft_jax.selection._chunks import default_chunk_rows, map_rows, plan
+from activeft_jax._core import default_chunk_rows, map_rows, plan
 from activeft_jax.selection._nearest import nearest_unique
 from activeft_jax.selection._setup import validate
 from activeft_jax.selection.result import Selection

@@ -2,44 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
-from activeft_jax.selection import clustering, diversity, prototypes, similarity, transductive, undirected
+from activeft_jax.selection.registry import (
+    COMMON_OPTIONS,
+    REGISTRY,
+    STRATEGIES,
+    TARGETED,
+    get_strategy,
+)
 from activeft_jax.selection.result import Selection
 
 __all__ = ["STRATEGIES", "TARGETED", "select"]
-
-# name -> (function, needs target, needs probs, needs key, accepted options)
-_GP = ("noise_std", "kernel", "normalize", "allow_repeats", "space", "progress")
-_TABLE: dict[str, tuple[Callable[..., Selection], bool, bool, bool, tuple[str, ...]]] = {
-    "itl": (transductive.itl, True, False, False, _GP + ("formulation",)),
-    "vtl": (transductive.vtl, True, False, False, _GP),
-    "ctl": (transductive.ctl, True, False, False, _GP),
-    "mmitl": (transductive.mmitl, True, False, False, _GP),
-    "undirected_itl": (undirected.undirected_itl, False, False, False, _GP),
-    "undirected_vtl": (undirected.undirected_vtl, False, False, False, _GP),
-    "uncertainty": (undirected.uncertainty, False, False, False, ("kernel", "normalize")),
-    "cosine": (similarity.cosine, True, False, False, ()),
-    "maxdist": (diversity.maxdist, False, False, True, ("kernel", "normalize", "allow_repeats", "progress")),
-    "random": (diversity.random, False, False, True, ()),
-    "kmeans": (clustering.kmeans, False, False, True, ("normalize", "iters")),
-    "kmeans_pp": (clustering.kmeans_pp, False, False, True, ("normalize",)),
-    "typiclust": (clustering.typiclust, False, False, True, (
-        "normalize", "max_clusters", "min_cluster_size", "num_neighbors", "iters")),
-    "probcover": (diversity.probcover, False, False, False, ("normalize", "delta")),
-    "information_density": (similarity.information_density, True, True, False, ("beta",)),
-    "max_entropy": (similarity.max_entropy, False, True, False, ()),
-    "activeft": (prototypes.activeft, False, False, False, (
-        "init_indices", "init", "temperature", "steps", "learning_rate", "balance", "optimizer",
-        "batch_size", "chunk_rows", "prune", "refresh", "num_fast", "progress")),
-}
-
-STRATEGIES: tuple[str, ...] = tuple(_TABLE)
-TARGETED: frozenset[str] = frozenset(name for name, row in _TABLE.items() if row[1])
-
-# Options every strategy accepts and ignores where they mean nothing
-# (the reference ignores noise for uncertainty sampling, for example).
-_COMMON = frozenset({"noise_std", "key", "allow_repeats", "normalize", "kernel", "progress"})
 
 
 def select(name: str, pool: Any = None, target: Any = None, *, k: int, noise_std: Any = 0.1,
@@ -84,60 +58,40 @@ def select(name: str, pool: Any = None, target: Any = None, *, k: int, noise_std
         dimension mismatch, k out of [1, N], NaN/inf, noise_std <= 0, empty or
         missing target, missing key or probs), before anything is traced.
     """
-    if name == "sift":
+    rec = get_strategy(name)
+    if rec.batched:
         return _select_sift(pool, target, k=k, noise_std=noise_std, normalize=normalize, **options)
-    if name not in _TABLE:
-        raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}, sift.")
-    fn, needs_target, needs_probs, needs_key, accepted = _TABLE[name]
-    unknown = sorted(set(options) - set(accepted))
+    unknown = sorted(set(options) - rec.option_names)
     if unknown:
         raise ValueError(f"strategy {name!r} does not take option(s) {unknown}.")
-
-    given = {
-        "noise_std": noise_std,
-        "key": key,
-        "allow_repeats": allow_repeats,
-        "normalize": normalize,
-        "kernel": kernel,
-        "progress": progress,
-        **options,
-    }
-    if normalize is None:
+    given = dict(zip(COMMON_OPTIONS, (noise_std, allow_repeats, normalize, kernel, progress)))
+    if normalize is None:  # each strategy's own default
         del given["normalize"]
-    kwargs = {opt: given[opt] for opt in accepted if opt in given}
-    if needs_key or name == "activeft":  # activeft: needed unless init_indices are given
+    kwargs = {opt: value for opt, value in given.items() if opt in rec.option_names}
+    kwargs.update(options)
+    if rec.key != "none":
         kwargs["key"] = key
-    if needs_target and target is None:
+    data = {"pool": pool, "target": target, "probs": probs}
+    if rec.needs_target and target is None:
         raise ValueError(f"strategy {name!r} needs a `target` of shape [m, d]; got None.")
-    if needs_probs and probs is None:
+    if rec.needs_probs and probs is None:
         raise ValueError(f"strategy {name!r} needs `probs`, the [N, C] class probabilities of the pool.")
-
-    if name == "max_entropy":
-        if pool is not None:
-            n_pool = getattr(pool, "shape", (None,))[0]
-            n_probs = getattr(probs, "shape", (None,))[0]
-            if n_pool is not None and n_probs is not None and n_pool != n_probs:
-                raise ValueError(
-                    f"`probs` must have one row per pool point: {n_pool} rows; got shape {probs.shape}."
-                )
-        return fn(probs, k=k)
-    if pool is None:
+    if "pool" in rec.data and pool is None:
         raise ValueError(f"strategy {name!r} needs a `pool` of shape [N, d]; got None.")
-    if name == "information_density":
-        return fn(pool, target, probs, k=k, **kwargs)
-    if needs_target:
-        return fn(pool, target, k=k, **kwargs)
-    return fn(pool, k=k, **kwargs)
-
-
-_SIFT_OPTIONS = ("candidates", "lambda_", "adaptive", "chunk_rows", "approx")
+    if "pool" not in rec.data and pool is not None:  # max_entropy: the pool only fixes N
+        n_pool = getattr(pool, "shape", (None,))[0]
+        n_probs = getattr(probs, "shape", (None,))[0]
+        if n_pool is not None and n_probs is not None and n_pool != n_probs:
+            raise ValueError(
+                f"`probs` must have one row per pool point: {n_pool} rows; got shape {probs.shape}."
+            )
+    return rec.fn(*(data[arg] for arg in rec.data), k=k, **kwargs)
 
 
 def _select_sift(pool: Any, prompts: Any, *, k: int, noise_std: Any, normalize: Any,
                  **options: Any) -> Any:
-    from activeft_jax.selection.sift import sift
-
-    unknown = sorted(set(options) - set(_SIFT_OPTIONS))
+    rec = REGISTRY["sift"]
+    unknown = sorted(set(options) - rec.option_names)
     if unknown:
         raise ValueError(f"strategy 'sift' does not take option(s) {unknown}; see `aft.sift`.")
     if pool is None:
@@ -149,4 +103,4 @@ def _select_sift(pool: Any, prompts: Any, *, k: int, noise_std: Any, normalize: 
 
         check_noise_std(noise_std)
         options["lambda_"] = noise_std * noise_std
-    return sift(pool, prompts, k=k, normalize=bool(normalize), **options)
+    return rec.fn(pool, prompts, k=k, normalize=bool(normalize), **options)

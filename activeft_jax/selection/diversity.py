@@ -10,6 +10,7 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, NamedTuple
 
@@ -17,15 +18,15 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from activeft_jax._numerics import matmul
+from activeft_jax._core import matmul
 from activeft_jax.kernels import Linear, l2_normalize
-from activeft_jax.selection._chunks import default_chunk_rows, map_rows, plan
+from activeft_jax._core import default_chunk_rows, map_rows, plan
 from activeft_jax.selection._setup import validate
-from activeft_jax.selection.greedy import GreedyRule, greedy, top_k
+from activeft_jax.selection.greedy import GreedyRule, RuleInputs, greedy, top_k
 from activeft_jax.selection.result import Selection
 from activeft_jax.validation import check_key, check_positive
 
-__all__ = ["maxdist", "probcover", "random"]
+__all__ = ["MaxDistRule", "maxdist", "probcover", "random"]
 
 
 class _DistanceState(NamedTuple):
@@ -34,32 +35,43 @@ class _DistanceState(NamedTuple):
     step: jax.Array         # [] int32
 
 
-def _build_maxdist(args, *, k, normalize):
-    kernel, pool = args["kernel"], args["pool"]
-    if normalize:
-        pool = l2_normalize(pool)
-    if kernel.has_features:  # evaluate k(x*, S) as one matvec on the features
-        pool, kernel = kernel.features(pool), Linear()
-    n = pool.shape[0]
-    diag = kernel.diag(pool)
-    first = jax.random.randint(args["key"], (), 0, n, dtype=jnp.int32)
+@dataclasses.dataclass(frozen=True)
+class MaxDistRule:
+    """k-center greedy (MaxDist / coreset) as a greedy rule spec; reads `inputs.key`.
 
-    def init():
-        return _DistanceState(jnp.full((n,), jnp.inf, pool.dtype), first, jnp.zeros((), jnp.int32))
+    Attributes:
+      normalize: L2-normalize the pool first.
+    """
 
-    def score(state):
-        # Before any center every distance is +inf; the first center is random,
-        # as in the reference (the first element of its shuffled pool).
-        first_pick = jnp.where(jnp.arange(n) == state.first, jnp.inf, -jnp.inf)
-        return jnp.where(state.step == 0, first_pick, state.min_sq_dist)
+    normalize: bool = False
 
-    def update(state, index):
-        k_row = kernel.cross(pool[index][None, :], pool)[0]
-        sq_dist = jnp.maximum(diag[index] + diag - 2 * k_row, 0)
-        sq_dist = sq_dist.at[index].set(0)  # exact zero at the center despite round-off
-        return _DistanceState(jnp.minimum(state.min_sq_dist, sq_dist), state.first, state.step + 1)
+    def build(self, inputs: RuleInputs, k: int) -> GreedyRule:
+        """The k-center rule on `inputs` (random first center from `inputs.key`)."""
+        kernel, pool = inputs.kernel, inputs.pool
+        if self.normalize:
+            pool = l2_normalize(pool)
+        if kernel.has_features:  # evaluate k(x*, S) as one matvec on the features
+            pool, kernel = kernel.features(pool), Linear()
+        n = pool.shape[0]
+        diag = kernel.diag(pool)
+        first = jax.random.randint(inputs.key, (), 0, n, dtype=jnp.int32)
 
-    return GreedyRule(num_points=n, init=init, score=score, update=update)
+        def init():
+            return _DistanceState(jnp.full((n,), jnp.inf, pool.dtype), first, jnp.zeros((), jnp.int32))
+
+        def score(state):
+            # Before any center every distance is +inf; the first center is random,
+            # as in the reference (the first element of its shuffled pool).
+            first_pick = jnp.where(jnp.arange(n) == state.first, jnp.inf, -jnp.inf)
+            return jnp.where(state.step == 0, first_pick, state.min_sq_dist)
+
+        def update(state, index):
+            k_row = kernel.cross(pool[index][None, :], pool)[0]
+            sq_dist = jnp.maximum(diag[index] + diag - 2 * k_row, 0)
+            sq_dist = sq_dist.at[index].set(0)  # exact zero at the center despite round-off
+            return _DistanceState(jnp.minimum(state.min_sq_dist, sq_dist), state.first, state.step + 1)
+
+        return GreedyRule(num_points=n, init=init, score=score, update=update)
 
 
 def maxdist(pool: Any, *, k: int, key: Any, kernel: Any = None, normalize: bool = False,
@@ -85,9 +97,9 @@ def maxdist(pool: Any, *, k: int, key: Any, kernel: Any = None, normalize: bool 
     """
     key = check_key(key, "maxdist")
     inputs = validate(pool, k=k, kernel=kernel)
-    args = {"pool": inputs.pool, "kernel": inputs.kernel, "key": key}
-    return greedy(_build_maxdist, args, k=inputs.k, allow_repeats=allow_repeats,
-                  options=(("normalize", bool(normalize)),), progress=progress, desc="maxdist")
+    spec = MaxDistRule(normalize=bool(normalize))
+    return greedy(spec, RuleInputs(inputs.pool, kernel=inputs.kernel, key=key), k=inputs.k,
+                  allow_repeats=allow_repeats, progress=progress, desc="maxdist")
 
 
 @functools.partial(jax.jit, static_argnames=("n", "k"))

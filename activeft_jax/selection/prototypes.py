@@ -46,7 +46,7 @@ from __future__ import annotations
 import functools
 import math
 import sys
-from typing import Any, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -54,12 +54,12 @@ import numpy as np
 import optax
 from jax import lax
 
-from activeft_jax._numerics import matmul
+from activeft_jax._core import matmul
 from activeft_jax.kernels import Linear, l2_normalize
-from activeft_jax.selection import greedy as _greedy
-from activeft_jax.selection._chunks import default_chunk_rows, map_rows, plan, scan_rows
+from activeft_jax.selection.diversity import MaxDistRule
+from activeft_jax.selection.greedy import RuleInputs, greedy
+from activeft_jax._core import default_chunk_rows, map_rows, plan, scan_rows
 from activeft_jax.selection._nearest import nearest_unique
-from activeft_jax.selection.diversity import _build_maxdist
 from activeft_jax.selection.result import Selection
 from activeft_jax.validation import (
     as_float_matrix,
@@ -70,7 +70,8 @@ from activeft_jax.validation import (
     is_traced,
 )
 
-__all__ = ["ActiveFTFit", "activeft", "activeft_loss", "activeft_sweep", "fit_activeft"]
+__all__ = ["ActiveFTFit", "ActiveFTSolver", "ActiveFTState", "activeft", "activeft_loss",
+           "activeft_solver", "activeft_sweep", "assign_to_prototypes", "fit_activeft"]
 
 
 class ActiveFTFit(NamedTuple):
@@ -102,11 +103,26 @@ class _Bounds(NamedTuple):
     anchor: jax.Array  # [B, d] prototypes at the last full recomputation
 
 
-class _Carry(NamedTuple):
-    params: jax.Array   # [B, d] raw prototypes θ
+class ActiveFTState(NamedTuple):
+    """The state of an ActiveFT fit between steps (see `activeft_solver`).
+
+    Attributes:
+      params: [B, d] raw prototypes θ (normalized only when used).
+      opt_state: the optimizer's state.
+      bounds: the pruned assignment's bounds, or None without pruning.
+      step: [] int32, optimizer steps taken.
+      init_indices: [B] int32 pool indices the prototypes started from.
+      losses: [steps] the loss before each planned update (0 where not run yet).
+      recomputed: [steps] fraction of features whose assignment was recomputed.
+    """
+
+    params: jax.Array
     opt_state: Any
     bounds: Optional[_Bounds]
-    step: jax.Array     # [] int32
+    step: jax.Array
+    init_indices: jax.Array
+    losses: jax.Array
+    recomputed: jax.Array
 
 
 class _Config(NamedTuple):
@@ -290,17 +306,15 @@ def _initial_indices(feats, key, init_indices, cfg: _Config):
         return jax.random.choice(key, n, (cfg.k,), replace=False).astype(jnp.int32)
     # Farthest-point sampling (the official `--init fps`): k-center greedy in
     # Euclidean distance on the unit-norm features, random first point.
-    args = {"pool": feats, "kernel": Linear(), "key": key}
-    sel = _greedy._greedy_full(_build_maxdist, args, k=cfg.k, allow_repeats=False,
-                               options=(("normalize", False),))
-    return sel.indices
+    return greedy(MaxDistRule(normalize=False), RuleInputs(feats, kernel=Linear(), key=key),
+                  k=cfg.k).indices
 
 
 def _optimizer(cfg: _Config, hyper: _Hyper) -> optax.GradientTransformation:
     return cfg.optimizer if cfg.optimizer is not None else optax.adam(hyper.learning_rate)
 
 
-def _init_carry(feats, key, init_indices, hyper, cfg: _Config):
+def _init_state(feats, key, init_indices, hyper, cfg: _Config) -> ActiveFTState:
     idx = _initial_indices(feats, key, init_indices, cfg)
     params = feats[idx]
     bounds = None
@@ -308,15 +322,17 @@ def _init_carry(feats, key, init_indices, hyper, cfg: _Config):
         bounds = _Bounds(jnp.zeros((feats.shape[0],), jnp.int32),
                          jnp.full((feats.shape[0],), jnp.inf, feats.dtype), l2_normalize(params))
     opt_state = _optimizer(cfg, hyper).init(params)
-    return _Carry(params, opt_state, bounds, jnp.zeros((), jnp.int32)), idx
+    curve = jnp.zeros((cfg.steps,), feats.dtype)
+    return ActiveFTState(params, opt_state, bounds, jnp.zeros((), jnp.int32), idx, curve, curve)
 
 
-def _run_steps(carry: _Carry, feats, key, hyper: _Hyper, cfg: _Config, num_steps: int):
+def _run_steps(state: ActiveFTState, feats, key, hyper: _Hyper, cfg: _Config,
+               num_steps: int) -> ActiveFTState:
     opt = _optimizer(cfg, hyper)
     n = feats.shape[0]
     batch_key = jax.random.fold_in(key, 1)
 
-    def step(carry: _Carry, _):
+    def step(carry: ActiveFTState, _):
         x = feats
         if cfg.batch_size is not None:  # the official ImageNet mode: a fresh batch each step
             pick = jax.random.choice(jax.random.fold_in(batch_key, carry.step), n,
@@ -335,70 +351,87 @@ def _run_steps(carry: _Carry, feats, key, hyper: _Hyper, cfg: _Config, num_steps
                                                hyper.balance, cfg.chunk_rows)
         updates, opt_state = opt.update(grad, carry.opt_state, carry.params)
         params = optax.apply_updates(carry.params, updates)
-        return _Carry(params, opt_state, bounds, carry.step + 1), (loss, frac)
+        new = ActiveFTState(params, opt_state, bounds, carry.step + 1, carry.init_indices,
+                            carry.losses, carry.recomputed)
+        return new, (loss, frac)
 
-    return lax.scan(step, carry, length=num_steps)
+    start = state.step
+    state, (losses, fracs) = lax.scan(step, state, length=num_steps)
+    # Record the curve at the steps' positions; steps past the planned number are not recorded.
+    at = start + jnp.arange(num_steps, dtype=jnp.int32)
+    return state._replace(losses=state.losses.at[at].set(losses, mode="drop"),
+                          recomputed=state.recomputed.at[at].set(fracs, mode="drop"))
 
 
-def _finish(carry: _Carry, feats, idx, losses, recomputed):
-    protos = l2_normalize(carry.params)
+def _finish(state: ActiveFTState, feats) -> ActiveFTFit:
+    protos = l2_normalize(state.params)
     sel = nearest_unique(protos, feats)
-    return ActiveFTFit(sel, protos, losses, idx, recomputed)
-
-
-def _optimize(feats, key, init_indices, hyper, cfg: _Config):
-    """Init and all `cfg.steps` steps: (final carry, initial indices, losses, recomputed)."""
-    carry, idx = _init_carry(feats, key, init_indices, hyper, cfg)
-    carry, (losses, recomputed) = _run_steps(carry, feats, key, hyper, cfg, cfg.steps)
-    return carry, idx, losses, recomputed
+    return ActiveFTFit(sel, protos, state.losses, state.init_indices, state.recomputed)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def _fit(feats, key, init_indices, hyper, *, cfg: _Config):
-    carry, idx, losses, recomputed = _optimize(feats, key, init_indices, hyper, cfg)
-    return _finish(carry, feats, idx, losses, recomputed)
+def _solver_init(feats, key, init_indices, hyper, *, cfg):
+    return _init_state(feats, key, init_indices, hyper, cfg)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _fit_init(feats, key, init_indices, hyper, *, cfg):
-    return _init_carry(feats, key, init_indices, hyper, cfg)
-
-
-@functools.partial(jax.jit, static_argnames=("cfg", "num_steps"), donate_argnames=("carry",))
-def _fit_chunk(carry, feats, key, hyper, *, cfg, num_steps):
-    return _run_steps(carry, feats, key, hyper, cfg, num_steps)
+@functools.partial(jax.jit, static_argnames=("cfg", "num_steps"), donate_argnames=("state",))
+def _solver_step(state, feats, key, hyper, *, cfg, num_steps):
+    return _run_steps(state, feats, key, hyper, cfg, num_steps)
 
 
 @jax.jit
-def _fit_finish(carry, feats, idx, losses, recomputed):
-    return _finish(carry, feats, idx, losses, recomputed)
+def _solver_finish(state, feats):
+    return _finish(state, feats)
 
 
-def _fit_with_progress(feats, key, init_indices, hyper, cfg: _Config) -> ActiveFTFit:
-    from tqdm.auto import tqdm
+@functools.partial(jax.jit, static_argnames=("chunk_rows",))
+def _assign(prototypes, features, *, chunk_rows):
+    return _dense_assignment(l2_normalize(prototypes), l2_normalize(features), chunk_rows)
 
-    carry, idx = _fit_init(feats, key, init_indices, hyper, cfg=cfg)
-    chunk = max(1, math.ceil(cfg.steps / 50))
-    losses, recomputed = [], []
-    with tqdm(total=cfg.steps, desc="activeft", unit="step", file=sys.stderr, leave=False) as bar:
-        done = 0
-        while done < cfg.steps:
-            n = min(chunk, cfg.steps - done)
-            carry, (loss, frac) = _fit_chunk(carry, feats, key, hyper, cfg=cfg, num_steps=n)
-            losses.append(loss)
-            recomputed.append(frac)
-            done += n
-            bar.set_postfix(loss=f"{float(loss[-1]):.4f}")
-            bar.update(n)
-    empty = jnp.zeros((0,), feats.dtype)
-    return _fit_finish(carry, feats, idx, jnp.concatenate(losses or [empty]),
-                       jnp.concatenate(recomputed or [empty]))
+
+def assign_to_prototypes(prototypes: Any, features: Any, *,
+                         chunk_rows: Optional[int] = None) -> jax.Array:
+    """The most similar prototype of every feature, argmax_k f̂_iᵀθ̂_k: [N] int32.
+
+    Both sides are L2-normalized; the [N, B] similarities are computed in row
+    chunks (never all at once). This is the O(N·B·d) work of one dense ActiveFT step.
+
+    Args:
+      prototypes: [B, d] prototypes (e.g. `ActiveFTFit.prototypes`).
+      features: [N, d] features.
+      chunk_rows: feature rows per [rows, B] block (static).
+    """
+    protos = as_float_matrix(prototypes, "prototypes")
+    feats = as_float_matrix(features, "features")
+    if protos.shape[1] != feats.shape[1]:
+        raise ValueError(f"`prototypes` have dimension {protos.shape[1]} but `features` have "
+                         f"{feats.shape[1]}.")
+    rows = int(chunk_rows) if chunk_rows else default_chunk_rows(feats.shape[0], protos.shape[0])
+    return _assign(protos, feats, chunk_rows=rows)
+
+
+class ActiveFTSolver(NamedTuple):
+    """An ActiveFT fit as an optax-style triple of pure functions (see `activeft_solver`).
+
+    Attributes:
+      init: () -> `ActiveFTState`, the prototypes at their initial features.
+      step: (state, num_steps=1) -> state after `num_steps` more optimizer
+        steps (jitted; `num_steps` is static; the input state is donated).
+      finish: state -> `ActiveFTFit`: each prototype, in order, takes its most
+        similar feature not taken yet.
+      steps: the planned number of steps (the length of the loss curve).
+    """
+
+    init: Callable[[], ActiveFTState]
+    step: Callable[..., ActiveFTState]
+    finish: Callable[[ActiveFTState], "ActiveFTFit"]
+    steps: int
 
 
 # ----------------------------------------------------------------------------- validation
 
 
-def _prepare(features, k, key, init_indices, init, temperature, steps, learning_rate, balance,
+def _prepare(features, *, k, key, init_indices, init, temperature, steps, learning_rate, balance,
              batch_size, chunk_rows, prune, refresh, num_fast, optimizer):
     feats = as_float_matrix(features, "features")
     n, d = feats.shape
@@ -477,6 +510,45 @@ def _check_init_indices(init_indices, k, n):
 # ----------------------------------------------------------------------------- public API
 
 
+def activeft_solver(features: Any, *, k: int, key: Any = None, init_indices: Any = None,
+                    init: str = "random", temperature: Any = 0.07, steps: int = 300,
+                    learning_rate: Any = 1e-3, balance: Any = 1.0,
+                    optimizer: Optional[optax.GradientTransformation] = None,
+                    batch_size: Optional[int] = None, chunk_rows: Optional[int] = None,
+                    prune: Optional[bool] = None, refresh: float = 0.3,
+                    num_fast: int = 32) -> ActiveFTSolver:
+    """ActiveFT as `(init, step, finish)`: drive the fit yourself, a step at a time.
+
+        solver = activeft_solver(feats, k=100, key=key)
+        state = solver.init()
+        for _ in range(solver.steps):
+            state = solver.step(state)          # or solver.step(state, 10)
+        fit = solver.finish(state)              # == fit_activeft(feats, k=100, key=key)
+
+    The arguments are validated here, once, exactly as `fit_activeft` does;
+    see it for their meaning.
+    """
+    feats, key, init_indices, hyper, cfg = _prepare(
+        features, k=k, key=key, init_indices=init_indices, init=init, temperature=temperature,
+        steps=steps, learning_rate=learning_rate, balance=balance, batch_size=batch_size,
+        chunk_rows=chunk_rows, prune=prune, refresh=refresh, num_fast=num_fast,
+        optimizer=optimizer)
+
+    def init_fn() -> ActiveFTState:
+        return _solver_init(feats, key, init_indices, hyper, cfg=cfg)
+
+    def step_fn(state: ActiveFTState, num_steps: int = 1) -> ActiveFTState:
+        if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) \
+                or num_steps < 1:
+            raise ValueError(f"`num_steps` must be a Python int >= 1 (static); got {num_steps!r}.")
+        return _solver_step(state, feats, key, hyper, cfg=cfg, num_steps=int(num_steps))
+
+    def finish_fn(state: ActiveFTState) -> ActiveFTFit:
+        return _solver_finish(state, feats)
+
+    return ActiveFTSolver(init_fn, step_fn, finish_fn, cfg.steps)
+
+
 def fit_activeft(features: Any, *, k: int, key: Any = None, init_indices: Any = None,
                  init: str = "random", temperature: Any = 0.07, steps: int = 300,
                  learning_rate: Any = 1e-3, balance: Any = 1.0,
@@ -520,12 +592,31 @@ def fit_activeft(features: Any, *, k: int, key: Any = None, init_indices: Any = 
       ValueError: bad shapes, B outside [1, N], NaN/inf features, τ, learning
         rate or balance <= 0, bad init indices, or a missing key.
     """
-    args = _prepare(features, k, key, init_indices, init, temperature, steps, learning_rate, balance,
-                    batch_size, chunk_rows, prune, refresh, num_fast, optimizer)
-    feats, key, init_indices, hyper, cfg = args
-    if progress and not any(is_traced(x) for x in jax.tree_util.tree_leaves((feats, key, hyper))):
-        return _fit_with_progress(feats, key, init_indices, hyper, cfg)
-    return _fit(feats, key, init_indices, hyper, cfg=cfg)
+    solver = activeft_solver(
+        features, k=k, key=key, init_indices=init_indices, init=init, temperature=temperature,
+        steps=steps, learning_rate=learning_rate, balance=balance, optimizer=optimizer,
+        batch_size=batch_size, chunk_rows=chunk_rows, prune=prune, refresh=refresh,
+        num_fast=num_fast)
+    state = solver.init()
+    traced = any(is_traced(x) for x in jax.tree_util.tree_leaves((features, key, temperature,
+                                                                  learning_rate, balance)))
+    if not progress or traced or solver.steps == 0:
+        if solver.steps:
+            state = solver.step(state, solver.steps)
+        return solver.finish(state)
+    from tqdm.auto import tqdm
+
+    chunk = max(1, math.ceil(solver.steps / 50))
+    with tqdm(total=solver.steps, desc="activeft", unit="step", file=sys.stderr,
+              leave=False) as bar:
+        done = 0
+        while done < solver.steps:
+            n = min(chunk, solver.steps - done)
+            state = solver.step(state, n)
+            done += n
+            bar.set_postfix(loss=f"{float(state.losses[done - 1]):.4f}")
+            bar.update(n)
+    return solver.finish(state)
 
 
 def activeft(features: Any, *, k: int, key: Any = None, init_indices: Any = None,
@@ -543,9 +634,10 @@ def activeft(features: Any, *, k: int, key: Any = None, init_indices: Any = None
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def _sweep(feats, keys, init_indices, temperatures, hyper, *, cfg: _Config):
     def fit_one(temperature, key):
-        carry, idx, losses, recomputed = _optimize(
-            feats, key, init_indices, hyper._replace(temperature=temperature), cfg)
-        return carry.params, idx, losses, recomputed
+        h = hyper._replace(temperature=temperature)
+        state = _run_steps(_init_state(feats, key, init_indices, h, cfg), feats, key, h, cfg,
+                           cfg.steps)
+        return state.params, state.init_indices, state.losses, state.recomputed
 
     per_key = jax.vmap(fit_one, in_axes=(None, 0))
     params, idx, losses, recomputed = jax.vmap(per_key, in_axes=(0, None))(temperatures, keys)
@@ -588,6 +680,8 @@ def activeft_sweep(features: Any, *, k: int, temperatures: Any, keys: Any, steps
         raise ValueError("`keys` must be a batch of PRNG keys, e.g. jax.random.split(key, 4).")
     # Everything but the temperatures is checked as for a single fit (keys[0] stands in).
     feats, _, init_indices, hyper, cfg = _prepare(
-        features, k, keys[0], None, init, 1.0, steps, learning_rate, balance, batch_size,
-        chunk_rows, prune, refresh, num_fast, optimizer)
+        features, k=k, key=keys[0], init_indices=None, init=init, temperature=1.0, steps=steps,
+        learning_rate=learning_rate, balance=balance, batch_size=batch_size,
+        chunk_rows=chunk_rows, prune=prune, refresh=refresh, num_fast=num_fast,
+        optimizer=optimizer)
     return _sweep(feats, keys, init_indices, jnp.asarray(temps, feats.dtype), hyper, cfg=cfg)

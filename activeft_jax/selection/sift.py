@@ -46,10 +46,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from activeft_jax import retrieval
-from activeft_jax.kernels import l2_normalize
+from activeft_jax import gp, retrieval
+from activeft_jax.kernels import Linear, l2_normalize
+from activeft_jax.selection.greedy import RuleInputs, greedy
 from activeft_jax.selection.result import Selection
-from activeft_jax.selection.transductive import vtl
+from activeft_jax.selection.transductive import VTLRule
 from activeft_jax.validation import check_positive, is_traced
 
 __all__ = ["AdaptiveSelection", "adaptive_steps", "sift"]
@@ -83,10 +84,13 @@ def adaptive_steps(prior_var: jax.Array, values: jax.Array, threshold: Any) -> j
 
 @functools.partial(jax.jit, static_argnames=("k",))
 def _vtl_on_candidates(pool, prompts, cand, lambda_, *, k):
-    noise_std = jnp.sqrt(jnp.asarray(lambda_, pool.dtype))
+    noise_var = jnp.asarray(lambda_, pool.dtype)     # λ is the noise variance itself
+    num, d = cand.shape[1], pool.shape[1]
+    spec = VTLRule(space=gp.choose_space(Linear(), num, d), normalize=False)
 
     def one(q, idx):
-        sel = vtl(pool[idx], q[None, :], k=k, noise_std=noise_std, allow_repeats=True)
+        inputs = RuleInputs(pool[idx], q[None, :], Linear(), noise_var)
+        sel = greedy(spec, inputs, k=k, allow_repeats=True)
         return Selection(idx[sel.indices], sel.values)
 
     return jax.vmap(one)(prompts, cand)

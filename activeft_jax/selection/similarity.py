@@ -22,7 +22,7 @@ import jax.scipy.special as jsp
 import numpy as np
 
 from activeft_jax.kernels import l2_normalize
-from activeft_jax._numerics import matmul
+from activeft_jax._core import matmul
 from activeft_jax.selection._setup import validate
 from activeft_jax.selection.greedy import top_k
 from activeft_jax.selection.result import Selection

@@ -31,47 +31,40 @@ References:
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from activeft_jax import gp
-from activeft_jax._numerics import matmul, safe_divide
-from activeft_jax.selection._setup import (
-    geometry,
-    init_posterior,
-    noise_variance,
-    resolve_space,
-    validate,
-)
-from activeft_jax.selection.greedy import GreedyRule, greedy
+from activeft_jax._core import matmul, safe_divide
+from activeft_jax.selection._setup import geometry, init_posterior, resolve_space, rule_inputs, validate
+from activeft_jax.selection.greedy import GreedyRule, RuleInputs, greedy
 from activeft_jax.selection.result import Selection
 
-__all__ = ["ctl", "itl", "mmitl", "vtl"]
+__all__ = ["CorrelationRule", "ITLRule", "VTLRule", "ctl", "ctl_scores", "itl", "itl_scores",
+           "mmitl", "mmitl_scores", "vtl", "vtl_scores"]
 
-_DOC_COMMON = """
-    pool: [N, d] pool embeddings (the candidates).
-    target: [m, d] target embeddings.
-    k: number of picks (static: a new value recompiles).
-    noise_std: observation noise standard deviation ρ > 0, in embedding units
-      (the default 0.1 is the reference's automatic noise, variance 0.01).
-      May be traced: `jax.vmap` over it sweeps noise levels in one call.
-    kernel: 'linear' (default), 'cosine', 'rbf' or a `activeft_jax.kernels` object.
-    normalize: L2-normalize pool and targets first.
-    allow_repeats: keep picked points as candidates (the reference's behaviour).
-    space: 'auto' (by cost), 'weight' or 'kernel' (see `activeft_jax.gp`).
-    progress: show a progress bar on stderr (outside of jit/vmap only).
+_COMMON_ARGS = """\
+      pool: [N, d] pool embeddings (the candidates).
+      target: [m, d] target embeddings.
+      k: number of picks (static: a new value recompiles).
+      noise_std: observation noise standard deviation ρ > 0, in embedding units
+        (the default 0.1 is the reference's automatic noise, variance 0.01).
+        May be traced: `jax.vmap` over it sweeps noise levels in one call.
+      kernel: 'linear' (default), 'cosine', 'rbf' or a `activeft_jax.kernels` object.
+      normalize: L2-normalize pool and targets first.
+      allow_repeats: keep picked points as candidates (the reference's behaviour).
+      space: 'auto' (by cost), 'weight' or 'kernel' (see `activeft_jax.gp`).
+      progress: show a progress bar on stderr (outside of jit/vmap only).
 """
 
 
-def _args(inputs, noise_std) -> dict:
-    return {
-        "pool": inputs.pool,
-        "target": inputs.target,
-        "kernel": inputs.kernel,
-        "noise_var": noise_variance(noise_std, inputs.pool.dtype),
-    }
+def _common_args(fn):
+    """Fills the arguments the four rules share into `fn.__doc__` (a real docstring at run time)."""
+    fn.__doc__ = fn.__doc__.replace("{common_args}", _COMMON_ARGS)
+    return fn
 
 
 # ----------------------------------------------------------------------------- VTL
@@ -83,24 +76,37 @@ def vtl_scores(state: gp.Posterior, noise_var: jax.Array) -> jax.Array:
     return gain - jnp.sum(state.var_target)
 
 
-def _build_vtl(args, *, k, space, normalize, undirected=False):
-    geo = geometry(args, space=space, normalize=normalize, compress=True)
-    noise_var = args["noise_var"]
-    target = geo.target
-    if undirected:  # the targets are the pool itself: A = S
-        target = gp.compress_targets(geo.points) if geo.points.shape[0] > geo.points.shape[1] else geo.points
+@dataclasses.dataclass(frozen=True)
+class VTLRule:
+    """VTL as a greedy rule spec (static options; see `greedy.greedy`).
 
-    def update(state, index):
-        return gp.condition(geo.space, (state,), index, noise_var)[0]
+    Attributes:
+      space: 'weight' or 'kernel' (resolved, not 'auto').
+      normalize: L2-normalize pool and targets first.
+      undirected: the targets are the pool itself (A = S), for `undirected_vtl`.
+    """
 
-    return GreedyRule(
-        num_points=args["pool"].shape[0],
-        init=lambda: init_posterior(geo, target, k),
-        score=lambda state: vtl_scores(state, noise_var),
-        update=update,
-    )
+    space: str
+    normalize: bool
+    undirected: bool = False
+
+    def build(self, inputs: RuleInputs, k: int) -> GreedyRule:
+        """The VTL rule on `inputs` with room for k picks."""
+        geo = geometry(inputs, space=self.space, normalize=self.normalize, compress=True)
+        noise_var = inputs.noise_var
+        target = geo.target
+        if self.undirected:  # the targets are the pool itself: A = S
+            pts = geo.points
+            target = gp.compress_targets(pts) if pts.shape[0] > pts.shape[1] else pts
+        return GreedyRule(
+            num_points=inputs.pool.shape[0],
+            init=lambda: init_posterior(geo, target, k),
+            score=lambda state: vtl_scores(state, noise_var),
+            update=lambda state, index: gp.condition(geo.space, (state,), index, noise_var)[0],
+        )
 
 
+@_common_args
 def vtl(pool: Any, target: Any, *, k: int, noise_std: Any = 0.1, kernel: Any = None,
         normalize: bool = False, allow_repeats: bool = False, space: str = "auto",
         progress: bool = False) -> Selection:
@@ -111,15 +117,17 @@ def vtl(pool: Any, target: Any, *, k: int, noise_std: Any = 0.1, kernel: Any = N
     better). With a kernel that has features and more targets than
     dimensions, the m targets are replaced by d exact pseudo-targets.
 
-    Args:""" + _DOC_COMMON + """
+
+    Args:
+{common_args}
     Returns:
       `Selection` of k pool indices in pick order and their VTL values.
     """
     inputs = validate(pool, target, k=k, kernel=kernel, need_target=True,
                       noise_std=noise_std, check_noise=True)
-    options = (("space", resolve_space(space, inputs.kernel, inputs.pool)), ("normalize", bool(normalize)))
-    return greedy(_build_vtl, _args(inputs, noise_std), k=inputs.k, allow_repeats=allow_repeats,
-                  options=options, progress=progress, desc="vtl")
+    spec = VTLRule(space=resolve_space(space, inputs.kernel, inputs.pool), normalize=bool(normalize))
+    return greedy(spec, rule_inputs(inputs, noise_std), k=inputs.k, allow_repeats=allow_repeats,
+                  progress=progress, desc="vtl")
 
 
 # ----------------------------------------------------------------------------- ITL
@@ -143,33 +151,52 @@ def itl_scores(var: jax.Array, var_given_target: jax.Array, noise_var: jax.Array
     return jnp.where(var > 0, 0.5 * jnp.maximum(jnp.log(jnp.where(var > 0, ratio, 1)), 0), 0)
 
 
-def _build_itl(args, *, k, space, normalize, formulation):
-    geo = geometry(args, space=space, normalize=normalize, compress=True)
-    noise_var = args["noise_var"]
-    if formulation == "reference":
-        target_noise = noise_var
-    else:  # noise-free f(A), regularized by a dtype-relative jitter
-        diag = geo.kernel.diag(geo.target)
-        target_noise = jnp.sqrt(jnp.finfo(diag.dtype).eps) * jnp.maximum(jnp.mean(diag), jnp.finfo(diag.dtype).tiny)
+@dataclasses.dataclass(frozen=True)
+class ITLRule:
+    """ITL as a greedy rule spec: two posteriors (without / with y(A)) take the same picks.
 
-    def init():
-        plain = init_posterior(geo, None, k)
-        if isinstance(geo.space, gp.WeightSpace):
-            base = gp.conditioned_precision_factor(geo.target, target_noise)
-            tilde = gp.init_weight_space(geo.points, None, num_rows=k, base=base)
-        else:
-            rows = gp.target_observation_rows(geo.kernel, geo.points, geo.target, target_noise)
-            tilde = gp.init_kernel_space(geo.kernel, geo.points, None, num_rows=k, prior_rows=rows)
-        return plain, tilde
+    Attributes:
+      space: 'weight' or 'kernel'.
+      normalize: L2-normalize pool and targets first.
+      formulation: 'reference' or 'paper' (see `itl`).
+    """
 
-    return GreedyRule(
-        num_points=args["pool"].shape[0],
-        init=init,
-        score=lambda s: itl_scores(s[0].var, s[1].var, noise_var, formulation),
-        update=lambda s, index: gp.condition(geo.space, s, index, noise_var),
-    )
+    space: str
+    normalize: bool
+    formulation: str = "reference"
+
+    def build(self, inputs: RuleInputs, k: int) -> GreedyRule:
+        """The ITL rule on `inputs` with room for k picks."""
+        geo = geometry(inputs, space=self.space, normalize=self.normalize, compress=True)
+        noise_var = inputs.noise_var
+        formulation = self.formulation
+        if formulation == "reference":
+            target_noise = noise_var
+        else:  # noise-free f(A), regularized by a dtype-relative jitter
+            diag = geo.kernel.diag(geo.target)
+            info = jnp.finfo(diag.dtype)
+            target_noise = jnp.sqrt(info.eps) * jnp.maximum(jnp.mean(diag), info.tiny)
+
+        def init():
+            plain = init_posterior(geo, None, k)
+            if isinstance(geo.space, gp.WeightSpace):
+                base = gp.conditioned_precision_factor(geo.target, target_noise)
+                tilde = gp.init_weight_space(geo.points, None, num_rows=k, base=base)
+            else:
+                rows = gp.target_observation_rows(geo.kernel, geo.points, geo.target, target_noise)
+                tilde = gp.init_kernel_space(geo.kernel, geo.points, None, num_rows=k,
+                                             prior_rows=rows)
+            return plain, tilde
+
+        return GreedyRule(
+            num_points=inputs.pool.shape[0],
+            init=init,
+            score=lambda s: itl_scores(s[0].var, s[1].var, noise_var, formulation),
+            update=lambda s, index: gp.condition(geo.space, s, index, noise_var),
+        )
 
 
+@_common_args
 def itl(pool: Any, target: Any, *, k: int, noise_std: Any = 0.1, kernel: Any = None,
         normalize: bool = False, allow_repeats: bool = False, space: str = "auto",
         formulation: str = "reference", progress: bool = False) -> Selection:
@@ -180,9 +207,11 @@ def itl(pool: Any, target: Any, *, k: int, noise_std: Any = 0.1, kernel: Any = N
     on A, none on x), as in the reference library. Two rank-1 states take the
     same picks: one from the prior, one from the prior conditioned on y(A).
 
-    Args:""" + _DOC_COMMON + """    formulation: 'reference' (default) or 'paper': ½ log((σ²+ρ²)/(σ̃²+ρ²))
-      with σ̃² conditioned on noise-free f(A), the paper code's form; the two
-      agree on the first pick and rank differently after it.
+
+    Args:
+{common_args}      formulation: 'reference' (default) or 'paper': ½ log((σ²+ρ²)/(σ̃²+ρ²))
+        with σ̃² conditioned on noise-free f(A), the paper code's form; the two
+        agree on the first pick and rank differently after it.
 
     Returns:
       `Selection` of k pool indices in pick order and their ITL values (nats).
@@ -191,13 +220,10 @@ def itl(pool: Any, target: Any, *, k: int, noise_std: Any = 0.1, kernel: Any = N
         raise ValueError(f"`formulation` must be 'reference' or 'paper'; got {formulation!r}.")
     inputs = validate(pool, target, k=k, kernel=kernel, need_target=True,
                       noise_std=noise_std, check_noise=True)
-    options = (
-        ("space", resolve_space(space, inputs.kernel, inputs.pool)),
-        ("normalize", bool(normalize)),
-        ("formulation", formulation),
-    )
-    return greedy(_build_itl, _args(inputs, noise_std), k=inputs.k, allow_repeats=allow_repeats,
-                  options=options, progress=progress, desc="itl")
+    spec = ITLRule(space=resolve_space(space, inputs.kernel, inputs.pool),
+                   normalize=bool(normalize), formulation=formulation)
+    return greedy(spec, rule_inputs(inputs, noise_std), k=inputs.k, allow_repeats=allow_repeats,
+                  progress=progress, desc="itl")
 
 
 # ----------------------------------------------------------------------------- CTL / MM-ITL
@@ -240,31 +266,43 @@ def mmitl_scores(state: gp.Posterior) -> jax.Array:
     return matmul(log_terms, jnp.full((m,), -0.5 / m, log_terms.dtype))
 
 
-def _build_correlation(args, *, k, space, normalize, measure):
-    geo = geometry(args, space=space, normalize=normalize, compress=False)
-    noise_var = args["noise_var"]
-    score = ctl_scores if measure == "ctl" else mmitl_scores
-    return GreedyRule(
-        num_points=args["pool"].shape[0],
-        init=lambda: init_posterior(geo, geo.target, k),
-        score=score,
-        update=lambda state, index: gp.condition(geo.space, (state,), index, noise_var)[0],
-    )
+@dataclasses.dataclass(frozen=True)
+class CorrelationRule:
+    """CTL or MM-ITL as a greedy rule spec (each target keeps its own correlation).
+
+    Attributes:
+      space: 'weight' or 'kernel'.
+      normalize: L2-normalize pool and targets first.
+      measure: 'ctl' or 'mmitl'.
+    """
+
+    space: str
+    normalize: bool
+    measure: str = "ctl"
+
+    def build(self, inputs: RuleInputs, k: int) -> GreedyRule:
+        """The CTL / MM-ITL rule on `inputs` with room for k picks."""
+        geo = geometry(inputs, space=self.space, normalize=self.normalize, compress=False)
+        noise_var = inputs.noise_var
+        return GreedyRule(
+            num_points=inputs.pool.shape[0],
+            init=lambda: init_posterior(geo, geo.target, k),
+            score=ctl_scores if self.measure == "ctl" else mmitl_scores,
+            update=lambda state, index: gp.condition(geo.space, (state,), index, noise_var)[0],
+        )
 
 
 def _correlation_rule(measure, pool, target, *, k, noise_std, kernel, normalize, allow_repeats,
                       space, progress):
     inputs = validate(pool, target, k=k, kernel=kernel, need_target=True,
                       noise_std=noise_std, check_noise=True)
-    options = (
-        ("space", resolve_space(space, inputs.kernel, inputs.pool)),
-        ("normalize", bool(normalize)),
-        ("measure", measure),
-    )
-    return greedy(_build_correlation, _args(inputs, noise_std), k=inputs.k,
-                  allow_repeats=allow_repeats, options=options, progress=progress, desc=measure)
+    spec = CorrelationRule(space=resolve_space(space, inputs.kernel, inputs.pool),
+                           normalize=bool(normalize), measure=measure)
+    return greedy(spec, rule_inputs(inputs, noise_std), k=inputs.k, allow_repeats=allow_repeats,
+                  progress=progress, desc=measure)
 
 
+@_common_args
 def ctl(pool: Any, target: Any, *, k: int, noise_std: Any = 0.1, kernel: Any = None,
         normalize: bool = False, allow_repeats: bool = False, space: str = "auto",
         progress: bool = False) -> Selection:
@@ -276,7 +314,9 @@ def ctl(pool: Any, target: Any, *, k: int, noise_std: Any = 0.1, kernel: Any = N
     are never compressed. On clustered data the reference (with repeats)
     picks the same point several times; by default picked points are masked.
 
-    Args:""" + _DOC_COMMON + """
+
+    Args:
+{common_args}
     Returns:
       `Selection` of k pool indices in pick order and their mean correlations.
     """
@@ -285,6 +325,7 @@ def ctl(pool: Any, target: Any, *, k: int, noise_std: Any = 0.1, kernel: Any = N
                              progress=progress)
 
 
+@_common_args
 def mmitl(pool: Any, target: Any, *, k: int, noise_std: Any = 0.1, kernel: Any = None,
           normalize: bool = False, allow_repeats: bool = False, space: str = "auto",
           progress: bool = False) -> Selection:
@@ -293,7 +334,9 @@ def mmitl(pool: Any, target: Any, *, k: int, noise_std: Any = 0.1, kernel: Any =
     value(x) = mean_{a∈A} −½ log(1 − ρ_n(x, a)²) with the noise-free posterior
     correlation ρ_n of CTL (the reference's definition).
 
-    Args:""" + _DOC_COMMON + """
+
+    Args:
+{common_args}
     Returns:
       `Selection` of k pool indices in pick order and their MM-ITL values (nats).
     """

@@ -10,39 +10,44 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 from activeft_jax import gp
 from activeft_jax.kernels import get_kernel, l2_normalize
-from activeft_jax.selection._setup import geometry, init_posterior, noise_variance, resolve_space, validate
-from activeft_jax.selection.greedy import GreedyRule, greedy, top_k
+from activeft_jax.selection._setup import geometry, init_posterior, resolve_space, rule_inputs, validate
+from activeft_jax.selection.greedy import GreedyRule, RuleInputs, greedy, top_k
 from activeft_jax.selection.result import Selection
-from activeft_jax.selection.transductive import _build_vtl
+from activeft_jax.selection.transductive import VTLRule
 
-__all__ = ["uncertainty", "undirected_itl", "undirected_vtl"]
-
-
-def _args(inputs, noise_std) -> dict:
-    return {
-        "pool": inputs.pool,
-        "kernel": inputs.kernel,
-        "noise_var": noise_variance(noise_std, inputs.pool.dtype),
-    }
+__all__ = ["UndirectedITLRule", "uncertainty", "undirected_itl", "undirected_vtl"]
 
 
-def _build_undirected_itl(args, *, k, space, normalize):
-    geo = geometry(args, space=space, normalize=normalize, compress=False)
-    noise_var = args["noise_var"]
-    return GreedyRule(
-        num_points=args["pool"].shape[0],
-        init=lambda: init_posterior(geo, None, k),
-        score=lambda state: state.var,
-        update=lambda state, index: gp.condition(geo.space, (state,), index, noise_var)[0],
-    )
+@dataclasses.dataclass(frozen=True)
+class UndirectedITLRule:
+    """Undirected ITL as a greedy rule spec: the largest posterior variance, conditioned.
+
+    Attributes:
+      space: 'weight' or 'kernel'.
+      normalize: L2-normalize the pool first.
+    """
+
+    space: str
+    normalize: bool
+
+    def build(self, inputs: RuleInputs, k: int) -> GreedyRule:
+        """The undirected ITL rule on `inputs` with room for k picks."""
+        geo = geometry(inputs, space=self.space, normalize=self.normalize, compress=False)
+        noise_var = inputs.noise_var
+        return GreedyRule(
+            num_points=inputs.pool.shape[0],
+            init=lambda: init_posterior(geo, None, k),
+            score=lambda state: state.var,
+            update=lambda state, index: gp.condition(geo.space, (state,), index, noise_var)[0],
+        )
 
 
 def undirected_itl(pool: Any, *, k: int, noise_std: Any = 0.1, kernel: Any = None,
@@ -64,10 +69,10 @@ def undirected_itl(pool: Any, *, k: int, noise_std: Any = 0.1, kernel: Any = Non
       `Selection` of k pool indices and the posterior variance at each pick.
     """
     inputs = validate(pool, k=k, kernel=kernel, noise_std=noise_std, check_noise=True)
-    options = (("space", resolve_space(space, inputs.kernel, inputs.pool)), ("normalize", bool(normalize)))
-    return greedy(_build_undirected_itl, _args(inputs, noise_std), k=inputs.k,
-                  allow_repeats=allow_repeats, options=options, progress=progress,
-                  desc="undirected_itl")
+    spec = UndirectedITLRule(space=resolve_space(space, inputs.kernel, inputs.pool),
+                             normalize=bool(normalize))
+    return greedy(spec, rule_inputs(inputs, noise_std), k=inputs.k, allow_repeats=allow_repeats,
+                  progress=progress, desc="undirected_itl")
 
 
 def undirected_vtl(pool: Any, *, k: int, noise_std: Any = 0.1, kernel: Any = None,
@@ -99,13 +104,10 @@ def undirected_vtl(pool: Any, *, k: int, noise_std: Any = 0.1, kernel: Any = Non
             "are the whole pool, which in kernel space would need an N x N covariance."
         )
     inputs = validate(pool, k=k, kernel=kernel, noise_std=noise_std, check_noise=True)
-    options = (
-        ("space", resolve_space(space, inputs.kernel, inputs.pool)),
-        ("normalize", bool(normalize)),
-        ("undirected", True),
-    )
-    return greedy(_build_vtl, _args(inputs, noise_std), k=inputs.k, allow_repeats=allow_repeats,
-                  options=options, progress=progress, desc="undirected_vtl")
+    spec = VTLRule(space=resolve_space(space, inputs.kernel, inputs.pool),
+                   normalize=bool(normalize), undirected=True)
+    return greedy(spec, rule_inputs(inputs, noise_std), k=inputs.k, allow_repeats=allow_repeats,
+                  progress=progress, desc="undirected_vtl")
 
 
 @functools.partial(jax.jit, static_argnames=("k", "normalize"))

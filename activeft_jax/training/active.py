@@ -42,10 +42,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from activeft_jax.embeddings import ParamSelection, last_layer
-from activeft_jax.embeddings._flax import is_linen_module
-from activeft_jax.selection import dispatch
-from activeft_jax.selection.dispatch import STRATEGIES, TARGETED, select
+from activeft_jax.embeddings import ParamSelection, is_linen_module, last_layer
+from activeft_jax.selection import COMMON_OPTIONS, STRATEGIES, TARGETED, get_strategy, select
 from activeft_jax.training._fingerprint import config_hash, fingerprint, tree_digest
 from activeft_jax.training.checkpoint import Checkpointer
 from activeft_jax.training.state import Trainable, TrainState, create_train_state, resolve_trainable
@@ -69,8 +67,6 @@ _METRICS_FILE = "metrics.jsonl"
 _CKPT_DIR = "checkpoints"
 # select() arguments that active_finetune supplies itself.
 _RESERVED = ("name", "pool", "target", "k", "key", "probs")
-# select() keywords every strategy accepts.
-_SELECT_COMMON = ("noise_std", "normalize", "kernel", "progress")
 
 EmbedFn = Callable[[Any, Any], Any]
 _EMBED_ERROR = "`embed` must be 'last_layer', a function embed(params, x) or None; got {!r}."
@@ -149,7 +145,7 @@ def _check_select_kwargs(strategy: str, select_kwargs: Optional[Mapping[str, Any
             f"`select_kwargs` must not set {reserved}: active_finetune supplies the pool, "
             f"targets, k (k_per_round), key (from seed and round) and probs itself."
         )
-    accepted = set(_SELECT_COMMON) | {"allow_repeats"} | set(dispatch._TABLE[strategy][4])
+    accepted = set(COMMON_OPTIONS) | get_strategy(strategy).option_names
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
         raise ValueError(
@@ -617,7 +613,7 @@ def _run(*, ckpt: Checkpointer, config, digest, config_path, metrics_path, apply
             # Select among the points not picked yet.
             remaining = np.setdiff1d(np.arange(n_pool, dtype=np.int32), picked)
             kwargs = dict(select_kwargs)
-            if dispatch._TABLE[strategy][2]:  # needs class probabilities
+            if get_strategy(strategy).needs_probs:
                 logits = predict(apply_fn, params, _take(pool_x, remaining),
                                  batch_size=eval_batch_size)
                 kwargs["probs"] = jax.nn.softmax(jnp.asarray(logits), axis=-1)
