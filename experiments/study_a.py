@@ -9,24 +9,23 @@ Reported: accuracy on the target examples and the share of picks from the target
 classes, mean and 95% confidence interval over seeds, per round; a markdown table
 and learning curves with bands.
 
-    python experiments/study_a.py                      # default configuration
-    python experiments/study_a.py --seeds 10 --rounds 8 --strategies itl,vtl,random
+    python -m experiments.study_a                      # default configuration
+    python -m experiments.study_a --seeds 10 --rounds 8 --strategies itl,vtl,random
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import math
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "experiments" / "results" / "study_a"
+from experiments.common import RESULTS as _RESULTS, OneLineParser, ci, read_config
+
+RESULTS = _RESULTS / "study_a"
 
 STRATEGIES = ("itl", "vtl", "ctl", "cosine", "uncertainty", "maxdist", "kmeans_pp",
               "activeft", "random")
@@ -178,19 +177,6 @@ def run(cfg: Config, out_dir: Path = RESULTS, progress: bool = True) -> dict:
             "seconds": time.perf_counter() - t0}
 
 
-def _ci(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and half-width of a 95% t-interval over the first axis."""
-    a = np.asarray(a, dtype=np.float64)
-    n = a.shape[0]
-    mean = a.mean(axis=0)
-    if n < 2:
-        return mean, np.zeros_like(mean)
-    from scipy import stats
-
-    half = stats.t.ppf(0.975, n - 1) * a.std(axis=0, ddof=1) / math.sqrt(n)
-    return mean, half
-
-
 def table(result: dict) -> str:
     budgets = result["budgets"]
     show = sorted({0, len(budgets) // 2, len(budgets) - 1})
@@ -198,8 +184,8 @@ def table(result: dict) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     order = sorted(result["runs"], key=lambda s: -np.mean(np.asarray(result["runs"][s]["accuracy"])[:, -1]))
     for s in order:
-        m, h = _ci(result["runs"][s]["accuracy"])
-        sm, sh = _ci(result["runs"][s]["share"])
+        m, h = ci(result["runs"][s]["accuracy"])
+        sm, sh = ci(result["runs"][s]["share"])
         cells = [f"{m[i]:.3f} ± {h[i]:.3f}" for i in show] + [f"{sm[-1]:.2f} ± {sh[-1]:.2f}"]
         lines.append("| " + " | ".join([s] + cells) + " |")
     cfg, names = result["config"], result["class_names"]
@@ -224,7 +210,7 @@ def plot(result: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for s, r in result["runs"].items():
         for ax, key in zip(axes, ("accuracy", "share")):
-            m, h = _ci(r[key])
+            m, h = ci(r[key])
             line, = ax.plot(budgets, m, marker="o", ms=3, label=s)
             ax.fill_between(budgets, m - h, m + h, color=line.get_color(), alpha=0.15)
     axes[0].set_ylabel("accuracy on the target examples")
@@ -240,30 +226,6 @@ def plot(result: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """Bad flags: one line on stderr and exit status 2 (no usage block)."""
-
-    def error(self, message: str):
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
-def read_config(path, config_cls) -> dict:
-    """The fields of a `--config` JSON file (an object of `config_cls` fields), or {}."""
-    if not path:
-        return {}
-    fields = {f.name for f in dataclasses.fields(config_cls)}
-    try:
-        with open(path) as f:
-            loaded = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"--config: cannot read {path}: {e}") from e
-    if not isinstance(loaded, dict) or set(loaded) - fields:
-        unknown = sorted(set(loaded) - fields) if isinstance(loaded, dict) else loaded
-        raise ValueError(f"--config: unknown fields {unknown}; known: {sorted(fields)}")
-    return loaded
 
 
 def config_from_args(argv=None) -> tuple[Config, Path]:

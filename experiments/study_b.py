@@ -17,8 +17,8 @@ ProbCover runs twice: with its default δ = 0.6 (``probcover``) and with δ from
 ProbCover paper's purity heuristic (``probcover_purity``: the largest δ for which 95%
 of the δ-balls are pure w.r.t. k-means pseudo-labels with K = number of classes).
 
-    python experiments/study_b.py                         # bbc and digits, 5 seeds
-    python experiments/study_b.py --setting digits --seeds 10 --strategies activeft,random
+    python -m experiments.study_b                         # bbc and digits, 5 seeds
+    python -m experiments.study_b --setting digits --seeds 10 --strategies activeft,random
 """
 
 from __future__ import annotations
@@ -32,12 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from study_a import OneLineParser, _ci, read_config  # noqa: E402  (after the path)
+from experiments.common import CACHE, RESULTS as _RESULTS, OneLineParser, ci, read_config
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "experiments" / "results" / "study_b"
-CACHE = ROOT / "experiments" / "results" / "cache"
+RESULTS = _RESULTS / "study_b"
 
 STRATEGIES = ("activeft", "random", "kmeans", "kmeans_pp", "maxdist", "typiclust",
               "probcover", "probcover_purity")
@@ -84,9 +81,9 @@ def setting_bbc() -> dict:
 
 def setting_digits() -> dict:
     """Penultimate features of Study A's CNN (pretrained with labels on classes 0-4)."""
-    from study_a import Config as ConfigA
-    from study_a import DEFAULT_CLASSES
-    from study_a import setting_digits as study_a_digits
+    from experiments.study_a import Config as ConfigA
+    from experiments.study_a import DEFAULT_CLASSES
+    from experiments.study_a import setting_digits as study_a_digits
 
     from activeft_jax.embeddings import last_layer
 
@@ -270,10 +267,10 @@ def table(result: dict) -> str:
     cols = [f"B = {b} ({f:.0%})" for b, f in zip(budgets, cfg["budgets"])]
     lines = ["| strategy | " + " | ".join(cols) + " | mean |", "|---|" + "---:|" * (len(cols) + 1)]
     for s in _order(result):
-        m, h = _ci(result["runs"][s]["accuracy"])
+        m, h = ci(result["runs"][s]["accuracy"])
         cells = [f"{m[j]:.3f} ± {h[j]:.3f}" for j in range(len(budgets))]
         lines.append(f"| {s} | " + " | ".join(cells) + f" | {float(np.mean(m)):.3f} |")
-    full = ", ".join(f"{np.mean(a):.3f} ± {_ci(np.asarray(a)[:, None])[1][0]:.3f} "
+    full = ", ".join(f"{np.mean(a):.3f} ± {ci(np.asarray(a)[:, None])[1][0]:.3f} "
                      f"({steps} steps)" for steps, a in result["full_pool_accuracy"].items())
     lines += ["", (
         f"Test accuracy (n = {result['test_size']}, all {len(result['class_names'])} classes) of a "
@@ -289,7 +286,7 @@ def table(result: dict) -> str:
         for s in _order(result):
             if s == "random":
                 continue
-            m, h = _ci(np.asarray(result["runs"][s]["accuracy"]) - r)
+            m, h = ci(np.asarray(result["runs"][s]["accuracy"]) - r)
             lines.append(f"| {s} | " + " | ".join(f"{m[j]:+.3f} ± {h[j]:.3f}"
                                                   for j in range(len(budgets))) + " |")
     lines += ["", "Classes covered by the picks (mean over seeds), and selection time (mean s per "
@@ -327,7 +324,7 @@ def plot(result: dict, path: Path) -> None:
     for s in _order(result):
         r = result["runs"][s]
         for ax, key in zip(axes, ("accuracy", "classes_covered")):
-            m, h = _ci(r[key])
+            m, h = ci(r[key])
             line, = ax.plot(budgets, m, marker="o", ms=3, label=s,
                             lw=2.2 if s in ("activeft", "random") else 1.2)
             ax.fill_between(budgets, m - h, m + h, color=line.get_color(), alpha=0.15)

@@ -17,8 +17,8 @@ Study A (Adam, Study A's step size, epochs and batch size; training key from the
 reported are the accuracy on the target examples, the test accuracy on all classes and
 the share of picks from the target classes, mean and 95% t-interval over seeds.
 
-    python experiments/study_hparams.py            # 5 seeds
-    python experiments/study_hparams.py --seeds 10 --k 30
+    python -m experiments.study_hparams            # 5 seeds
+    python -m experiments.study_hparams --seeds 10 --k 30
 """
 
 from __future__ import annotations
@@ -31,11 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from study_a import DEFAULT_CLASSES, DEFAULT_LR, Config, _ci, setting_digits  # noqa: E402
+from experiments.common import RESULTS as _RESULTS, ci
+from experiments.study_a import DEFAULT_CLASSES, DEFAULT_LR, Config, setting_digits
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "experiments" / "results" / "hparams"
+RESULTS = _RESULTS / "hparams"
 
 TEMPERATURES = tuple(0.07 * 2.0 ** np.arange(-3, 5))        # 0.00875 .. 1.12, holds 0.07
 NOISE_STDS = tuple(10.0 ** np.arange(-1.0, 3.01, 0.5))       # 0.1 .. 1000, holds 1.0
@@ -152,7 +151,7 @@ def run(seeds: int = 5, k: int = 50, progress: bool = True) -> dict:
 
 
 def _cell(a) -> str:
-    m, h = _ci(np.asarray(a)[:, None])
+    m, h = ci(np.asarray(a)[:, None])
     return f"{m[0]:.3f} ± {h[0]:.3f}"
 
 
@@ -208,12 +207,12 @@ def plot(r: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
 
     def band(ax, xs, a, label, **kw):
-        m, h = _ci(np.asarray(a).T)   # [grid, seeds] -> over seeds
+        m, h = ci(np.asarray(a).T)   # [grid, seeds] -> over seeds
         line, = ax.plot(xs, m, marker="o", ms=3, label=label, **kw)
         ax.fill_between(xs, m - h, m + h, color=line.get_color(), alpha=0.15)
 
     def random_band(ax, a, label, color="gray"):
-        m, h = _ci(np.asarray(a)[:, None])
+        m, h = ci(np.asarray(a)[:, None])
         ax.axhspan(m[0] - h[0], m[0] + h[0], color=color, alpha=0.1)
         ax.axhline(m[0], color=color, ls="--", lw=1, label=label)
 

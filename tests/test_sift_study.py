@@ -8,24 +8,17 @@ duplicate of it) is in the pool it retrieves from; and its bad flags.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
-from activeft_jax import cli, data
-
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "sift_study.py"
+from activeft_jax import data
+from experiments import sift_study
 
 
 @pytest.fixture(scope="module")
 def study():
-    spec = importlib.util.spec_from_file_location("_sift_study_under_test", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return sift_study
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +88,7 @@ def test_code_pool_holds_no_held_out_module(study):
 ])
 def test_sift_study_bad_flags_fail_before_any_work(tmp_path, capsys, options, message):
     with pytest.raises(SystemExit) as e:
-        cli.main(["study", "sift", *options, "--out", str(tmp_path)])
+        sift_study.main([*options, "--out", str(tmp_path)])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err
@@ -106,7 +99,7 @@ def test_sift_study_unknown_config_field(tmp_path, capsys):
     cfg = tmp_path / "cfg.json"
     cfg.write_text('{"k": 3, "steps": 9}')
     with pytest.raises(SystemExit) as e:
-        cli.main(["study", "sift", "--config", str(cfg), "--out", str(tmp_path / "o")])
+        sift_study.main(["--config", str(cfg), "--out", str(tmp_path / "o")])
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "unknown fields ['steps']" in err and not (tmp_path / "o").exists()

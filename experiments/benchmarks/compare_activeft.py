@@ -64,8 +64,7 @@ def worker(spec: dict) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from activeft_jax.selection import fit_activeft
-    from activeft_jax.selection import prototypes as P
+    from activeft_jax.selection import activeft_solver, assign_to_prototypes, fit_activeft
 
     feats = np.load(spec["npz"])["features"]
     kw = dict(k=spec["k"], steps=spec["steps"], temperature=spec["temperature"],
@@ -75,25 +74,22 @@ def worker(spec: dict) -> dict:
     kw["key"] = jax.random.key(spec.get("seed", 0))
     out = {}
     if spec.get("mode") == "steps":  # time individual steps of a large problem
-        feats_j, key, init, hyper, cfg = P._prepare(
-            feats, spec["k"], kw["key"], None, "random", spec["temperature"], 1, 1e-3, 1.0,
-            spec.get("batch_size"), None, spec.get("prune", False), 0.3, 32, None)
+        solver = activeft_solver(feats, k=spec["k"], key=kw["key"], temperature=spec["temperature"],
+                                 steps=spec["steps"], batch_size=spec.get("batch_size"),
+                                 prune=spec.get("prune", False))
         t0 = time.perf_counter()
-        carry, idx = P._fit_init(feats_j, key, init, hyper, cfg=cfg)
-        jax.block_until_ready(carry)
+        state = jax.block_until_ready(solver.init())
         out["init_s"] = time.perf_counter() - t0
         times = []
         for _ in range(spec["steps"]):
             t0 = time.perf_counter()
-            carry, (loss, _) = P._fit_chunk(carry, feats_j, key, hyper, cfg=cfg, num_steps=1)
-            jax.block_until_ready(loss)
+            state = jax.block_until_ready(solver.step(state))
             times.append(time.perf_counter() - t0)
         out["step_s"] = times
-        out["loss"] = [float(loss[0])]
+        out["loss"] = [float(state.losses[0])]
         if spec.get("finish", True):
             t0 = time.perf_counter()
-            fit = P._fit_finish(carry, feats_j, idx, loss, loss)
-            jax.block_until_ready(fit)
+            fit = jax.block_until_ready(solver.finish(state))
             out["finish_s"] = time.perf_counter() - t0
             out["distinct"] = len(set(np.asarray(fit.selection.indices).tolist()))
     else:
@@ -112,9 +108,10 @@ def worker(spec: dict) -> dict:
         if spec.get("gflops"):
             # The dense assignment alone, on the final prototypes: its N·B·d matmul is all
             # the O(N·B·d) work of a step.
-            from activeft_jax.kernels import l2_normalize
-            f = l2_normalize(jnp.asarray(feats))
-            assign = jax.jit(lambda p: P._dense_assignment(p, f, P.default_chunk_rows(f.shape[0], p.shape[0])))
+            f = jnp.asarray(feats)
+
+            def assign(p):
+                return assign_to_prototypes(p, f)
             jax.block_until_ready(assign(fit.prototypes))
             ts = []
             for _ in range(5):
