@@ -5,7 +5,7 @@
     activeft-jax select --strategy activeft --pool feats.npy --k 1000 --seed 0 \\
         [--init-indices init.npy] [--temperature 0.07] [--steps 300] --out sel.json
 
-    activeft-jax sift --pool pool.npz --prompts prompts.npz --k 10 --candidates 200 \\
+    activeft-jax sift --pool pool.npz --prompts prompts.npz --k 10 --prefilter 200 \\
         --lambda 0.01 [--normalize] [--adaptive 0.1] [--x64] --out sel.json
     activeft-jax embed --model minilm --input texts.jsonl --out emb.npy [--cache c.npz]
     activeft-jax score --model smollm2 --input texts.jsonl --out scores.json
@@ -169,7 +169,7 @@ def _option_flags(p: argparse.ArgumentParser, records) -> None:
         kw = dict(dest=name, default=None, help=text)
         if kind is bool:
             p.add_argument(opt.flag, action=argparse.BooleanOptionalAction, **kw)
-        elif kind == "indices":
+        elif kind in ("indices", "array"):
             p.add_argument(opt.flag, metavar="FILE", **kw)
         else:
             p.add_argument(opt.flag, type=kind, choices=opt.help.choices, **kw)
@@ -243,6 +243,27 @@ def _load_indices(path: Optional[str], flag: str) -> Optional[np.ndarray]:
     return arr
 
 
+def _load_mask_or_indices(path: str, name: str, flag: str) -> np.ndarray:
+    """Pool indices or a bool mask: .npy, .npz (array `name`) or a JSON list."""
+    if path.endswith(".json"):
+        arr = _load_indices(path, flag)
+        if arr.size == 0:
+            return arr.astype(np.int32)
+        return arr
+    arr = _load_array(path, name, flag)
+    if arr.ndim != 1 or not (arr.dtype == np.bool_ or np.issubdtype(arr.dtype, np.integer)):
+        raise BadInput(f"{flag}: expected integer pool indices or a bool mask [N]; got shape "
+                       f"{arr.shape}, dtype {arr.dtype}")
+    return arr
+
+
+def _load_mask(path: str, name: str, flag: str) -> np.ndarray:
+    arr = _load_array(path, name, flag)
+    if arr.ndim != 1 or arr.dtype != np.bool_:
+        raise BadInput(f"{flag}: expected a bool mask [N]; got shape {arr.shape}, dtype {arr.dtype}")
+    return arr
+
+
 def _as_float(x: Optional[np.ndarray], dtype, flag: str) -> Optional[np.ndarray]:
     if x is None:
         return None
@@ -281,6 +302,10 @@ def _select_in_precision(args: argparse.Namespace) -> int:
     options = _given_options(args, rec)
     if "init_indices" in options:
         options["init_indices"] = _load_indices(options["init_indices"], "--init-indices")
+    if "observed" in options:
+        options["observed"] = _load_mask_or_indices(options["observed"], "observed", "--observed")
+    if "candidates" in options:
+        options["candidates"] = _load_mask(options["candidates"], "candidates", "--candidates")
     if "kernel" in options:
         options["kernel"] = get_kernel(options["kernel"], args.lengthscale)
     if "progress" in rec.option_names:  # default: on a terminal, for long work
@@ -309,6 +334,10 @@ def _sift(args: argparse.Namespace) -> int:
 
     rec = REGISTRY["sift"]
     options = _given_options(args, rec)
+    if "observed" in options:
+        options["observed"] = _load_mask_or_indices(options["observed"], "observed", "--observed")
+    if "candidates" in options:
+        options["candidates"] = _load_mask(options["candidates"], "candidates", "--candidates")
     dtype = np.float64 if args.x64 else np.float32
     pool = _as_float(_load_array(args.pool, "pool", "--pool"), dtype, "--pool")
     prompts = _as_float(_load_array(args.prompts, "prompts", "--prompts"), dtype, "--prompts")

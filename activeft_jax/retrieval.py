@@ -15,9 +15,10 @@ Scores of a query q [d] against a pool row x [d]:
 The pool is read in chunks of `chunk_rows` rows inside one `lax.scan`; a
 running [P, K] top-K is merged with each chunk's [P, C] scores, so memory is
 O(P·(K + C)) however large N is. Results are sorted by score, best first; ties
-go to the lower pool index (deterministic). A pool sharded along N over a
-1-D device mesh (`NamedSharding(mesh, P(axis, None))`) is searched where it
-lies: each device finds its local top-K and only the [P, K] lists travel.
+go to the lower pool index (deterministic). A pool split along N over devices
+(any mesh, Explicit or Auto axes, one process or several) is searched where it
+lies: each device finds its local top-K and only the [P, K] lists travel; the
+result is replicated. `mask` ([N] bool) limits the rows that may be returned.
 
 `approx=True` uses `lax.approx_max_k` per chunk (TPU-friendly; on CPU it is
 exact), with `recall_target`.
@@ -33,11 +34,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from activeft_jax._core import matmul
-from activeft_jax._core import plan
-from activeft_jax.validation import as_float_matrix, check_finite
+from activeft_jax._core import Shards, layout_of, matmul, on_shards, plan
+from activeft_jax.validation import as_float_matrix, check_candidates, check_finite
 
-__all__ = ["METRICS", "TopK", "top_k"]
+__all__ = ["METRICS", "TopK", "sharded_top_k", "top_k"]
 
 METRICS = ("ip", "cosine", "abs")
 
@@ -76,12 +76,15 @@ def _merge(run_v, run_i, v, i, k):
     return vals, idx
 
 
-def _local_top_k(queries, pool, offset, *, k, metric, chunk_rows, approx, recall_target):
+def _local_top_k(queries, pool, ids, mask, *, k, metric, chunk_rows, approx, recall_target):
     n = pool.shape[0]
     chunks = plan(n, max(chunk_rows, k))
     if chunks.rows == n:
-        v, i = _select(_scores(queries, pool, metric), k, approx, recall_target)
-        return v, i.astype(jnp.int32) + offset
+        s = _scores(queries, pool, metric)
+        if mask is not None:
+            s = jnp.where(mask[None, :], s, -jnp.inf)
+        v, i = _select(s, k, approx, recall_target)
+        return v, ids[i]
     p = queries.shape[0]
     local = jnp.arange(chunks.rows, dtype=jnp.int32)
 
@@ -89,57 +92,44 @@ def _local_top_k(queries, pool, offset, *, k, metric, chunk_rows, approx, recall
         start, lo = inp
         block = lax.dynamic_slice_in_dim(pool, start, chunks.rows)
         s = _scores(queries, block, metric)
-        s = jnp.where((local >= lo)[None, :], s, -jnp.inf)       # rows an earlier chunk covered
+        ok = local >= lo                                          # rows an earlier chunk covered
+        if mask is not None:
+            ok = ok & lax.dynamic_slice_in_dim(mask, start, chunks.rows)
+        s = jnp.where(ok[None, :], s, -jnp.inf)
         v, i = _select(s, k, approx, recall_target)
-        return _merge(*carry, v, i.astype(jnp.int32) + start + offset, k), None
+        return _merge(*carry, v, lax.dynamic_slice_in_dim(ids, start, chunks.rows)[i], k), None
 
     init = (jnp.full((p, k), -jnp.inf, queries.dtype), jnp.full((p, k), -1, jnp.int32))
     (v, i), _ = lax.scan(body, init, (jnp.asarray(chunks.starts), jnp.asarray(chunks.lo)))
     return v, i
 
 
-@functools.partial(jax.jit, static_argnames=("k", "metric", "chunk_rows", "approx", "recall_target"))
-def _top_k(queries, pool, *, k, metric, chunk_rows, approx, recall_target):
-    return TopK(*_local_top_k(queries, pool, 0, k=k, metric=metric, chunk_rows=chunk_rows,
-                              approx=approx, recall_target=recall_target))
+def sharded_top_k(queries: jax.Array, pool: jax.Array, mask: Optional[jax.Array], shards: Shards,
+                  *, k: int, metric: str = "ip", chunk_rows: int = 1 << 16, approx: bool = False,
+                  recall_target: float = 0.95) -> TopK:
+    """`top_k` from inside `on_shards`: the pool (and mask) are this device's block.
+
+    Each device keeps its best min(k, rows) per query; the lists are merged in
+    device order, so ties still go to the lower pool index. Returns global indices.
+    """
+    v, i = _local_top_k(queries, pool, shards.ids(), mask, k=min(k, pool.shape[0]),
+                        metric=metric, chunk_rows=chunk_rows, approx=approx,
+                        recall_target=recall_target)
+    if shards.sharded:
+        v, pos = lax.top_k(shards.concat(v, axis=1), k)
+        i = jnp.take_along_axis(shards.concat(i, axis=1), pos, axis=1)
+    return TopK(v, i)
 
 
-def _pool_mesh_axis(pool: Any):
-    """(mesh, axis name) if `pool` is split along N over a 1-D mesh axis, else None."""
-    sharding = getattr(pool, "sharding", None)
-    if not isinstance(sharding, jax.sharding.NamedSharding):
-        return None
-    spec = tuple(sharding.spec) + (None,) * 2
-    axis = spec[0]
-    if axis is None or isinstance(axis, tuple) or spec[1] is not None:
-        return None
-    mesh = sharding.mesh
-    if len(mesh.axis_names) != 1 or pool.shape[0] % mesh.shape[axis] != 0:
-        return None
-    return mesh, axis
+@functools.partial(jax.jit, static_argnames=("k", "metric", "chunk_rows", "approx",
+                                             "recall_target", "layout"))
+def _top_k(queries, pool, mask, *, k, metric, chunk_rows, approx, recall_target, layout):
+    def local(queries, pool, mask):
+        return sharded_top_k(queries, pool, mask, Shards(layout, pool.shape[0]), k=k,
+                             metric=metric, chunk_rows=chunk_rows, approx=approx,
+                             recall_target=recall_target)
 
-
-@functools.partial(jax.jit, static_argnames=("mesh", "axis", "k", "metric", "chunk_rows", "approx",
-                                             "recall_target"))
-def _top_k_sharded(queries, pool, *, mesh, axis, k, metric, chunk_rows, approx, recall_target):
-    from jax.sharding import PartitionSpec as P
-
-    shard_n = pool.shape[0] // mesh.shape[axis]
-
-    def local(q, block):
-        offset = lax.axis_index(axis).astype(jnp.int32) * shard_n
-        v, i = _local_top_k(q, block, offset, k=min(k, shard_n), metric=metric,
-                            chunk_rows=chunk_rows, approx=approx, recall_target=recall_target)
-        # Gathered in device order = ascending pool rows, so the final merge
-        # keeps the lower index on ties.
-        v = lax.all_gather(v, axis, axis=1, tiled=True)
-        i = lax.all_gather(i, axis, axis=1, tiled=True)
-        vals, pos = lax.top_k(v, k)
-        return vals, jnp.take_along_axis(i, pos, axis=1)
-
-    fn = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(axis, None)), out_specs=(P(), P()),
-                       check_vma=False)
-    return TopK(*fn(queries, pool))
+    return on_shards(layout, local, (None, "pool", "pool"), queries, pool, mask)
 
 
 def check_query_pool(queries: Any, pool: Any, k: Any, *, queries_name: str = "queries",
@@ -166,25 +156,27 @@ def check_query_pool(queries: Any, pool: Any, k: Any, *, queries_name: str = "qu
 
 
 def top_k(queries: Any, pool: Any, *, k: int, metric: str = "ip", chunk_rows: Optional[int] = None,
-          approx: bool = False, recall_target: float = 0.95) -> TopK:
+          approx: bool = False, recall_target: float = 0.95, mask: Any = None) -> TopK:
     """The k best pool rows for every query, exactly (see the module docstring).
 
     Args:
       queries: [P, d] query embeddings.
-      pool: [N, d] pool embeddings; may be sharded along N.
+      pool: [N, d] pool embeddings; may be split over devices along N.
       k: rows per query, 1 <= k <= N (static).
       metric: 'ip' (inner product), 'cosine' or 'abs' (|inner product|).
       chunk_rows: pool rows scored at once (default: about 2²⁶ scores per
         chunk, 256 MB in float32); at least k.
       approx: use `lax.approx_max_k` within each chunk.
       recall_target: approx_max_k's recall target.
+      mask: optional [N] bool: only these rows may be returned (with fewer
+        than k of them, the rest of the list is -1 with score -inf).
 
     Returns:
       `TopK(values [P, k], indices [P, k] int32)`, best first, ties to the lower index.
 
     Raises:
       ValueError: wrong rank, d mismatch, empty queries, k outside [1, N],
-        NaN/inf, unknown metric, before tracing.
+        NaN/inf, unknown metric, a bad mask, before tracing.
     """
     if metric not in METRICS:
         raise ValueError(f"`metric` must be one of {', '.join(METRICS)}; got {metric!r}.")
@@ -195,10 +187,11 @@ def top_k(queries: Any, pool: Any, *, k: int, metric: str = "ip", chunk_rows: Op
     elif isinstance(chunk_rows, bool) or not isinstance(chunk_rows, (int, np.integer)) or chunk_rows < 1:
         raise ValueError(f"`chunk_rows` must be a positive int; got {chunk_rows!r}.")
     chunk_rows = int(min(max(int(chunk_rows), k), n))
-    opts = dict(k=k, metric=metric, chunk_rows=chunk_rows, approx=bool(approx),
-                recall_target=float(recall_target))
-    sharded = _pool_mesh_axis(pool)
-    if sharded is not None:
-        mesh, axis = sharded
-        return _top_k_sharded(queries, pool, mesh=mesh, axis=axis, **opts)
-    return _top_k(queries, pool, **opts)
+    if mask is not None:
+        mask = check_candidates(mask, n, name="mask")
+    layout = layout_of(pool)
+    out = _top_k(queries, pool, mask, k=k, metric=metric, chunk_rows=chunk_rows,
+                 approx=bool(approx), recall_target=float(recall_target), layout=layout)
+    if mask is None:
+        return out
+    return TopK(out.values, jnp.where(out.values > -jnp.inf, out.indices, -1))

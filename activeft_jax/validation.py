@@ -9,6 +9,7 @@ Every error is a `ValueError` that names the argument and its shape.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional
 
 import jax
@@ -19,10 +20,13 @@ from activeft_jax._core import is_traced
 
 __all__ = [
     "as_float_matrix",
+    "check_candidates",
     "check_finite",
     "check_k",
     "check_key",
+    "check_available",
     "check_noise_std",
+    "check_observed",
     "check_positive",
     "check_target",
     "is_traced",
@@ -61,16 +65,33 @@ def as_float_matrix(x: Any, name: str) -> jax.Array:
     return jnp.asarray(x)
 
 
+@jax.jit
+def _first_non_finite(x: jax.Array) -> jax.Array:
+    # A reduction: its result is the same on every device and every process.
+    bad = ~jnp.isfinite(x).reshape(-1)
+    return jnp.where(jnp.any(bad), jnp.argmax(bad), -1)
+
+
+def _scalar(x: jax.Array) -> int:
+    """A replicated scalar as an int, on every process (never a non-addressable fetch)."""
+    if hasattr(x, "addressable_data") and not getattr(x, "is_fully_addressable", True):
+        x = x.addressable_data(0)
+    return int(x)
+
+
 def check_finite(x: jax.Array, name: str) -> None:
-    """Raises if a concrete `x` holds NaN or inf (skipped for tracers)."""
+    """Raises if a concrete `x` holds NaN or inf (skipped for tracers).
+
+    The check is a jitted reduction, so a pool split over devices or processes
+    is never fetched: every process raises the same error.
+    """
     if is_traced(x):
         return
     # A concrete array closed over by a function under jit: evaluate now, not staged.
     with jax.ensure_compile_time_eval():
-        finite = jnp.isfinite(x)
-        ok = bool(jnp.all(finite))
-    if not ok:
-        bad = np.argwhere(~np.asarray(finite))[0]
+        first = _scalar(_first_non_finite(x))
+    if first >= 0:
+        bad = np.unravel_index(first, _shape(x))
         raise ValueError(
             f"`{name}` (shape {_shape(x)}) contains NaN or inf, first at index {tuple(int(i) for i in bad)}."
         )
@@ -147,3 +168,85 @@ def check_key(key: Optional[Any], strategy: str) -> jax.Array:
             f"strategy {strategy!r} is randomized and needs `key` (e.g. key=jax.random.key(0))."
         )
     return key
+
+
+@jax.jit
+def _range_and_count(idx: jax.Array) -> jax.Array:
+    return jnp.stack([jnp.min(idx), jnp.max(idx)]).astype(jnp.int32)
+
+
+def check_observed(observed: Any, n: int) -> Optional[jax.Array]:
+    """`observed` as a [N] bool mask or [n] int pool indices (a set), or None.
+
+    Raises a ValueError naming `observed` for another rank, length or dtype,
+    and (when concrete) for indices outside [0, N). Returns the array as given
+    (indices stay indices: their length is static, a mask's count is not).
+    """
+    if observed is None:
+        return None
+    shape = _shape(observed)
+    dtype = np.dtype(observed.dtype) if hasattr(observed, "dtype") else np.asarray(observed).dtype
+    if len(shape) != 1:
+        raise ValueError(f"`observed` must be a [N] bool mask or [n] int pool indices; "
+                         f"got shape {shape}.")
+    if dtype == np.bool_:
+        if shape[0] != n:
+            raise ValueError(f"`observed` as a bool mask must have shape [{n}] (one entry per pool "
+                             f"point); got shape {shape}.")
+        return jnp.asarray(observed)
+    if not np.issubdtype(dtype, np.integer):
+        raise ValueError(f"`observed` must be a bool mask or integer indices; got dtype {dtype}.")
+    observed = jnp.asarray(observed, jnp.int32)
+    if shape[0] and not is_traced(observed):
+        lo, hi = (_scalar(v) for v in _range_and_count(observed))
+        if lo < 0 or hi >= n:
+            raise ValueError(f"`observed` indices must lie in [0, N={n}); got values from {lo} "
+                             f"to {hi}.")
+    return observed
+
+
+def check_candidates(candidates: Any, n: int, name: str = "candidates") -> Optional[jax.Array]:
+    """`candidates` as a [N] bool mask of the points that may be picked, or None."""
+    if candidates is None:
+        return None
+    shape = _shape(candidates)
+    dtype = np.dtype(candidates.dtype) if hasattr(candidates, "dtype") else np.asarray(candidates).dtype
+    if dtype != np.bool_ or shape != (n,):
+        raise ValueError(f"`{name}` must be a bool mask of shape [{n}] (one entry per pool "
+                         f"point); got shape {shape}, dtype {dtype}.")
+    return jnp.asarray(candidates)
+
+
+def check_available(k: int, n: int, observed: Optional[jax.Array],
+                    candidates: Optional[jax.Array], allow_repeats: bool = False) -> None:
+    """Concrete masks: enough pickable points (a candidate, not observed) for k picks.
+
+    Without repeats k distinct points are needed; with repeats at least one.
+    Traced masks cannot be checked: picks beyond the available points are -1.
+    """
+    if observed is None and candidates is None:
+        return
+    if any(x is not None and is_traced(x) for x in (observed, candidates)):
+        return
+    with jax.ensure_compile_time_eval():
+        free = _scalar(_available_count(n, observed, candidates))
+    need = 1 if allow_repeats else k
+    if free < need:
+        names = " and ".join(f"`{name}`" for name, x in (("observed", observed),
+                                                         ("candidates", candidates))
+                             if x is not None)
+        raise ValueError(f"{names} leave {free} pool point(s) that may be picked (a candidate "
+                         f"and not observed); k={k} picks need {need}.")
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _available_count(n, observed, candidates) -> jax.Array:
+    mask = jnp.ones((n,), bool)
+    if observed is not None:
+        if observed.dtype == jnp.bool_:
+            mask = mask & ~observed
+        else:
+            mask = mask.at[observed].set(False)
+    if candidates is not None:
+        mask = mask & candidates
+    return jnp.sum(mask, dtype=jnp.int32)

@@ -54,9 +54,12 @@ def _joint(pool, target, kernel):
 
 
 def brute_force_greedy(rule: str, pool, target, k: int, noise_var: float, *, kernel=linear_kernel,
-                       allow_repeats: bool = False):
+                       allow_repeats: bool = False, observed=(), candidates=None):
     """Greedy selection by the definitions of DESIGN §2, recomputing the posterior
-    for every candidate at every step. Returns (indices, values)."""
+    for every candidate at every step. Returns (indices, values).
+
+    `observed` points are conditioned on (noisy) before the first pick and never
+    picked; only points with `candidates[x]` True are picked."""
     n = pool.shape[0]
     if rule == "undirected_vtl":
         K = kernel(pool, pool)
@@ -67,7 +70,8 @@ def brute_force_greedy(rule: str, pool, target, k: int, noise_var: float, *, ker
     else:
         K = _joint(pool, target, kernel)
         A = list(range(n, n + target.shape[0]))
-    obs, values = [], []
+    obs, values = [int(i) for i in observed], []
+    prior = list(obs)
     for _ in range(k):
         S = posterior_cov(K, obs, noise_var)
         scores = np.empty(n)
@@ -92,10 +96,13 @@ def brute_force_greedy(rule: str, pool, target, k: int, noise_var: float, *, ker
                 raise ValueError(rule)
         if not allow_repeats:
             scores[obs] = -np.inf
+        scores[prior] = -np.inf
+        if candidates is not None:
+            scores[~np.asarray(candidates)] = -np.inf
         i = int(np.argmax(scores))
         obs.append(i)
         values.append(scores[i])
-    return np.array(obs), np.array(values)
+    return np.array(obs[len(prior):]), np.array(values)
 
 
 def k_center_greedy(pool, k: int, first: int, kernel=linear_kernel):

@@ -75,8 +75,8 @@ def test_top_k_sharded_over_8_devices_equals_single_device():
         np.testing.assert_array_equal(split.indices, single.indices)
         np.testing.assert_allclose(split.values, single.values, rtol=1e-6)
     # SIFT on a sharded pool: same picks
-    a = aft.sift(pool, q, k=5, candidates=40, lambda_=0.1)
-    b = aft.sift(sharded, q, k=5, candidates=40, lambda_=0.1)
+    a = aft.sift(pool, q, k=5, prefilter=40, lambda_=0.1)
+    b = aft.sift(sharded, q, k=5, prefilter=40, lambda_=0.1)
     np.testing.assert_array_equal(a.indices, b.indices)
 
 
@@ -133,13 +133,13 @@ def test_sift_matches_a_dense_float64_reference_for_several_prompts():
     rng = np.random.default_rng(4)
     pool, prompts = _unit(rng, 600, 10), _unit(rng, 5, 10)
     with jax.enable_x64(True):
-        sel = aft.sift(pool, prompts, k=6, candidates=30, lambda_=0.01)
+        sel = aft.sift(pool, prompts, k=6, prefilter=30, lambda_=0.01)
     for p in range(5):
         idx, val = _ref_sift(pool, prompts[p], 6, 30, 0.01)
         np.testing.assert_array_equal(sel.indices[p], idx)
         np.testing.assert_allclose(sel.values[p], val, rtol=1e-8, atol=1e-10)
     # float32 gives the same picks here
-    sel32 = aft.sift(pool.astype(np.float32), prompts.astype(np.float32), k=6, candidates=30)
+    sel32 = aft.sift(pool.astype(np.float32), prompts.astype(np.float32), k=6, prefilter=30)
     np.testing.assert_array_equal(sel32.indices, sel.indices)
 
 
@@ -148,7 +148,7 @@ def test_sift_repeats_a_point_when_it_is_still_the_best():
     rng = np.random.default_rng(5)
     pool, prompts = _unit(rng, 50, 2), _unit(rng, 2, 2)
     with jax.enable_x64(True):
-        sel = aft.sift(pool, prompts, k=8, candidates=10, lambda_=0.1)
+        sel = aft.sift(pool, prompts, k=8, prefilter=10, lambda_=0.1)
         for p in range(2):
             idx, _ = _ref_sift(pool, prompts[p], 8, 10, 0.1)
             np.testing.assert_array_equal(sel.indices[p], idx)
@@ -158,14 +158,14 @@ def test_sift_repeats_a_point_when_it_is_still_the_best():
 def test_sift_vmap_over_prompts_equals_a_loop_and_jit():
     rng = np.random.default_rng(6)
     pool, prompts = _unit(rng, 400, 8).astype(np.float32), _unit(rng, 6, 8).astype(np.float32)
-    batch = aft.sift(pool, prompts, k=4, candidates=20, lambda_=0.05)
+    batch = aft.sift(pool, prompts, k=4, prefilter=20, lambda_=0.05)
     for p in range(6):
-        one = aft.sift(pool, prompts[p:p + 1], k=4, candidates=20, lambda_=0.05)
+        one = aft.sift(pool, prompts[p:p + 1], k=4, prefilter=20, lambda_=0.05)
         np.testing.assert_array_equal(one.indices[0], batch.indices[p])
         np.testing.assert_allclose(one.values[0], batch.values[p], rtol=1e-5)
-    jitted = jax.jit(lambda lam: aft.sift(pool, prompts, k=4, candidates=20, lambda_=lam))(0.05)
+    jitted = jax.jit(lambda lam: aft.sift(pool, prompts, k=4, prefilter=20, lambda_=lam))(0.05)
     np.testing.assert_array_equal(jitted.indices, batch.indices)
-    via_select = aft.select("sift", pool, prompts, k=4, candidates=20, noise_std=np.sqrt(0.05))
+    via_select = aft.select("sift", pool, prompts, k=4, prefilter=20, noise_std=np.sqrt(0.05))
     np.testing.assert_array_equal(via_select.indices, batch.indices)
 
 
@@ -175,7 +175,7 @@ def test_adaptive_steps_follow_the_posterior_variance():
     prompts[3] *= 0.1                                     # prior variance 0.01: needs no pick
     thr = 0.3
     with jax.enable_x64(True):
-        sel = aft.sift(pool, prompts, k=6, candidates=40, lambda_=0.01, adaptive=thr)
+        sel = aft.sift(pool, prompts, k=6, prefilter=40, lambda_=0.01, adaptive=thr)
     for p in range(4):
         idx, val = _ref_sift(pool, prompts[p], 6, 40, 0.01)
         var = np.concatenate([[prompts[p] @ prompts[p]], -val])     # σ²_0..σ²_k of the prompt
@@ -193,8 +193,8 @@ def test_sift_bad_input():
     pool, prompts = np.ones((20, 3)), np.ones((2, 3))
     cases = [
         (dict(prompts=np.ones((0, 3))), "prompts"),
-        (dict(candidates=2, k=3), "`k`"),
-        (dict(candidates=21), "candidates"),
+        (dict(prefilter=2, k=3), "`k`"),
+        (dict(prefilter=21), "prefilter"),
         (dict(prompts=np.ones((2, 4))), "prompts"),
         (dict(lambda_=0.0), "lambda_"),
         (dict(lambda_=-1.0), "lambda_"),
@@ -202,7 +202,7 @@ def test_sift_bad_input():
         (dict(prompts=np.full((2, 3), np.nan)), "prompts"),
     ]
     for change, name in cases:
-        kw = dict(pool=pool, prompts=prompts, k=3, candidates=10, lambda_=0.01)
+        kw = dict(pool=pool, prompts=prompts, k=3, prefilter=10, lambda_=0.01)
         kw.update(change)
         with pytest.raises(ValueError, match=name):
             aft.sift(**kw)
@@ -217,15 +217,15 @@ def test_cli_sift(tmp_path, capsys):
     np.save(tmp_path / "prompts.npy", prompts)
     out = tmp_path / "sel.json"
     assert cli_main(["sift", "--pool", str(tmp_path / "in.npz"), "--prompts", str(tmp_path / "prompts.npy"),
-                     "--k", "4", "--candidates", "30", "--lambda", "0.02", "--adaptive", "0.5",
+                     "--k", "4", "--prefilter", "30", "--lambda", "0.02", "--adaptive", "0.5",
                      "--out", str(out)]) == 0
     got = json.loads(out.read_text())
-    ref = aft.sift(pool, prompts, k=4, candidates=30, lambda_=0.02, adaptive=0.5)
+    ref = aft.sift(pool, prompts, k=4, prefilter=30, lambda_=0.02, adaptive=0.5)
     assert got["indices"] == np.asarray(ref.indices).tolist()
     np.testing.assert_allclose(got["values"], ref.values, rtol=1e-6)
     assert got["steps"] == np.asarray(ref.steps).tolist()
     capsys.readouterr()
-    for argv, word in [(["--lambda", "0"], "--lambda"), (["--candidates", "301"], "--candidates"),
+    for argv, word in [(["--lambda", "0"], "--lambda"), (["--prefilter", "301"], "--prefilter"),
                        (["--k", "201"], "--k")]:
         assert cli_main(["sift", "--pool", str(tmp_path / "in.npz"), "--prompts",
                          str(tmp_path / "in.npz")] + argv) == 2

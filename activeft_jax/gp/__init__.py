@@ -9,6 +9,8 @@ from activeft_jax.gp.posterior import condition as condition
 from activeft_jax.gp.posterior import conditioned_precision_factor as conditioned_precision_factor
 from activeft_jax.gp.posterior import init_kernel_space as init_kernel_space
 from activeft_jax.gp.posterior import init_weight_space as init_weight_space
+from activeft_jax.gp.posterior import observation_precision as observation_precision
+from activeft_jax.gp.posterior import precision_factor as precision_factor
 from activeft_jax.gp.posterior import rowwise_sq_norm as rowwise_sq_norm
 from activeft_jax.gp.posterior import target_observation_rows as target_observation_rows
 
@@ -22,6 +24,8 @@ __all__ = [
     "conditioned_precision_factor",
     "init_kernel_space",
     "init_weight_space",
+    "observation_precision",
+    "precision_factor",
     "rowwise_sq_norm",
     "target_observation_rows",
 ]

@@ -25,13 +25,13 @@ Nothing here ever forms an N × N matrix.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from activeft_jax._core import matmul
+from activeft_jax._core import PLAIN, Shards, matmul
 from activeft_jax.kernels import Kernel
 
 __all__ = [
@@ -44,6 +44,8 @@ __all__ = [
     "conditioned_precision_factor",
     "init_kernel_space",
     "init_weight_space",
+    "observation_precision",
+    "precision_factor",
     "rowwise_sq_norm",
     "target_observation_rows",
 ]
@@ -130,16 +132,44 @@ def rowwise_sq_norm(x: jax.Array, transform_t: Optional[jax.Array] = None,
     return lax.map(one, x, batch_size=min(batch_size, x.shape[0]))
 
 
-def compress_targets(target_features: jax.Array) -> jax.Array:
+def compress_targets(target_features: jax.Array, shards: Optional[Shards] = None) -> jax.Array:
     """m targets -> d pseudo-targets R with RᵀR = Φ_AᵀΦ_A (exact for m > d).
 
     VTL and ITL see the targets only through Φ_AᵀΦ_A, so R [d, d] stands in for
     Φ_A [m, d]: memory is bounded by N·d whatever m is. Built from the
     eigendecomposition of the Gram matrix, which tolerates rank deficiency.
+    With `shards`, the targets are a pool's local block and the Gram matrix
+    is summed over the devices.
     """
     gram = matmul(target_features.T, target_features)
+    if shards is not None:
+        gram = shards.psum(gram)
     evals, evecs = jnp.linalg.eigh(gram)
     return jnp.sqrt(jnp.maximum(evals, 0))[:, None] * evecs.T
+
+
+def precision_factor(extra: jax.Array) -> jax.Array:
+    """G = L⁻¹ with L Lᵀ = I + `extra`: the weight covariance (I + extra)⁻¹ = GᵀG.
+
+    `extra` [d, d] is a sum of observation precisions Φᵀ Φ / ρ². Then the
+    posterior variance of f(x) is ‖G φ(x)‖²: a squared norm, with no
+    cancellation even when the observations explain almost all of the variance.
+    """
+    d = extra.shape[-1]
+    eye = jnp.eye(d, dtype=extra.dtype)
+    chol = jnp.linalg.cholesky(eye + extra)
+    return jax.scipy.linalg.solve_triangular(chol, eye, lower=True)
+
+
+def observation_precision(features: jax.Array, mask: jax.Array, noise_var: jax.Array,
+                          shards: Optional[Shards] = None) -> jax.Array:
+    """Σ_{i: mask_i} φ_iᵀ φ_i / ρ²: [d, d], the precision that noisy observations at the
+    masked pool points add (O(N d²); summed over the devices with `shards`)."""
+    w = jnp.where(mask[:, None], features, jnp.zeros((), features.dtype))
+    gram = matmul(w.T, features)
+    if shards is not None:
+        gram = shards.psum(gram)
+    return gram / noise_var
 
 
 def conditioned_precision_factor(target_features: jax.Array, noise_var: jax.Array) -> jax.Array:
@@ -149,11 +179,7 @@ def conditioned_precision_factor(target_features: jax.Array, noise_var: jax.Arra
     cancellation even when the targets explain almost all of the variance
     (m ≥ d), unlike the kernel-space difference k(x,x) − k(x,A)(K_AA+ρ²I)⁻¹k(A,x).
     """
-    d = target_features.shape[-1]
-    eye = jnp.eye(d, dtype=target_features.dtype)
-    precision = eye + matmul(target_features.T, target_features) / noise_var
-    chol = jnp.linalg.cholesky(precision)
-    return jax.scipy.linalg.solve_triangular(chol, eye, lower=True)
+    return precision_factor(matmul(target_features.T, target_features) / noise_var)
 
 
 def init_weight_space(features: jax.Array, target_features: Optional[jax.Array], *,
@@ -226,14 +252,17 @@ def init_kernel_space(kernel: Kernel, points: jax.Array, targets: Optional[jax.A
 
 
 def _append(state: Posterior, index: jax.Array, cov_row: jax.Array, payload: jax.Array,
-            target_cov_row: jax.Array, noise_var: jax.Array) -> Posterior:
+            target_cov_row: jax.Array, noise_var: jax.Array, shards: Shards,
+            valid: jax.Array) -> Posterior:
     """Appends the Cholesky row for an observation at pool point `index`.
 
     `cov_row` is Cov_n(x_index, S) [N] and `target_cov_row` Cov_n(x_index, A)
     [m']; `payload` is what the row buffer stores (Σ_n φ(x_index) [d] in weight
-    space, `cov_row` itself in kernel space).
+    space, `cov_row` itself in kernel space). With `valid` False the row is
+    zero: nothing changes but the step counter.
     """
-    inv_scale = lax.rsqrt(state.var[index] + noise_var)
+    inv_scale = lax.rsqrt(shards.row(state.var, index) + noise_var)
+    inv_scale = jnp.where(valid, inv_scale, jnp.zeros((), inv_scale.dtype))
     v = cov_row * inv_scale                       # [N]  v_{n+1}(S)
     v_target = target_cov_row * inv_scale         # [m'] v_{n+1}(A)
     target_rows = state.target_rows
@@ -252,7 +281,8 @@ def _append(state: Posterior, index: jax.Array, cov_row: jax.Array, payload: jax
 
 
 def condition(space: "WeightSpace | KernelSpace", states: Sequence[Posterior],
-              index: jax.Array, noise_var: jax.Array) -> tuple[Posterior, ...]:
+              index: jax.Array, noise_var: jax.Array, *, shards: Optional[Shards] = None,
+              valid: Any = True) -> tuple[Posterior, ...]:
     """Conditions several posteriors on one noisy observation at pool point `index`.
 
     The posteriors share the pool but may start from different priors (ITL
@@ -262,16 +292,21 @@ def condition(space: "WeightSpace | KernelSpace", states: Sequence[Posterior],
     kernel row k(x*, S) is evaluated once.
 
     Args:
-      space: `WeightSpace` or `KernelSpace` of the pool.
+      space: `WeightSpace` or `KernelSpace` of the pool (its local block).
       states: posteriors over that pool.
-      index: [] int pool index of the observed point.
+      index: [] int pool index of the observed point (global).
       noise_var: [] observation noise variance ρ² > 0.
+      shards: where the pool's blocks live (default: one device); the
+        observed point's row crosses devices as d floats.
+      valid: [] bool; False leaves every posterior as it is (the step counter aside).
 
     Returns:
       The conditioned posteriors, in the same order.
     """
+    shards = Shards(PLAIN, space_size(space)) if shards is None else shards
+    valid = jnp.asarray(valid, bool)
     if isinstance(space, WeightSpace):
-        phi = space.features[index]                                    # [d]
+        phi = shards.row(space.features, index)                        # [d]
         ws = []
         for st in states:
             w = phi if st.base is None else matmul(st.base.T, matmul(st.base, phi))
@@ -279,18 +314,25 @@ def condition(space: "WeightSpace | KernelSpace", states: Sequence[Posterior],
             ws.append(w)
         cov_rows = matmul(space.features, jnp.stack(ws, axis=1))       # [N, s]
         return tuple(
-            _append(st, index, cov_rows[:, j], ws[j], matmul(st.targets, ws[j]), noise_var)
+            _append(st, index, cov_rows[:, j], ws[j], matmul(st.targets, ws[j]), noise_var,
+                    shards, valid)
             for j, st in enumerate(states)
         )
-    x = space.points[index]
+    x = shards.row(space.points, index)
     k_row = space.kernel.cross(x[None, :], space.points)[0]           # [N]
     out = []
     for st in states:
-        past = st.rows[:, index]                                       # v_j(x*)
+        past = shards.col(st.rows, index)                              # v_j(x*)
         r = k_row - matmul(past, st.rows)                              # Cov_n(x*, S)
         r_target = space.kernel.cross(x[None, :], st.targets)[0] - matmul(past, st.target_rows)
-        out.append(_append(st, index, r, r, r_target, noise_var))
+        out.append(_append(st, index, r, r, r_target, noise_var, shards, valid))
     return tuple(out)
+
+
+def space_size(space: "WeightSpace | KernelSpace") -> int:
+    """Rows of the pool (block) a space holds."""
+    points = space.features if isinstance(space, WeightSpace) else space.points
+    return points.shape[0]
 
 
 def target_observation_rows(kernel: Kernel, points: jax.Array, targets: jax.Array,

@@ -8,6 +8,9 @@ with bias(x) = −‖x‖²/2 it is the nearest point in Euclidean distance (k-m
 The top-T candidates of every center come from one chunked pass over the pool
 (a running top-T merge, never the [B, N] matrix at once); a center whose T
 candidates were all taken falls back to one pass over the pool for that center.
+Points in `excluded` (observed, not candidates) count as taken from the start.
+On a pool split over devices each device finds its local top-T and only the
+[B, D·T] lists and single picks cross devices.
 """
 
 from __future__ import annotations
@@ -18,18 +21,16 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from activeft_jax._core import matmul
-from activeft_jax._core import default_chunk_rows, plan, scan_rows
+from activeft_jax._core import PLAIN, Shards, default_chunk_rows, matmul, plan, scan_rows
 from activeft_jax.selection.result import Selection
 
 __all__ = ["nearest_unique"]
 
 
-def _candidates(centers, points, bias, num: int, rows: int):
-    """Top-`num` (scores [B, T], indices [B, T]) of every center over the pool, best first."""
+def _candidates(centers, points, bias, num: int, rows: int, ids):
+    """Top-`num` (scores [B, T], indices [B, T]) of every center over the (local) pool, best first."""
     b = centers.shape[0]
     n = points.shape[0]
-    ids = jnp.arange(n, dtype=jnp.int32)
     init = (jnp.full((b, num), -jnp.inf, centers.dtype), jnp.zeros((b, num), jnp.int32))
 
     def fn(carry, valid, x, bx, ix):
@@ -47,29 +48,40 @@ def _candidates(centers, points, bias, num: int, rows: int):
 
 
 def nearest_unique(centers: jax.Array, points: jax.Array, bias: Optional[jax.Array] = None, *,
-                   num_candidates: int = 8, chunk_rows: Optional[int] = None) -> Selection:
+                   num_candidates: int = 8, chunk_rows: Optional[int] = None,
+                   excluded: Optional[jax.Array] = None,
+                   shards: Optional[Shards] = None) -> Selection:
     """Matches B centers to B distinct pool points, greedily in center order.
 
     Args:
       centers: [B, d] centers (prototypes, centroids), B <= N.
-      points: [N, d] pool.
+      points: [N, d] pool (this device's block with `shards`).
       bias: optional [N] added to every score (e.g. −‖x‖²/2 for Euclidean nearest).
       num_candidates: T, candidates per center kept from the chunked pass (static).
       chunk_rows: pool rows per chunk of that pass (static; default: ~4M scores a chunk).
+      excluded: optional [N] bool: points that may not be taken.
+      shards: the pool's blocks (default: one device).
 
     Returns:
-      `Selection(indices [B], values [B])`: center b's point and its score cᵀx + bias(x).
+      `Selection(indices [B], values [B])`: center b's point and its score cᵀx + bias(x)
+      (-1 and -inf for a center that found no point left).
     """
     n = points.shape[0]
+    shards = Shards(PLAIN, n) if shards is None else shards
     if bias is None:
         bias = jnp.zeros((n,), points.dtype)
+    taken0 = jnp.zeros((n,), bool) if excluded is None else excluded
     num = min(num_candidates, n)
     rows = chunk_rows or default_chunk_rows(n, centers.shape[0])
-    cand_val, cand_idx = _candidates(centers, points, bias, num, rows)
+    masked_bias = bias if excluded is None else jnp.where(excluded, -jnp.inf, bias)
+    cand_val, cand_idx = _candidates(centers, points, masked_bias, num, rows, shards.ids())
+    if shards.sharded:  # the best T of every device's T; device order keeps ties to the lower index
+        cand_val, pos = lax.top_k(shards.concat(cand_val, axis=1), num)
+        cand_idx = jnp.take_along_axis(shards.concat(cand_idx, axis=1), pos, axis=1)
 
     def body(taken, inp):
         center, vals, idx = inp
-        free = ~taken[idx] & (vals > -jnp.inf)
+        free = ~shards.rows(taken, idx) & (vals > -jnp.inf)
         j = jnp.argmax(free)
 
         def from_candidates():
@@ -77,11 +89,12 @@ def nearest_unique(centers: jax.Array, points: jax.Array, bias: Optional[jax.Arr
 
         def full_pass():  # all T candidates taken: score the whole pool for this center
             scores = jnp.where(taken, -jnp.inf, matmul(points, center) + bias)
-            i = jnp.argmax(scores).astype(jnp.int32)
-            return i, scores[i]
+            i = shards.argmax(scores)
+            return i, shards.row(scores, i)
 
         i, v = lax.cond(jnp.any(free), from_candidates, full_pass)
-        return taken.at[i].set(True), (i, v)
+        valid = v > -jnp.inf
+        return shards.mark(taken, i), (jnp.where(valid, i, -1), v)
 
-    _, (indices, values) = lax.scan(body, jnp.zeros((n,), bool), (centers, cand_val, cand_idx))
+    _, (indices, values) = lax.scan(body, taken0, (centers, cand_val, cand_idx))
     return Selection(indices, values)

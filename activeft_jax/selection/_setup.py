@@ -2,35 +2,50 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional
+import functools
+from typing import Any, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from activeft_jax import gp
+from activeft_jax._core import Shards, is_traced
 from activeft_jax.kernels import Kernel, Linear, get_kernel, l2_normalize
 from activeft_jax.selection.greedy import RuleInputs
 from activeft_jax.validation import (
     as_float_matrix,
+    check_available,
+    check_candidates,
     check_finite,
     check_k,
     check_noise_std,
+    check_observed,
     check_target,
 )
 
 
 class Inputs(NamedTuple):
-    """Validated inputs (a Python-side bundle, not traced)."""
+    """Validated inputs (a Python-side bundle, not traced).
+
+    `observed` is a [N] bool mask or [n] int32 indices (as given), `candidates`
+    a [N] bool mask; either may be None.
+    """
 
     pool: jax.Array
     target: Optional[jax.Array]
     kernel: Kernel
     k: int
+    observed: Optional[jax.Array] = None
+    candidates: Optional[jax.Array] = None
 
 
 def validate(pool: Any, target: Any = None, *, k: Any, kernel: Any = None,
-             need_target: bool = False, noise_std: Any = None, check_noise: bool = False) -> Inputs:
-    """Checks shapes, dtypes, `k`, finiteness and noise before tracing; casts to one float dtype."""
+             need_target: bool = False, noise_std: Any = None, check_noise: bool = False,
+             observed: Any = None, candidates: Any = None,
+             allow_repeats: bool = False) -> Inputs:
+    """Checks shapes, dtypes, `k`, finiteness, noise and the masks before tracing; casts to one
+    float dtype."""
     kernel = get_kernel(kernel)
     pool = as_float_matrix(pool, "pool")
     n, d = pool.shape
@@ -46,7 +61,10 @@ def validate(pool: Any, target: Any = None, *, k: Any, kernel: Any = None,
         check_finite(target, "target")
     if check_noise:
         check_noise_std(noise_std)
-    return Inputs(pool, target, kernel, k)
+    observed = check_observed(observed, n)
+    candidates = check_candidates(candidates, n)
+    check_available(k, n, observed, candidates, allow_repeats)
+    return Inputs(pool, target, kernel, k, observed, candidates)
 
 
 def noise_variance(noise_std: Any, dtype) -> jax.Array:
@@ -54,17 +72,65 @@ def noise_variance(noise_std: Any, dtype) -> jax.Array:
     return jnp.square(jnp.asarray(noise_std, dtype=dtype))
 
 
-def rule_inputs(inputs: Inputs, noise_std: Any = None, key: Any = None) -> RuleInputs:
-    """The traced `RuleInputs` of validated inputs; the noise enters as a variance."""
+@functools.partial(jax.jit, static_argnums=1)
+def _as_mask(observed: jax.Array, n: int) -> jax.Array:
+    if observed.dtype == jnp.bool_:
+        return observed
+    return jnp.zeros((n,), bool).at[observed].set(True)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _index_list(mask: jax.Array, capacity: int) -> jax.Array:
+    return jnp.nonzero(mask, size=capacity, fill_value=-1)[0].astype(jnp.int32)
+
+
+def observed_capacity(observed: Optional[jax.Array], max_observed: Optional[int]) -> int:
+    """Static room for the rows of the observed points (kernel space).
+
+    Indices: their number. A concrete mask: its count rounded up to a power of
+    two (so growing masks recompile rarely). A traced mask: `max_observed`,
+    which must then be given.
+    """
+    if observed is None:
+        return 0
+    if max_observed is not None:
+        return int(max_observed)
+    if observed.dtype != jnp.bool_:
+        return int(observed.shape[0])
+    if is_traced(observed):
+        raise ValueError(
+            "`observed` is a traced mask and the rule runs in kernel space (a kernel without a "
+            "feature map, e.g. RBF), where every observed point needs a row of the state: pass "
+            "`max_observed` (a bound on how many points are observed), or `observed` as indices.")
+    with jax.ensure_compile_time_eval():
+        count = int(jnp.sum(observed))
+    return 0 if count == 0 else 1 << (count - 1).bit_length()
+
+
+def rule_inputs(inputs: Inputs, noise_std: Any = None, key: Any = None, *,
+                rows_per_observation: bool = False,
+                max_observed: Optional[int] = None) -> RuleInputs:
+    """The traced `RuleInputs` of validated inputs; the noise enters as a variance.
+
+    With `rows_per_observation` (kernel space), the observed points are also
+    listed as indices with a static capacity (`observed_capacity`).
+    """
     noise_var = None if noise_std is None else noise_variance(noise_std, inputs.pool.dtype)
-    return RuleInputs(inputs.pool, inputs.target, inputs.kernel, noise_var, key)
+    n = inputs.pool.shape[0]
+    mask = None if inputs.observed is None else _as_mask(inputs.observed, n)
+    index = None
+    if rows_per_observation and inputs.observed is not None:
+        capacity = observed_capacity(inputs.observed, max_observed)
+        index = _index_list(mask, capacity)
+    return RuleInputs(inputs.pool, inputs.target, inputs.kernel, noise_var, key, mask,
+                      inputs.candidates, index)
 
 
 class Geometry(NamedTuple):
     """Where the GP lives, as seen inside a traced rule."""
 
     space: Any                 # gp.WeightSpace or gp.KernelSpace
-    points: jax.Array          # features [N, d] (feature kernels) or raw points
+    points: jax.Array          # features [N, d] (feature kernels) or raw points (local block)
     target: Optional[jax.Array]  # target features / points, maybe compressed
     kernel: Kernel             # Linear on features, or the raw kernel
 
@@ -91,13 +157,53 @@ def geometry(inputs: RuleInputs, *, space: str, normalize: bool, compress: bool)
     return Geometry(gp.KernelSpace(Linear(), phi), phi, phi_a, Linear())
 
 
-def init_posterior(geo: Geometry, target: Optional[jax.Array], k: int) -> gp.Posterior:
-    """The prior over the pool (and `target`, if given) with room for k rows."""
+def init_posterior(geo: Geometry, target: Optional[jax.Array], k: int, inputs: RuleInputs,
+                   shards: Shards, *, extra_precision: Optional[jax.Array] = None,
+                   prior_rows: Optional[jax.Array] = None) -> gp.Posterior:
+    """The prior over the pool (and `target`), conditioned on the observed points.
+
+    Weight space: the observed points (and `extra_precision`, another [d, d]
+    observation precision) enter as a factor of the prior weight covariance,
+    (I + Σ_obs φφᵀ/ρ² + extra)⁻¹, for any number of them, in O(N d²).
+    Kernel space: the buffers get room for k rows plus one per observed point
+    (after any `prior_rows`); `condition_on_observed` fills them.
+    """
     if isinstance(geo.space, gp.WeightSpace):
-        return gp.init_weight_space(geo.points, target, num_rows=k)
-    return gp.init_kernel_space(geo.kernel, geo.points, target, num_rows=k)
+        terms = [] if extra_precision is None else [extra_precision]
+        if inputs.prior_precision is not None:
+            terms.append(inputs.prior_precision)
+        if inputs.observed is not None:
+            terms.append(gp.observation_precision(geo.points, inputs.observed, inputs.noise_var,
+                                                  shards))
+        base = gp.precision_factor(sum(terms[1:], terms[0])) if terms else None
+        return gp.init_weight_space(geo.points, target, num_rows=k, base=base)
+    extra = 0 if inputs.observed_index is None else inputs.observed_index.shape[0]
+    return gp.init_kernel_space(geo.kernel, geo.points, target, num_rows=k + extra,
+                                prior_rows=prior_rows)
 
 
-def resolve_space(space: str, kernel: Kernel, pool: jax.Array) -> str:
+def condition_on_observed(geo: Geometry, states: Sequence[gp.Posterior], inputs: RuleInputs,
+                          shards: Shards) -> tuple:
+    """Kernel space: one rank-1 step per observed point (padding entries change nothing).
+
+    Weight space needs nothing: `init_posterior` already conditioned on them.
+    """
+    states = tuple(states)
+    if isinstance(geo.space, gp.WeightSpace) or inputs.observed_index is None:
+        return states
+
+    def step(sts, index):
+        return gp.condition(geo.space, sts, jnp.maximum(index, 0), inputs.noise_var,
+                            shards=shards, valid=index >= 0), None
+
+    return lax.scan(step, states, inputs.observed_index)[0]
+
+
+def resolve_space(space: str, kernel: Kernel, pool: jax.Array, observed: Any = None) -> str:
+    """'weight' or 'kernel' by cost (`gp.choose_space`); a traced observed mask needs weight space."""
     n, d = pool.shape
-    return gp.choose_space(kernel, n, d, space)
+    chosen = gp.choose_space(kernel, n, d, space)
+    if (space == "auto" and chosen == "kernel" and kernel.has_features and observed is not None
+            and observed.dtype == jnp.bool_ and is_traced(observed)):
+        return "weight"  # the observed points' count is not static: only weight space is free of it
+    return chosen

@@ -19,7 +19,7 @@ __all__ = ["STRATEGIES", "TARGETED", "select"]
 def select(name: str, pool: Any = None, target: Any = None, *, k: int, noise_std: Any = 0.1,
            key: Any = None, allow_repeats: bool = False, normalize: Any = None,
            kernel: Any = None, probs: Any = None, progress: bool = False,
-           **options: Any) -> Selection:
+           observed: Any = None, candidates: Any = None, **options: Any) -> Selection:
     """Selects k pool points with the strategy `name`.
 
     Args:
@@ -40,6 +40,14 @@ def select(name: str, pool: Any = None, target: Any = None, *, k: int, noise_std
       kernel: 'linear' (default), 'cosine', 'rbf' or a kernel object.
       probs: [N, C] class probabilities (information_density, max_entropy).
       progress: progress bar on stderr for the sequential rules.
+      observed: the points already labelled, as [n] int pool indices or a [N]
+        bool mask; traced, so rounds with a fixed pool reuse one compiled
+        program. The GP rules condition on noisy observations there before
+        the first pick (continuing their greedy run), maxdist takes them as
+        existing centres, typiclust and probcover use them as their official
+        code uses the labelled set, and every strategy never picks them.
+      candidates: [N] bool mask of the points that may be picked; the others
+        still count wherever a rule reads the pool.
       **options: strategy-specific options: `space` ('auto'|'weight'|'kernel')
         for the GP rules, `formulation` for itl, `beta` for information_density,
         and for activeft those of `selection.fit_activeft` (`init_indices`,
@@ -48,7 +56,7 @@ def select(name: str, pool: Any = None, target: Any = None, *, k: int, noise_std
     Returns:
       `Selection(indices [k] int32, values [k])` in pick order.
 
-    `select("sift", pool, prompts, k=..., candidates=200)` runs
+    `select("sift", pool, prompts, k=..., prefilter=200)` runs
     `activeft_jax.selection.sift` with one row of `target` per prompt and returns
     [P, k] arrays; λ is `lambda_` if given, else noise_std² (the default 0.1
     gives SIFT's λ = 0.01). It is not in `STRATEGIES` (whose rules return [k]).
@@ -60,11 +68,13 @@ def select(name: str, pool: Any = None, target: Any = None, *, k: int, noise_std
     """
     rec = get_strategy(name)
     if rec.batched:
-        return _select_sift(pool, target, k=k, noise_std=noise_std, normalize=normalize, **options)
+        return _select_sift(pool, target, k=k, noise_std=noise_std, normalize=normalize,
+                            observed=observed, candidates=candidates, **options)
     unknown = sorted(set(options) - rec.option_names)
     if unknown:
         raise ValueError(f"strategy {name!r} does not take option(s) {unknown}.")
-    given = dict(zip(COMMON_OPTIONS, (noise_std, allow_repeats, normalize, kernel, progress)))
+    given = dict(zip(COMMON_OPTIONS, (noise_std, allow_repeats, normalize, kernel, progress,
+                                      observed, candidates)))
     if normalize is None:  # each strategy's own default
         del given["normalize"]
     kwargs = {opt: value for opt, value in given.items() if opt in rec.option_names}
@@ -89,7 +99,7 @@ def select(name: str, pool: Any = None, target: Any = None, *, k: int, noise_std
 
 
 def _select_sift(pool: Any, prompts: Any, *, k: int, noise_std: Any, normalize: Any,
-                 **options: Any) -> Any:
+                 observed: Any, candidates: Any, **options: Any) -> Any:
     rec = REGISTRY["sift"]
     unknown = sorted(set(options) - rec.option_names)
     if unknown:
@@ -103,4 +113,5 @@ def _select_sift(pool: Any, prompts: Any, *, k: int, noise_std: Any, normalize: 
 
         check_noise_std(noise_std)
         options["lambda_"] = noise_std * noise_std
-    return rec.fn(pool, prompts, k=k, normalize=bool(normalize), **options)
+    return rec.fn(pool, prompts, k=k, normalize=bool(normalize), observed=observed,
+                  candidates=candidates, **options)

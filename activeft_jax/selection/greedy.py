@@ -2,14 +2,26 @@
 
 A sequential rule is a *spec*: a frozen dataclass of its static options (hashable,
 compared by value, so equal options reuse one compiled program) with a method
-``build(inputs, k) -> GreedyRule``. `RuleInputs` is the typed pytree of traced
-arrays every rule reads (pool, targets, kernel, noise variance, key). The whole
-selection is one `lax.scan` of k steps inside one compiled call; with a progress
-bar it runs as a few compiled chunks of that same scan instead, with the carry
-donated between them, and gives identical picks.
+``build(inputs, k, shards) -> GreedyRule``. `RuleInputs` is the typed pytree of traced
+arrays every rule reads (pool, targets, kernel, noise variance, key, the observed and
+the candidate masks). The whole selection is one `lax.scan` of k steps inside one
+compiled call; with a progress bar it runs as a few compiled chunks of that same scan
+instead, with the carry donated between them, and gives identical picks.
+
+A pool split over several devices (`activeft_jax._core.layout_of`) runs the scan
+under `shard_map`: every device holds its block of the pool and of every per-point
+state, and a step moves only the picked row (d floats) and one (value, index) pair
+per device (`activeft_jax._core.Shards`).
 
     spec = transductive.VTLRule(space="weight", normalize=False)
     sel = greedy(spec, RuleInputs(pool, target, Linear(), noise_var), k=10)
+
+Picks: the best candidate that is available: a candidate (`candidates`), not
+observed (`observed`) and, unless `allow_repeats`, not picked yet. A NaN or -inf
+score ranks below every finite one but above every unavailable point, so an
+unavailable point is never picked while an available one is left; when none is
+left (possible only with traced masks), the pick is -1 with value -inf and the
+state is left as it was.
 """
 
 from __future__ import annotations
@@ -23,11 +35,12 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from activeft_jax._core import is_traced
+from activeft_jax._core import PLAIN, Layout, Shards, is_traced, layout_of, on_shards
 from activeft_jax.kernels import Kernel
 from activeft_jax.selection.result import Selection
 
-__all__ = ["GreedyRule", "RuleInputs", "RuleSpec", "greedy", "top_k"]
+__all__ = ["INPUT_SPECS", "GreedyRule", "RuleInputs", "RuleSpec", "available_mask", "greedy",
+           "masked_top_k", "run_local", "top_k"]
 
 
 class RuleInputs(NamedTuple):
@@ -39,6 +52,15 @@ class RuleInputs(NamedTuple):
       kernel: the kernel (a pytree: its type is static, its hyperparameters traced).
       noise_var: [] observation noise variance ρ² (a variance, never a std).
       key: PRNG key of a randomized rule, or None.
+      observed: [N] bool, the points already labelled: conditioned on (GP rules),
+        existing centres (maxdist), never picked; or None.
+      candidates: [N] bool, the points that may be picked; or None for all.
+      observed_index: [c] int32 observed pool indices padded with -1 (a static
+        capacity c), where a rule must store a row per observation (kernel
+        space); None otherwise.
+      prior_precision: [d, d] precision of observations made elsewhere (of
+        points outside `pool`, e.g. SIFT's observed points outside a prompt's
+        candidates), added to the prior in weight space; or None.
     """
 
     pool: jax.Array
@@ -46,66 +68,106 @@ class RuleInputs(NamedTuple):
     kernel: Optional[Kernel] = None
     noise_var: Optional[jax.Array] = None
     key: Optional[jax.Array] = None
+    observed: Optional[jax.Array] = None
+    candidates: Optional[jax.Array] = None
+    observed_index: Optional[jax.Array] = None
+    prior_precision: Optional[jax.Array] = None
+
+
+#: Which fields of `RuleInputs` have the pool's N as their leading axis (`on_shards` markers).
+INPUT_SPECS = RuleInputs(pool="pool", target=None, kernel=None, noise_var=None, key=None,
+                    observed="pool", candidates="pool", observed_index=None,
+                    prior_precision=None)
 
 
 class GreedyRule(NamedTuple):
-    """A sequential acquisition rule over `num_points` candidates.
+    """A sequential acquisition rule over the (local block of the) pool.
 
     Attributes:
-      num_points: N (static).
-      init: () -> state, the prior.
-      score: state -> [N] acquisition values (larger is better).
-      update: (state, index) -> state after observing candidate `index`.
+      num_points: rows of the local block (N on one device).
+      init: () -> state, the prior (conditioned on the observed points).
+      score: state -> [num_points] acquisition values (larger is better).
+      update: (state, index, valid) -> state after observing the pool point
+        `index` (global); with `valid` False it must leave the state as it is.
     """
 
     num_points: int
     init: Callable[[], Any]
     score: Callable[[Any], jax.Array]
-    update: Callable[[Any, jax.Array], Any]
+    update: Callable[[Any, jax.Array, jax.Array], Any]
 
 
 class RuleSpec(Protocol):
     """The static description of a sequential rule (a frozen dataclass in practice)."""
 
-    def build(self, inputs: RuleInputs, k: int) -> GreedyRule:
-        """The rule on these inputs, with state buffers for k picks."""
+    def build(self, inputs: RuleInputs, k: int, shards: Shards) -> GreedyRule:
+        """The rule on these (local) inputs, with state buffers for k picks."""
 
 
-def _scan(rule: GreedyRule, carry, num_steps: int, allow_repeats: bool):
+def available_mask(n: int, observed: Optional[jax.Array],
+                   candidates: Optional[jax.Array]) -> jax.Array:
+    """[n] bool: a candidate and not observed."""
+    mask = jnp.ones((n,), bool)
+    if observed is not None:
+        mask = mask & ~observed
+    if candidates is not None:
+        mask = mask & candidates
+    return mask
+
+
+def _rank(scores: jax.Array, available: jax.Array) -> jax.Array:
+    """The pick order: NaN and -inf just below every finite score, unavailable points below all."""
+    lowest = jnp.finfo(scores.dtype).min
+    clean = jnp.where(jnp.isnan(scores) | (scores == -jnp.inf), lowest, scores)
+    return jnp.where(available, clean, -jnp.inf)
+
+
+def _scan(rule: GreedyRule, carry, num_steps: int, allow_repeats: bool, shards: Shards):
     # The carry holds the current scores, computed right after each update:
     # reading the state for the score and updating it in the same iteration
     # lets XLA update the [N, m'] state in place (scoring at the top of the
     # next iteration made it copy the whole state every step).
     def body(carry, _):
         state, available, scores = carry
-        scores = jnp.where(jnp.isnan(scores), -jnp.inf, scores)
+        rank = _rank(scores, available)
+        index = shards.argmax(rank)
+        shown = jnp.where(jnp.isnan(scores), -jnp.inf, scores)
+        best, value = shards.values_at(index, rank, shown)
+        valid = best > -jnp.inf
+        state = rule.update(state, index, valid)
         if not allow_repeats:
-            scores = jnp.where(available, scores, -jnp.inf)
-        index = jnp.argmax(scores).astype(jnp.int32)
-        value = scores[index]
-        state = rule.update(state, index)
-        if not allow_repeats:
-            available = available.at[index].set(False)
-        return (state, available, rule.score(state)), (index, value)
+            available = shards.mark(available, index, False)
+        out = (jnp.where(valid, index, -1), jnp.where(valid, value, -jnp.inf))
+        return (state, available, rule.score(state)), out
 
     return lax.scan(body, carry, length=num_steps)
 
 
-def _init_carry(rule: GreedyRule):
+def _init_carry(rule: GreedyRule, inputs: RuleInputs):
     state = rule.init()
-    return state, jnp.ones((rule.num_points,), bool), rule.score(state)
+    available = available_mask(rule.num_points, inputs.observed, inputs.candidates)
+    return state, available, rule.score(state)
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "k", "allow_repeats"))
-def _greedy_full(spec, inputs, *, k, allow_repeats):
-    rule = spec.build(inputs, k)
-    _, (indices, values) = _scan(rule, _init_carry(rule), k, allow_repeats)
+def run_local(spec: RuleSpec, inputs: RuleInputs, k: int, allow_repeats: bool,
+              shards: Shards) -> Selection:
+    """The greedy scan on this device's block, for code already inside `on_shards`."""
+    rule = spec.build(inputs, k, shards)
+    _, (indices, values) = _scan(rule, _init_carry(rule, inputs), k, allow_repeats, shards)
     return Selection(indices, values)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "k", "allow_repeats", "layout"))
+def _greedy_full(spec, inputs, *, k, allow_repeats, layout):
+    def local(inputs):
+        return run_local(spec, inputs, k, allow_repeats, Shards(layout, inputs.pool.shape[0]))
+
+    return on_shards(layout, local, (INPUT_SPECS,), inputs)
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "k"))
 def _greedy_init(spec, inputs, *, k):
-    return _init_carry(spec.build(inputs, k))
+    return _init_carry(spec.build(inputs, k, Shards(PLAIN, inputs.pool.shape[0])), inputs)
 
 
 @functools.partial(
@@ -114,7 +176,8 @@ def _greedy_init(spec, inputs, *, k):
     donate_argnames=("carry",),
 )
 def _greedy_chunk(spec, inputs, carry, *, k, allow_repeats, num_steps):
-    return _scan(spec.build(inputs, k), carry, num_steps, allow_repeats)
+    shards = Shards(PLAIN, inputs.pool.shape[0])
+    return _scan(spec.build(inputs, k, shards), carry, num_steps, allow_repeats, shards)
 
 
 def _any_traced(tree) -> bool:
@@ -122,8 +185,9 @@ def _any_traced(tree) -> bool:
 
 
 def greedy(spec: RuleSpec, inputs: RuleInputs, *, k: int, allow_repeats: bool = False,
-           progress: bool = False, desc: str = "select") -> Selection:
-    """Runs k greedy steps of the rule `spec.build(inputs, k)`.
+           progress: bool = False, desc: str = "select",
+           layout: Optional[Layout] = None) -> Selection:
+    """Runs k greedy steps of the rule `spec.build(inputs, k, shards)`.
 
     Args:
       spec: a hashable rule spec (static: equal specs share one compiled program).
@@ -131,15 +195,20 @@ def greedy(spec: RuleSpec, inputs: RuleInputs, *, k: int, allow_repeats: bool = 
       k: number of picks (static).
       allow_repeats: if False (default everywhere), a picked candidate is
         masked out; if True it stays a candidate (the reference's semantics).
-      progress: show a progress bar on stderr (only outside of jit/vmap).
+        Observed points are never picked either way.
+      progress: show a progress bar on stderr (only outside of jit/vmap, on a
+        pool that is not split over devices).
       desc: label of the progress bar.
+      layout: where the pool lives; default `layout_of(inputs.pool)`.
 
     Returns:
       `Selection` with [k] int32 indices in pick order and the acquisition
-      value of each pick at the time it was picked.
+      value of each pick at the time it was picked (-1 and -inf for picks
+      that found no available point: only with traced masks).
     """
-    if not progress or _any_traced(inputs):
-        return _greedy_full(spec, inputs, k=k, allow_repeats=allow_repeats)
+    layout = layout_of(inputs.pool) if layout is None else layout
+    if not progress or layout.sharded or _any_traced(inputs):
+        return _greedy_full(spec, inputs, k=k, allow_repeats=allow_repeats, layout=layout)
 
     from tqdm.auto import tqdm
 
@@ -165,3 +234,20 @@ def top_k(scores: jax.Array, k: int) -> Selection:
     scores = jnp.where(jnp.isnan(scores), -jnp.inf, scores)
     values, indices = lax.top_k(scores, k)
     return Selection(indices.astype(jnp.int32), values)
+
+
+def masked_top_k(scores: jax.Array, k: int, available: Optional[jax.Array],
+                 shards: Shards) -> Selection:
+    """The k largest available scores over the (local block of the) pool, best first.
+
+    NaN scores count as -inf. Unavailable points rank below every available one;
+    picks beyond the number of available points are -1 with value -inf.
+    """
+    shown = jnp.where(jnp.isnan(scores), -jnp.inf, scores)
+    if available is None:
+        values, indices = shards.top_k(shown, k)
+        return Selection(indices, values)
+    rank, indices = shards.top_k(_rank(scores, available), k)
+    value = shards.rows(shown, indices)
+    valid = rank > -jnp.inf
+    return Selection(jnp.where(valid, indices, -1), jnp.where(valid, value, -jnp.inf))

@@ -56,13 +56,26 @@ from jax import lax
 
 from activeft_jax._core import matmul
 from activeft_jax.kernels import Linear, l2_normalize
+from activeft_jax.selection._setup import _as_mask
 from activeft_jax.selection.diversity import MaxDistRule
-from activeft_jax.selection.greedy import RuleInputs, greedy
-from activeft_jax._core import default_chunk_rows, map_rows, plan, scan_rows
+from activeft_jax.selection.greedy import RuleInputs, available_mask, run_local
+from activeft_jax._core import (
+    PLAIN,
+    Shards,
+    default_chunk_rows,
+    layout_of,
+    map_rows,
+    on_shards,
+    plan,
+    scan_rows,
+)
 from activeft_jax.selection._nearest import nearest_unique
 from activeft_jax.selection.result import Selection
 from activeft_jax.validation import (
     as_float_matrix,
+    check_available,
+    check_candidates,
+    check_observed,
     check_finite,
     check_k,
     check_key,
@@ -184,12 +197,21 @@ def _assigned_similarity_bwd(rows, res, g):
 _assigned_similarity.defvjp(_assigned_similarity_fwd, _assigned_similarity_bwd)
 
 
-def _loss(params, feats, assign, temperature, balance, rows):
+def _loss_terms(params, feats, assign, temperature, balance, rows):
     protos = l2_normalize(params)
     logits = _assigned_similarity(protos, feats, assign, rows) / temperature
     gram = matmul(lax.stop_gradient(protos), protos.T) / temperature      # [B, B]
     log_s = jax.nn.logsumexp(gram, axis=0)                                # log S_k
-    return -jnp.mean(logits - jnp.logaddexp(logits, jnp.log(balance) + log_s[assign]))
+    return logits - jnp.logaddexp(logits, jnp.log(balance) + log_s[assign])
+
+
+def _loss(params, feats, assign, temperature, balance, rows):
+    return -jnp.mean(_loss_terms(params, feats, assign, temperature, balance, rows))
+
+
+def _loss_sum(params, feats, assign, temperature, balance, rows):
+    """The loss times N over this device's features (summed over devices, then / N)."""
+    return -jnp.sum(_loss_terms(params, feats, assign, temperature, balance, rows))
 
 
 def _dense_assignment(protos, feats, rows):
@@ -238,7 +260,8 @@ def _pruned_assignment(protos, feats, bounds: _Bounds, rows: int, refresh: float
     most are scored exactly instead, so the bound only pays the drift of the
     others. A feature keeps c_i while its similarity to θ̂_{c_i} beats that.
 
-    Returns (bounds, fraction of features recomputed).
+    Returns (bounds, number of features recomputed). The decisions are local to
+    the features given (a device's block), so no step needs another device.
     """
     n, b = feats.shape[0], protos.shape[0]
     drift = jnp.sqrt(jnp.sum((protos - bounds.anchor) ** 2, axis=1))          # [B]
@@ -292,31 +315,32 @@ def _pruned_assignment(protos, feats, bounds: _Bounds, rows: int, refresh: float
         return _Bounds(assign, upper, bounds.anchor), count
 
     new, recomputed = lax.cond(count > refresh * n, everything, only_failed, None)
-    return new, recomputed.astype(feats.dtype) / n
+    return new, recomputed
 
 
 # ----------------------------------------------------------------------------- the fit
 
 
-def _initial_indices(feats, key, init_indices, cfg: _Config):
-    n = feats.shape[0]
+def _initial_indices(feats, key, init_indices, cfg: _Config, shards: Shards):
     if cfg.init == "given":
         return init_indices.astype(jnp.int32)
     if cfg.init == "random":
-        return jax.random.choice(key, n, (cfg.k,), replace=False).astype(jnp.int32)
+        return jax.random.choice(key, shards.n, (cfg.k,), replace=False).astype(jnp.int32)
     # Farthest-point sampling (the official `--init fps`): k-center greedy in
     # Euclidean distance on the unit-norm features, random first point.
-    return greedy(MaxDistRule(normalize=False), RuleInputs(feats, kernel=Linear(), key=key),
-                  k=cfg.k).indices
+    return run_local(MaxDistRule(normalize=False), RuleInputs(feats, kernel=Linear(), key=key),
+                     cfg.k, False, shards).indices
 
 
 def _optimizer(cfg: _Config, hyper: _Hyper) -> optax.GradientTransformation:
     return cfg.optimizer if cfg.optimizer is not None else optax.adam(hyper.learning_rate)
 
 
-def _init_state(feats, key, init_indices, hyper, cfg: _Config) -> ActiveFTState:
-    idx = _initial_indices(feats, key, init_indices, cfg)
-    params = feats[idx]
+def _init_state(feats, key, init_indices, hyper, cfg: _Config,
+                shards: Optional[Shards] = None) -> ActiveFTState:
+    shards = Shards(PLAIN, feats.shape[0]) if shards is None else shards
+    idx = _initial_indices(feats, key, init_indices, cfg, shards)
+    params = shards.rows(feats, idx)
     bounds = None
     if cfg.prune:  # +inf bounds: the first step recomputes everything
         bounds = _Bounds(jnp.zeros((feats.shape[0],), jnp.int32),
@@ -327,28 +351,39 @@ def _init_state(feats, key, init_indices, hyper, cfg: _Config) -> ActiveFTState:
 
 
 def _run_steps(state: ActiveFTState, feats, key, hyper: _Hyper, cfg: _Config,
-               num_steps: int) -> ActiveFTState:
+               num_steps: int, shards: Optional[Shards] = None) -> ActiveFTState:
+    shards = Shards(PLAIN, feats.shape[0]) if shards is None else shards
     opt = _optimizer(cfg, hyper)
-    n = feats.shape[0]
     batch_key = jax.random.fold_in(key, 1)
+    # On a split pool every device holds its block of the features: the loss and
+    # its gradient are sums over the blocks. (In the batch mode every device
+    # computes the whole batch, whose rows it receives.)
+    split = shards.sharded and cfg.batch_size is None
 
     def step(carry: ActiveFTState, _):
         x = feats
         if cfg.batch_size is not None:  # the official ImageNet mode: a fresh batch each step
-            pick = jax.random.choice(jax.random.fold_in(batch_key, carry.step), n,
+            pick = jax.random.choice(jax.random.fold_in(batch_key, carry.step), shards.n,
                                      (cfg.batch_size,), replace=False)
-            x = feats[pick]
+            x = shards.rows(feats, pick)
         protos = lax.stop_gradient(l2_normalize(carry.params))
         bounds = carry.bounds
         if cfg.prune:
-            bounds, frac = _pruned_assignment(protos, x, bounds, cfg.chunk_rows, cfg.refresh,
-                                              cfg.num_fast)
+            bounds, count = _pruned_assignment(protos, x, bounds, cfg.chunk_rows, cfg.refresh,
+                                               cfg.num_fast)
             assign = bounds.assign
+            total = shards.psum(count) if split else count
+            frac = total.astype(feats.dtype) / (shards.n if split else x.shape[0])
         else:
             assign = _dense_assignment(protos, x, cfg.chunk_rows)
             frac = jnp.ones((), feats.dtype)
-        loss, grad = jax.value_and_grad(_loss)(carry.params, x, assign, hyper.temperature,
-                                               hyper.balance, cfg.chunk_rows)
+        args = (carry.params, x, assign, hyper.temperature, hyper.balance, cfg.chunk_rows)
+        if split:
+            loss, grad = jax.value_and_grad(_loss_sum)(*args)
+            loss, grad = shards.psum((loss, grad))
+            loss, grad = loss / shards.n, jax.tree_util.tree_map(lambda g: g / shards.n, grad)
+        else:
+            loss, grad = jax.value_and_grad(_loss)(*args)
         updates, opt_state = opt.update(grad, carry.opt_state, carry.params)
         params = optax.apply_updates(carry.params, updates)
         new = ActiveFTState(params, opt_state, bounds, carry.step + 1, carry.init_indices,
@@ -363,25 +398,54 @@ def _run_steps(state: ActiveFTState, feats, key, hyper: _Hyper, cfg: _Config,
                           recomputed=state.recomputed.at[at].set(fracs, mode="drop"))
 
 
-def _finish(state: ActiveFTState, feats) -> ActiveFTFit:
+def _finish(state: ActiveFTState, feats, excluded=None,
+            shards: Optional[Shards] = None) -> ActiveFTFit:
     protos = l2_normalize(state.params)
-    sel = nearest_unique(protos, feats)
+    sel = nearest_unique(protos, feats, excluded=excluded, shards=shards)
     return ActiveFTFit(sel, protos, state.losses, state.init_indices, state.recomputed)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _solver_init(feats, key, init_indices, hyper, *, cfg):
-    return _init_state(feats, key, init_indices, hyper, cfg)
+#: The parts of an `ActiveFTState` that stay split over the devices (the per-feature bounds).
+_STATE_SPECS = ActiveFTState(params=None, opt_state=None,
+                             bounds=_Bounds(assign="pool", upper="pool", anchor=None), step=None,
+                             init_indices=None, losses=None, recomputed=None)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "num_steps"), donate_argnames=("state",))
-def _solver_step(state, feats, key, hyper, *, cfg, num_steps):
-    return _run_steps(state, feats, key, hyper, cfg, num_steps)
+def _state_specs(cfg: _Config):
+    return _STATE_SPECS if cfg.prune else _STATE_SPECS._replace(bounds=None)
 
 
-@jax.jit
-def _solver_finish(state, feats):
-    return _finish(state, feats)
+@functools.partial(jax.jit, static_argnames=("cfg", "layout"))
+def _solver_init(feats, key, init_indices, hyper, *, cfg, layout):
+    def local(feats, key, init_indices, hyper):
+        return _init_state(feats, key, init_indices, hyper, cfg, Shards(layout, feats.shape[0]))
+
+    return on_shards(layout, local, ("pool", None, None, None), feats, key, init_indices, hyper,
+                     out_specs=_state_specs(cfg))
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "num_steps", "layout"),
+                   donate_argnames=("state",))
+def _solver_step(state, feats, key, hyper, *, cfg, num_steps, layout):
+    def local(state, feats, key, hyper):
+        return _run_steps(state, feats, key, hyper, cfg, num_steps,
+                          Shards(layout, feats.shape[0]))
+
+    specs = _state_specs(cfg)
+    return on_shards(layout, local, (specs, "pool", None, None), state, feats, key, hyper,
+                     out_specs=specs)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "layout"))
+def _solver_finish(state, feats, masks, *, cfg, layout):
+    def local(state, feats, masks):
+        excluded = None
+        if masks[0] is not None or masks[1] is not None:
+            excluded = ~available_mask(feats.shape[0], *masks)
+        return _finish(state, feats, excluded, Shards(layout, feats.shape[0]))
+
+    return on_shards(layout, local, (_state_specs(cfg), "pool", ("pool", "pool")), state, feats,
+                     masks)
 
 
 @functools.partial(jax.jit, static_argnames=("chunk_rows",))
@@ -516,7 +580,8 @@ def activeft_solver(features: Any, *, k: int, key: Any = None, init_indices: Any
                     optimizer: Optional[optax.GradientTransformation] = None,
                     batch_size: Optional[int] = None, chunk_rows: Optional[int] = None,
                     prune: Optional[bool] = None, refresh: float = 0.3,
-                    num_fast: int = 32) -> ActiveFTSolver:
+                    num_fast: int = 32, observed: Any = None,
+                    candidates: Any = None) -> ActiveFTSolver:
     """ActiveFT as `(init, step, finish)`: drive the fit yourself, a step at a time.
 
         solver = activeft_solver(feats, k=100, key=key)
@@ -526,25 +591,33 @@ def activeft_solver(features: Any, *, k: int, key: Any = None, init_indices: Any
         fit = solver.finish(state)              # == fit_activeft(feats, k=100, key=key)
 
     The arguments are validated here, once, exactly as `fit_activeft` does;
-    see it for their meaning.
+    see it for their meaning. On a pool split over devices the state's
+    per-feature bounds stay split between calls.
     """
     feats, key, init_indices, hyper, cfg = _prepare(
         features, k=k, key=key, init_indices=init_indices, init=init, temperature=temperature,
         steps=steps, learning_rate=learning_rate, balance=balance, batch_size=batch_size,
         chunk_rows=chunk_rows, prune=prune, refresh=refresh, num_fast=num_fast,
         optimizer=optimizer)
+    n = feats.shape[0]
+    observed = check_observed(observed, n)
+    candidates = check_candidates(candidates, n)
+    check_available(cfg.k, n, observed, candidates)
+    masks = (None if observed is None else _as_mask(observed, n), candidates)
+    layout = layout_of(features) if hasattr(features, "shape") else layout_of(feats)
 
     def init_fn() -> ActiveFTState:
-        return _solver_init(feats, key, init_indices, hyper, cfg=cfg)
+        return _solver_init(feats, key, init_indices, hyper, cfg=cfg, layout=layout)
 
     def step_fn(state: ActiveFTState, num_steps: int = 1) -> ActiveFTState:
         if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) \
                 or num_steps < 1:
             raise ValueError(f"`num_steps` must be a Python int >= 1 (static); got {num_steps!r}.")
-        return _solver_step(state, feats, key, hyper, cfg=cfg, num_steps=int(num_steps))
+        return _solver_step(state, feats, key, hyper, cfg=cfg, num_steps=int(num_steps),
+                            layout=layout)
 
     def finish_fn(state: ActiveFTState) -> ActiveFTFit:
-        return _solver_finish(state, feats)
+        return _solver_finish(state, feats, masks, cfg=cfg, layout=layout)
 
     return ActiveFTSolver(init_fn, step_fn, finish_fn, cfg.steps)
 
@@ -555,7 +628,8 @@ def fit_activeft(features: Any, *, k: int, key: Any = None, init_indices: Any = 
                  optimizer: Optional[optax.GradientTransformation] = None,
                  batch_size: Optional[int] = None, chunk_rows: Optional[int] = None,
                  prune: Optional[bool] = None, refresh: float = 0.3, num_fast: int = 32,
-                 progress: bool = False) -> ActiveFTFit:
+                 progress: bool = False, observed: Any = None,
+                 candidates: Any = None) -> ActiveFTFit:
     """Fits B = k ActiveFT prototypes and matches each to a distinct pool feature.
 
     Args:
@@ -583,6 +657,12 @@ def fit_activeft(features: Any, *, k: int, key: Any = None, init_indices: Any = 
       num_fast: with `prune`, how many of the prototypes that moved most are
         scored exactly every step instead of bounded.
       progress: progress bar on stderr (outside jit/vmap only).
+      observed: labelled points ([n] indices or a [N] bool mask): they shape
+        the prototypes like every feature but are never matched (picked).
+      candidates: [N] bool mask of the points that may be matched.
+
+    Features may be split over devices along N: each device assigns its block
+    (pruning included) and only the [B, d] gradient sums cross devices.
 
     Returns:
       `ActiveFTFit`: the selection, the final prototypes, the loss curve, the
@@ -596,7 +676,7 @@ def fit_activeft(features: Any, *, k: int, key: Any = None, init_indices: Any = 
         features, k=k, key=key, init_indices=init_indices, init=init, temperature=temperature,
         steps=steps, learning_rate=learning_rate, balance=balance, optimizer=optimizer,
         batch_size=batch_size, chunk_rows=chunk_rows, prune=prune, refresh=refresh,
-        num_fast=num_fast)
+        num_fast=num_fast, observed=observed, candidates=candidates)
     state = solver.init()
     traced = any(is_traced(x) for x in jax.tree_util.tree_leaves((features, key, temperature,
                                                                   learning_rate, balance)))
@@ -621,33 +701,41 @@ def fit_activeft(features: Any, *, k: int, key: Any = None, init_indices: Any = 
 
 def activeft(features: Any, *, k: int, key: Any = None, init_indices: Any = None,
              temperature: Any = 0.07, steps: int = 300, learning_rate: Any = 1e-3,
-             **options: Any) -> Selection:
+             observed: Any = None, candidates: Any = None, **options: Any) -> Selection:
     """ActiveFT selection: B = k distinct pool indices in prototype order (see `fit_activeft`).
 
     `values` are the cosine similarities of each pick to its prototype. The
     official script saves the indices sorted; sort them to compare.
     """
     return fit_activeft(features, k=k, key=key, init_indices=init_indices, temperature=temperature,
-                        steps=steps, learning_rate=learning_rate, **options).selection
+                        steps=steps, learning_rate=learning_rate, observed=observed,
+                        candidates=candidates, **options).selection
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _sweep(feats, keys, init_indices, temperatures, hyper, *, cfg: _Config):
-    def fit_one(temperature, key):
-        h = hyper._replace(temperature=temperature)
-        state = _run_steps(_init_state(feats, key, init_indices, h, cfg), feats, key, h, cfg,
-                           cfg.steps)
-        return state.params, state.init_indices, state.losses, state.recomputed
+@functools.partial(jax.jit, static_argnames=("cfg", "layout"))
+def _sweep(feats, keys, init_indices, temperatures, hyper, *, cfg: _Config, layout):
+    def local(feats, keys, init_indices, temperatures, hyper):
+        shards = Shards(layout, feats.shape[0])
 
-    per_key = jax.vmap(fit_one, in_axes=(None, 0))
-    params, idx, losses, recomputed = jax.vmap(per_key, in_axes=(0, None))(temperatures, keys)
-    t, s = params.shape[:2]
-    # The de-duplication is sequential with a data-dependent fallback; lax.map
-    # keeps its lax.cond a real branch (vmap would evaluate both sides).
-    protos = l2_normalize(params)
-    sel = lax.map(lambda p: nearest_unique(p, feats), protos.reshape((t * s,) + protos.shape[2:]))
-    sel = jax.tree_util.tree_map(lambda x: x.reshape((t, s) + x.shape[1:]), sel)
-    return ActiveFTFit(sel, protos, losses, idx, recomputed)
+        def fit_one(temperature, key):
+            h = hyper._replace(temperature=temperature)
+            state = _run_steps(_init_state(feats, key, init_indices, h, cfg, shards), feats, key,
+                               h, cfg, cfg.steps, shards)
+            return state.params, state.init_indices, state.losses, state.recomputed
+
+        per_key = jax.vmap(fit_one, in_axes=(None, 0))
+        params, idx, losses, recomputed = jax.vmap(per_key, in_axes=(0, None))(temperatures, keys)
+        t, s = params.shape[:2]
+        # The de-duplication is sequential with a data-dependent fallback; lax.map
+        # keeps its lax.cond a real branch (vmap would evaluate both sides).
+        protos = l2_normalize(params)
+        sel = lax.map(lambda p: nearest_unique(p, feats, shards=shards),
+                      protos.reshape((t * s,) + protos.shape[2:]))
+        sel = jax.tree_util.tree_map(lambda x: x.reshape((t, s) + x.shape[1:]), sel)
+        return ActiveFTFit(sel, protos, losses, idx, recomputed)
+
+    return on_shards(layout, local, ("pool", None, None, None, None), feats, keys, init_indices,
+                     temperatures, hyper)
 
 
 def activeft_sweep(features: Any, *, k: int, temperatures: Any, keys: Any, steps: int = 300,
@@ -684,4 +772,5 @@ def activeft_sweep(features: Any, *, k: int, temperatures: Any, keys: Any, steps
         learning_rate=learning_rate, balance=balance, batch_size=batch_size,
         chunk_rows=chunk_rows, prune=prune, refresh=refresh, num_fast=num_fast,
         optimizer=optimizer)
-    return _sweep(feats, keys, init_indices, jnp.asarray(temps, feats.dtype), hyper, cfg=cfg)
+    return _sweep(feats, keys, init_indices, jnp.asarray(temps, feats.dtype), hyper, cfg=cfg,
+                  layout=layout_of(features) if hasattr(features, "shape") else PLAIN)

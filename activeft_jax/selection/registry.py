@@ -34,7 +34,8 @@ __all__ = ["COMMON_OPTIONS", "OPTION_HELP", "Option", "OptionHelp", "REGISTRY", 
 #: Options that `select` takes as its own keywords and hands to each strategy that
 #: takes them (the others ignore them: the reference ignores the noise of uncertainty
 #: sampling, for example). Every other option is passed only to strategies that take it.
-COMMON_OPTIONS = ("noise_std", "allow_repeats", "normalize", "kernel", "progress")
+COMMON_OPTIONS = ("noise_std", "allow_repeats", "normalize", "kernel", "progress", "observed",
+                  "candidates")
 
 
 class OptionHelp(NamedTuple):
@@ -64,6 +65,13 @@ OPTION_HELP: Mapping[str, OptionHelp] = MappingProxyType({
     "space": OptionHelp("GP rules: weight or kernel space (auto: by cost)", str,
                         ("auto", "weight", "kernel")),
     "progress": OptionHelp("progress bar on stderr"),
+    "observed": OptionHelp("the labelled pool points: int indices or a bool mask [N] (.npy, .npz "
+                           "array 'observed', or a JSON list); conditioned on, never picked",
+                           "array"),
+    "candidates": OptionHelp("bool mask [N] of the points that may be picked (.npy or .npz array "
+                             "'candidates')", "array"),
+    "max_observed": OptionHelp("GP rules in kernel space: room for this many observed points "
+                               "when `observed` is a traced mask"),
     "formulation": OptionHelp("itl: the reference's I(f(x); y(A)) or the paper code's form", str,
                               ("reference", "paper")),
     "beta": OptionHelp("information_density: exponent of the similarity", float),
@@ -89,7 +97,11 @@ OPTION_HELP: Mapping[str, OptionHelp] = MappingProxyType({
     "refresh": OptionHelp("activeft with prune: recompute all when more than this fraction fails",
                           float),
     "num_fast": OptionHelp("activeft with prune: prototypes scored exactly every step", int),
-    "candidates": OptionHelp("sift: prefilter size K", int),
+    "prefilter": OptionHelp("sift: prefilter size K (the candidates of each prompt)", int),
+    "mean_pooling": OptionHelp("sift: the mean of a prompt's embeddings is its only target",
+                               bool),
+    "query_opposite": OptionHelp("sift: prefilter by |<x, q>| (default) instead of <x, q>", bool),
+    "return_embeddings": OptionHelp("sift: also return the picked rows"),
     "lambda_": OptionHelp("sift: noise variance lambda > 0", float, flag="--lambda"),
     "adaptive": OptionHelp("sift: also give per prompt the number of picks until its posterior "
                            "variance is <= this threshold", float),

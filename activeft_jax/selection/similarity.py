@@ -19,14 +19,22 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import jax.scipy.special as jsp
-import numpy as np
 
 from activeft_jax.kernels import l2_normalize
 from activeft_jax._core import matmul
-from activeft_jax.selection._setup import validate
-from activeft_jax.selection.greedy import top_k
+from activeft_jax._core import Shards, layout_of, on_shards
+from activeft_jax.selection._setup import _as_mask, validate
+from activeft_jax.selection.greedy import available_mask, masked_top_k
 from activeft_jax.selection.result import Selection
-from activeft_jax.validation import as_float_matrix, check_finite, check_k, is_traced
+from activeft_jax.validation import (
+    as_float_matrix,
+    check_available,
+    check_candidates,
+    check_finite,
+    check_k,
+    check_observed,
+    is_traced,
+)
 
 __all__ = ["cosine", "information_density", "max_entropy", "mean_cosine_similarity", "entropy"]
 
@@ -42,24 +50,58 @@ def entropy(probs: jax.Array) -> jax.Array:
     return jnp.sum(jsp.entr(probs), axis=-1)
 
 
-@functools.partial(jax.jit, static_argnames=("k",))
-def _cosine(pool, target, *, k):
-    return top_k(mean_cosine_similarity(pool, target), k)
+@functools.partial(jax.jit, static_argnames=("score", "k", "layout"))
+def _scored_top_k(score, pool_args, shared_args, masks, *, k, layout):
+    """top-k of `score(*pool_args, *shared_args)` over the (local block of the) pool."""
+    def local(pool_args, shared_args, masks):
+        observed, candidates = masks
+        n = pool_args[0].shape[0]
+        shards = Shards(layout, n)
+        available = None
+        if observed is not None or candidates is not None:
+            available = available_mask(n, observed, candidates)
+        return masked_top_k(score(*pool_args, *shared_args), k, available, shards)
+
+    pool_specs = tuple("pool" for _ in pool_args)
+    return on_shards(layout, local, (pool_specs, None, ("pool", "pool")), pool_args, shared_args,
+                     masks)
 
 
-def cosine(pool: Any, target: Any, *, k: int) -> Selection:
+def _masks(inputs) -> tuple:
+    n = inputs.pool.shape[0]
+    observed = None if inputs.observed is None else _as_mask(inputs.observed, n)
+    return observed, inputs.candidates
+
+
+def _cosine_score(pool, target):
+    return mean_cosine_similarity(pool, target)
+
+
+def cosine(pool: Any, target: Any, *, k: int, observed: Any = None,
+           candidates: Any = None) -> Selection:
     """Nearest neighbours: the k largest mean cosine similarities to the targets.
 
     Args:
-      pool: [N, d] pool embeddings.
+      pool: [N, d] pool embeddings (may be split over devices along N).
       target: [m, d] target embeddings.
       k: number of picks (static).
+      observed: labelled points ([n] indices or a [N] bool mask): never picked.
+      candidates: [N] bool mask of the points that may be picked.
 
     Returns:
       `Selection`, most similar first, with the mean cosine similarities.
     """
-    inputs = validate(pool, target, k=k, need_target=True)
-    return _cosine(inputs.pool, inputs.target, k=inputs.k)
+    inputs = validate(pool, target, k=k, need_target=True, observed=observed,
+                      candidates=candidates)
+    return _scored_top_k(_cosine_score, (inputs.pool,), (inputs.target,), _masks(inputs),
+                         k=inputs.k, layout=layout_of(inputs.pool))
+
+
+@jax.jit
+def _probs_summary(p):
+    sums = jnp.sum(p, axis=1)
+    worst = jnp.argmax(jnp.abs(sums - 1.0))
+    return jnp.any(p < 0), jnp.all(jnp.abs(sums - 1.0) <= 1e-3), worst, sums[worst]
 
 
 def _validate_probs(probs: Any, n: int | None) -> jax.Array:
@@ -70,62 +112,72 @@ def _validate_probs(probs: Any, n: int | None) -> jax.Array:
         )
     check_finite(probs, "probs")
     if not is_traced(probs):
-        p = np.asarray(probs)
-        if np.any(p < 0):
+        with jax.ensure_compile_time_eval():
+            negative, sum_to_one, worst, worst_sum = _probs_summary(probs)
+        if bool(negative):
             raise ValueError(f"`probs` (shape {probs.shape}) has negative entries; pass probabilities, not logits.")
-        sums = p.sum(axis=1)
-        if not np.allclose(sums, 1.0, atol=1e-3):
-            i = int(np.argmax(np.abs(sums - 1.0)))
+        if not bool(sum_to_one):
             raise ValueError(
-                f"`probs` rows must sum to 1 (shape {probs.shape}); row {i} sums to {sums[i]:.6g}. "
-                "Pass probabilities, e.g. jax.nn.softmax(logits)."
+                f"`probs` rows must sum to 1 (shape {probs.shape}); row {int(worst)} sums to "
+                f"{float(worst_sum):.6g}. Pass probabilities, e.g. jax.nn.softmax(logits)."
             )
     return probs
 
 
-@functools.partial(jax.jit, static_argnames=("k",))
-def _max_entropy(probs, *, k):
-    return top_k(entropy(probs), k)
+def _entropy_score(probs):
+    return entropy(probs)
 
 
-def max_entropy(probs: Any, *, k: int) -> Selection:
+def max_entropy(probs: Any, *, k: int, observed: Any = None, candidates: Any = None) -> Selection:
     """The k pool points with the most uncertain predictions.
 
     Args:
-      probs: [N, C] predicted class probabilities of the pool points.
+      probs: [N, C] predicted class probabilities of the pool points (may be
+        split over devices along N).
       k: number of picks (static).
+      observed: labelled points ([n] indices or a [N] bool mask): never picked.
+      candidates: [N] bool mask of the points that may be picked.
 
     Returns:
       `Selection`, largest entropy first, with the entropies in nats.
     """
     probs = _validate_probs(probs, None)
-    k = check_k(k, probs.shape[0], name="probs")
-    return _max_entropy(probs, k=k)
+    n = probs.shape[0]
+    k = check_k(k, n, name="probs")
+    observed = check_observed(observed, n)
+    candidates = check_candidates(candidates, n)
+    check_available(k, n, observed, candidates)
+    masks = (None if observed is None else _as_mask(observed, n), candidates)
+    return _scored_top_k(_entropy_score, (probs,), (), masks, k=k, layout=layout_of(probs))
 
 
-@functools.partial(jax.jit, static_argnames=("k",))
-def _information_density(pool, target, probs, beta, *, k):
-    sim = mean_cosine_similarity(pool, target)
-    return top_k(entropy(probs) * jnp.power(sim, beta), k)
+def _density_score(pool, probs, target, beta):
+    return entropy(probs) * jnp.power(mean_cosine_similarity(pool, target), beta)
 
 
-def information_density(pool: Any, target: Any, probs: Any, *, k: int, beta: Any = 1.0) -> Selection:
+def information_density(pool: Any, target: Any, probs: Any, *, k: int, beta: Any = 1.0,
+                        observed: Any = None, candidates: Any = None) -> Selection:
     """Information density: entropy weighted by similarity to the targets.
 
     value(x) = H(p(x)) · (mean_a cos(x, a))^β. With a negative mean similarity
-    and a non-integer β the power is NaN; such points are never picked.
+    and a non-integer β the power is NaN; such points rank below every other
+    (they are picked only when nothing else is left).
 
     Args:
-      pool: [N, d] pool embeddings.
+      pool: [N, d] pool embeddings (may be split over devices along N).
       target: [m, d] target embeddings.
       probs: [N, C] predicted class probabilities of the pool points.
       k: number of picks (static).
       beta: exponent β on the similarity (traceable; default 1).
+      observed: labelled points ([n] indices or a [N] bool mask): never picked.
+      candidates: [N] bool mask of the points that may be picked.
 
     Returns:
       `Selection`, best first, with the information-density values.
     """
-    inputs = validate(pool, target, k=k, need_target=True)
+    inputs = validate(pool, target, k=k, need_target=True, observed=observed,
+                      candidates=candidates)
     probs = _validate_probs(probs, inputs.pool.shape[0]).astype(inputs.pool.dtype)
     beta = jnp.asarray(beta, inputs.pool.dtype)
-    return _information_density(inputs.pool, inputs.target, probs, beta, k=inputs.k)
+    return _scored_top_k(_density_score, (inputs.pool, probs), (inputs.target, beta),
+                         _masks(inputs), k=inputs.k, layout=layout_of(inputs.pool))

@@ -14,6 +14,10 @@ Differences from the reference, each deliberate:
 
 * Picked points are masked by default; `allow_repeats=True` keeps them as
   candidates, which is what the reference does.
+* `observed` (the already labelled points) conditions the GP before the first
+  pick: `select(k=10, observed=first_10)` continues the greedy run of
+  `select(k=20)`. `candidates` restricts the picks; other points still count
+  (as targets of undirected VTL, for example).
 * A zero-variance candidate (a zero embedding) scores as uninformative (0)
   instead of NaN; the reference's ITL and CTL return NaN there and pick it
   every time.
@@ -32,22 +36,30 @@ References:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 
 from activeft_jax import gp
-from activeft_jax._core import matmul, safe_divide
-from activeft_jax.selection._setup import geometry, init_posterior, resolve_space, rule_inputs, validate
+from activeft_jax._core import Shards, matmul, safe_divide
+from activeft_jax.selection._setup import (
+    Geometry,
+    condition_on_observed,
+    geometry,
+    init_posterior,
+    resolve_space,
+    rule_inputs,
+    validate,
+)
 from activeft_jax.selection.greedy import GreedyRule, RuleInputs, greedy
 from activeft_jax.selection.result import Selection
 
-__all__ = ["CorrelationRule", "ITLRule", "VTLRule", "ctl", "ctl_scores", "itl", "itl_scores",
-           "mmitl", "mmitl_scores", "vtl", "vtl_scores"]
+__all__ = ["CorrelationRule", "GPRule", "ITLRule", "VTLRule", "ctl", "ctl_scores", "itl",
+           "itl_scores", "mmitl", "mmitl_scores", "run_gp_rule", "vtl", "vtl_scores"]
 
 _COMMON_ARGS = """\
-      pool: [N, d] pool embeddings (the candidates).
+      pool: [N, d] pool embeddings (the candidates); may be split over devices along N.
       target: [m, d] target embeddings.
       k: number of picks (static: a new value recompiles).
       noise_std: observation noise standard deviation ρ > 0, in embedding units
@@ -58,13 +70,72 @@ _COMMON_ARGS = """\
       allow_repeats: keep picked points as candidates (the reference's behaviour).
       space: 'auto' (by cost), 'weight' or 'kernel' (see `activeft_jax.gp`).
       progress: show a progress bar on stderr (outside of jit/vmap only).
+      observed: the points already labelled, as [n] int pool indices or a [N]
+        bool mask (traced: a new mask of the same shape does not recompile).
+        The GP is conditioned on noisy observations there before the first
+        pick; they are never picked.
+      candidates: [N] bool mask of the points that may be picked (default all).
+      max_observed: kernel space only (a kernel without a feature map): room
+        for this many observed points when `observed` is a traced mask.
 """
 
 
 def _common_args(fn):
-    """Fills the arguments the four rules share into `fn.__doc__` (a real docstring at run time)."""
+    """Fills the arguments the GP rules share into `fn.__doc__` (a real docstring at run time)."""
     fn.__doc__ = fn.__doc__.replace("{common_args}", _COMMON_ARGS)
     return fn
+
+
+@dataclasses.dataclass(frozen=True)
+class GPRule:
+    """What every GP rule spec holds: where the GP lives and whether to normalize.
+
+    Attributes:
+      space: 'weight' or 'kernel' (resolved, not 'auto').
+      normalize: L2-normalize pool and targets first.
+    """
+
+    space: str
+    normalize: bool
+
+    def geometry(self, inputs: RuleInputs, compress: bool) -> Geometry:
+        """The feature / kernel view of the inputs (`_setup.geometry`)."""
+        return geometry(inputs, space=self.space, normalize=self.normalize, compress=compress)
+
+    def updater(self, geo: Geometry, inputs: RuleInputs, shards: Shards):
+        """(states, index, valid) -> the states conditioned on a noisy observation at `index`."""
+        def update(states, index, valid):
+            return gp.condition(geo.space, states, index, inputs.noise_var, shards=shards,
+                                valid=valid)
+        return update
+
+    def prior(self, geo: Geometry, target, k: int, inputs: RuleInputs,
+              shards: Shards) -> gp.Posterior:
+        """One posterior over the pool and `target`, conditioned on the observed points."""
+        state = init_posterior(geo, target, k, inputs, shards)
+        return condition_on_observed(geo, (state,), inputs, shards)[0]
+
+    def single(self, geo, inputs, shards, init, score) -> GreedyRule:
+        """A rule over one posterior."""
+        update = self.updater(geo, inputs, shards)
+        return GreedyRule(num_points=inputs.pool.shape[0], init=init, score=score,
+                          update=lambda state, index, valid: update((state,), index, valid)[0])
+
+
+def run_gp_rule(spec_of, desc: str, pool: Any, target: Any, *, directed: bool = True, k: int,
+                noise_std: Any,
+                kernel: Any, normalize: bool, allow_repeats: bool, space: str, progress: bool,
+                observed: Any, candidates: Any, max_observed: Optional[int]) -> Selection:
+    """Validates, resolves the space and runs the greedy rule `spec_of(space, normalize)`."""
+    inputs = validate(pool, target, k=k, kernel=kernel, need_target=directed,
+                      noise_std=noise_std, check_noise=True, observed=observed,
+                      candidates=candidates, allow_repeats=allow_repeats)
+    resolved = resolve_space(space, inputs.kernel, inputs.pool, inputs.observed)
+    spec = spec_of(resolved, bool(normalize))
+    rows = resolved == "kernel"
+    return greedy(spec, rule_inputs(inputs, noise_std, rows_per_observation=rows,
+                                    max_observed=max_observed),
+                  k=inputs.k, allow_repeats=allow_repeats, progress=progress, desc=desc)
 
 
 # ----------------------------------------------------------------------------- VTL
@@ -77,39 +148,35 @@ def vtl_scores(state: gp.Posterior, noise_var: jax.Array) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class VTLRule:
+class VTLRule(GPRule):
     """VTL as a greedy rule spec (static options; see `greedy.greedy`).
 
     Attributes:
-      space: 'weight' or 'kernel' (resolved, not 'auto').
-      normalize: L2-normalize pool and targets first.
       undirected: the targets are the pool itself (A = S), for `undirected_vtl`.
     """
 
-    space: str
-    normalize: bool
     undirected: bool = False
 
-    def build(self, inputs: RuleInputs, k: int) -> GreedyRule:
+    def build(self, inputs: RuleInputs, k: int, shards: Shards) -> GreedyRule:
         """The VTL rule on `inputs` with room for k picks."""
-        geo = geometry(inputs, space=self.space, normalize=self.normalize, compress=True)
-        noise_var = inputs.noise_var
+        geo = self.geometry(inputs, compress=True)
         target = geo.target
         if self.undirected:  # the targets are the pool itself: A = S
             pts = geo.points
-            target = gp.compress_targets(pts) if pts.shape[0] > pts.shape[1] else pts
-        return GreedyRule(
-            num_points=inputs.pool.shape[0],
-            init=lambda: init_posterior(geo, target, k),
-            score=lambda state: vtl_scores(state, noise_var),
-            update=lambda state, index: gp.condition(geo.space, (state,), index, noise_var)[0],
-        )
+            if shards.sharded or pts.shape[0] > pts.shape[1]:
+                target = gp.compress_targets(pts, shards if shards.sharded else None)
+            else:
+                target = pts
+        return self.single(geo, inputs, shards,
+                           init=lambda: self.prior(geo, target, k, inputs, shards),
+                           score=lambda state: vtl_scores(state, inputs.noise_var))
 
 
 @_common_args
 def vtl(pool: Any, target: Any, *, k: int, noise_std: Any = 0.1, kernel: Any = None,
         normalize: bool = False, allow_repeats: bool = False, space: str = "auto",
-        progress: bool = False) -> Selection:
+        progress: bool = False, observed: Any = None, candidates: Any = None,
+        max_observed: Optional[int] = None) -> Selection:
     """VTL: greedily minimizes the total posterior variance of the targets.
 
     value(x) = −Σ_{a∈A} [σ²_n(a) − Cov_n(a, x)² / (σ²_n(x) + ρ²)], the negative
@@ -123,11 +190,10 @@ def vtl(pool: Any, target: Any, *, k: int, noise_std: Any = 0.1, kernel: Any = N
     Returns:
       `Selection` of k pool indices in pick order and their VTL values.
     """
-    inputs = validate(pool, target, k=k, kernel=kernel, need_target=True,
-                      noise_std=noise_std, check_noise=True)
-    spec = VTLRule(space=resolve_space(space, inputs.kernel, inputs.pool), normalize=bool(normalize))
-    return greedy(spec, rule_inputs(inputs, noise_std), k=inputs.k, allow_repeats=allow_repeats,
-                  progress=progress, desc="vtl")
+    return run_gp_rule(lambda sp, nz: VTLRule(sp, nz), "vtl", pool, target, k=k,
+                       noise_std=noise_std, kernel=kernel, normalize=normalize,
+                       allow_repeats=allow_repeats, space=space, progress=progress,
+                       observed=observed, candidates=candidates, max_observed=max_observed)
 
 
 # ----------------------------------------------------------------------------- ITL
@@ -152,22 +218,18 @@ def itl_scores(var: jax.Array, var_given_target: jax.Array, noise_var: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
-class ITLRule:
+class ITLRule(GPRule):
     """ITL as a greedy rule spec: two posteriors (without / with y(A)) take the same picks.
 
     Attributes:
-      space: 'weight' or 'kernel'.
-      normalize: L2-normalize pool and targets first.
       formulation: 'reference' or 'paper' (see `itl`).
     """
 
-    space: str
-    normalize: bool
     formulation: str = "reference"
 
-    def build(self, inputs: RuleInputs, k: int) -> GreedyRule:
+    def build(self, inputs: RuleInputs, k: int, shards: Shards) -> GreedyRule:
         """The ITL rule on `inputs` with room for k picks."""
-        geo = geometry(inputs, space=self.space, normalize=self.normalize, compress=True)
+        geo = self.geometry(inputs, compress=True)
         noise_var = inputs.noise_var
         formulation = self.formulation
         if formulation == "reference":
@@ -178,28 +240,28 @@ class ITLRule:
             target_noise = jnp.sqrt(info.eps) * jnp.maximum(jnp.mean(diag), info.tiny)
 
         def init():
-            plain = init_posterior(geo, None, k)
+            plain = init_posterior(geo, None, k, inputs, shards)
             if isinstance(geo.space, gp.WeightSpace):
-                base = gp.conditioned_precision_factor(geo.target, target_noise)
-                tilde = gp.init_weight_space(geo.points, None, num_rows=k, base=base)
+                extra = matmul(geo.target.T, geo.target) / target_noise
+                tilde = init_posterior(geo, None, k, inputs, shards, extra_precision=extra)
             else:
                 rows = gp.target_observation_rows(geo.kernel, geo.points, geo.target, target_noise)
-                tilde = gp.init_kernel_space(geo.kernel, geo.points, None, num_rows=k,
-                                             prior_rows=rows)
-            return plain, tilde
+                tilde = init_posterior(geo, None, k, inputs, shards, prior_rows=rows)
+            return condition_on_observed(geo, (plain, tilde), inputs, shards)
 
         return GreedyRule(
             num_points=inputs.pool.shape[0],
             init=init,
             score=lambda s: itl_scores(s[0].var, s[1].var, noise_var, formulation),
-            update=lambda s, index: gp.condition(geo.space, s, index, noise_var),
+            update=self.updater(geo, inputs, shards),
         )
 
 
 @_common_args
 def itl(pool: Any, target: Any, *, k: int, noise_std: Any = 0.1, kernel: Any = None,
         normalize: bool = False, allow_repeats: bool = False, space: str = "auto",
-        formulation: str = "reference", progress: bool = False) -> Selection:
+        formulation: str = "reference", progress: bool = False, observed: Any = None,
+        candidates: Any = None, max_observed: Optional[int] = None) -> Selection:
     """ITL: greedily maximizes the information a pick carries about the targets.
 
     value(x) = I(f(x); y(A) | D_n) = ½ max(0, log(σ²_n(x) / σ̃²_n(x))) where
@@ -218,12 +280,10 @@ def itl(pool: Any, target: Any, *, k: int, noise_std: Any = 0.1, kernel: Any = N
     """
     if formulation not in ("reference", "paper"):
         raise ValueError(f"`formulation` must be 'reference' or 'paper'; got {formulation!r}.")
-    inputs = validate(pool, target, k=k, kernel=kernel, need_target=True,
-                      noise_std=noise_std, check_noise=True)
-    spec = ITLRule(space=resolve_space(space, inputs.kernel, inputs.pool),
-                   normalize=bool(normalize), formulation=formulation)
-    return greedy(spec, rule_inputs(inputs, noise_std), k=inputs.k, allow_repeats=allow_repeats,
-                  progress=progress, desc="itl")
+    return run_gp_rule(lambda sp, nz: ITLRule(sp, nz, formulation), "itl", pool, target, k=k,
+                       noise_std=noise_std, kernel=kernel, normalize=normalize,
+                       allow_repeats=allow_repeats, space=space, progress=progress,
+                       observed=observed, candidates=candidates, max_observed=max_observed)
 
 
 # ----------------------------------------------------------------------------- CTL / MM-ITL
@@ -267,45 +327,28 @@ def mmitl_scores(state: gp.Posterior) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class CorrelationRule:
+class CorrelationRule(GPRule):
     """CTL or MM-ITL as a greedy rule spec (each target keeps its own correlation).
 
     Attributes:
-      space: 'weight' or 'kernel'.
-      normalize: L2-normalize pool and targets first.
       measure: 'ctl' or 'mmitl'.
     """
 
-    space: str
-    normalize: bool
     measure: str = "ctl"
 
-    def build(self, inputs: RuleInputs, k: int) -> GreedyRule:
+    def build(self, inputs: RuleInputs, k: int, shards: Shards) -> GreedyRule:
         """The CTL / MM-ITL rule on `inputs` with room for k picks."""
-        geo = geometry(inputs, space=self.space, normalize=self.normalize, compress=False)
-        noise_var = inputs.noise_var
-        return GreedyRule(
-            num_points=inputs.pool.shape[0],
-            init=lambda: init_posterior(geo, geo.target, k),
-            score=ctl_scores if self.measure == "ctl" else mmitl_scores,
-            update=lambda state, index: gp.condition(geo.space, (state,), index, noise_var)[0],
-        )
-
-
-def _correlation_rule(measure, pool, target, *, k, noise_std, kernel, normalize, allow_repeats,
-                      space, progress):
-    inputs = validate(pool, target, k=k, kernel=kernel, need_target=True,
-                      noise_std=noise_std, check_noise=True)
-    spec = CorrelationRule(space=resolve_space(space, inputs.kernel, inputs.pool),
-                           normalize=bool(normalize), measure=measure)
-    return greedy(spec, rule_inputs(inputs, noise_std), k=inputs.k, allow_repeats=allow_repeats,
-                  progress=progress, desc=measure)
+        geo = self.geometry(inputs, compress=False)
+        return self.single(geo, inputs, shards,
+                           init=lambda: self.prior(geo, geo.target, k, inputs, shards),
+                           score=ctl_scores if self.measure == "ctl" else mmitl_scores)
 
 
 @_common_args
 def ctl(pool: Any, target: Any, *, k: int, noise_std: Any = 0.1, kernel: Any = None,
         normalize: bool = False, allow_repeats: bool = False, space: str = "auto",
-        progress: bool = False) -> Selection:
+        progress: bool = False, observed: Any = None, candidates: Any = None,
+        max_observed: Optional[int] = None) -> Selection:
     """CTL: greedily picks the point most correlated with the targets.
 
     value(x) = mean_{a∈A} Cov_n(x, a) / sqrt(σ²_n(x) σ²_n(a)): the signed,
@@ -320,15 +363,17 @@ def ctl(pool: Any, target: Any, *, k: int, noise_std: Any = 0.1, kernel: Any = N
     Returns:
       `Selection` of k pool indices in pick order and their mean correlations.
     """
-    return _correlation_rule("ctl", pool, target, k=k, noise_std=noise_std, kernel=kernel,
-                             normalize=normalize, allow_repeats=allow_repeats, space=space,
-                             progress=progress)
+    return run_gp_rule(lambda sp, nz: CorrelationRule(sp, nz, "ctl"), "ctl", pool, target, k=k,
+                       noise_std=noise_std, kernel=kernel, normalize=normalize,
+                       allow_repeats=allow_repeats, space=space, progress=progress,
+                       observed=observed, candidates=candidates, max_observed=max_observed)
 
 
 @_common_args
 def mmitl(pool: Any, target: Any, *, k: int, noise_std: Any = 0.1, kernel: Any = None,
           normalize: bool = False, allow_repeats: bool = False, space: str = "auto",
-          progress: bool = False) -> Selection:
+          progress: bool = False, observed: Any = None, candidates: Any = None,
+          max_observed: Optional[int] = None) -> Selection:
     """MM-ITL: greedily maximizes the mean marginal information about each target.
 
     value(x) = mean_{a∈A} −½ log(1 − ρ_n(x, a)²) with the noise-free posterior
@@ -340,6 +385,7 @@ def mmitl(pool: Any, target: Any, *, k: int, noise_std: Any = 0.1, kernel: Any =
     Returns:
       `Selection` of k pool indices in pick order and their MM-ITL values (nats).
     """
-    return _correlation_rule("mmitl", pool, target, k=k, noise_std=noise_std, kernel=kernel,
-                             normalize=normalize, allow_repeats=allow_repeats, space=space,
-                             progress=progress)
+    return run_gp_rule(lambda sp, nz: CorrelationRule(sp, nz, "mmitl"), "mmitl", pool, target,
+                       k=k, noise_std=noise_std, kernel=kernel, normalize=normalize,
+                       allow_repeats=allow_repeats, space=space, progress=progress,
+                       observed=observed, candidates=candidates, max_observed=max_observed)
