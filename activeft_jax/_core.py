@@ -34,9 +34,12 @@ __all__ = [
     "Layout",
     "MissingExtraError",
     "Shards",
+    "concrete",
     "default_chunk_rows",
     "is_traced",
     "layout_of",
+    "mesh_context",
+    "mesh_scope",
     "map_rows",
     "matmul",
     "on_shards",
@@ -244,6 +247,58 @@ def layout_of(pool: Any) -> Layout:
     return layout
 
 
+def concrete(fn: Callable, *args):
+    """`fn(*args)` on concrete arrays, as concrete results even inside someone's trace.
+
+    Called at top level, `fn` (a jitted reduction) just runs: this also works for
+    arrays that span several processes. Inside a trace (concrete arrays closed
+    over by a user's jit) it runs again under `jax.ensure_compile_time_eval`.
+    """
+    with mesh_context(*args):
+        out = fn(*args)
+        if any(is_traced(leaf) for leaf in jax.tree_util.tree_leaves(out)):
+            with jax.ensure_compile_time_eval():
+                out = fn(*args)
+    return out
+
+
+def mesh_context(*arrays: Any):
+    """A context that sets the mesh of the first concrete array on an Explicit-axes mesh.
+
+    Computations on such arrays that create new split arrays need the mesh in
+    context (`jax.set_mesh`); with Auto axes, one device or tracers this is a no-op.
+    """
+    import contextlib
+
+    for x in arrays:
+        if x is None or is_traced(x):
+            continue
+        mesh = getattr(getattr(x, "sharding", None), "mesh", None)
+        types = getattr(mesh, "axis_types", ())
+        if mesh is not None and any(str(t).endswith("Explicit") for t in types):
+            return jax.set_mesh(mesh)
+    return contextlib.nullcontext()
+
+
+def mesh_scope(tree: Any):
+    """While tracing: a context with the Explicit-axes mesh of the first array in `tree`.
+
+    New arrays made inside (zeros, iota) then carry the same mesh as the inputs,
+    which Explicit sharding requires of every operation that mixes them.
+    """
+    import contextlib
+
+    for x in jax.tree_util.tree_leaves(tree):
+        try:
+            mesh = jax.typeof(x).sharding.mesh
+        except Exception:  # noqa: BLE001 - not an array
+            continue
+        types = getattr(mesh, "axis_types", ())
+        if getattr(mesh, "axis_names", ()) and any(str(t).endswith("Explicit") for t in types):
+            return jax.sharding.use_abstract_mesh(mesh)
+    return contextlib.nullcontext()
+
+
 def on_shards(layout: Layout, fn: Callable, in_specs: tuple, *args, out_specs: Any = None):
     """`fn(*args)` on one device, or under `shard_map` over the pool's devices.
 
@@ -256,7 +311,8 @@ def on_shards(layout: Layout, fn: Callable, in_specs: tuple, *args, out_specs: A
     are first resharded to those layouts (a no-op for a pool already split that way).
     """
     if not layout.sharded:
-        return fn(*args)
+        with mesh_scope(args):
+            return fn(*args)
     from jax.sharding import NamedSharding, PartitionSpec
 
     def to_spec(marker):
@@ -267,10 +323,13 @@ def on_shards(layout: Layout, fn: Callable, in_specs: tuple, *args, out_specs: A
     outs = PartitionSpec() if out_specs is None else jax.tree_util.tree_map(
         to_spec, out_specs, is_leaf=is_marker)
     if layout.explicit:
-        def place(spec, arg):
-            return jax.tree_util.tree_map(
-                lambda a: jax.sharding.reshard(a, NamedSharding(layout.mesh, spec)), arg)
-        args = tuple(place(sp, a) for sp, a in zip(specs, args))
+        def place(spec, sub):
+            sharding = NamedSharding(layout.mesh, spec)
+            return jax.tree_util.tree_map(lambda a: jax.sharding.reshard(a, sharding), sub)
+
+        args = tuple(jax.tree_util.tree_map(place, sp, a,
+                                            is_leaf=lambda x: isinstance(x, PartitionSpec))
+                     for sp, a in zip(specs, args))
     mapped = jax.shard_map(fn, mesh=layout.mesh, in_specs=specs, out_specs=outs, check_vma=False)
     return mapped(*args)
 

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from activeft_jax._core import is_traced
+from activeft_jax._core import concrete, is_traced
 
 __all__ = [
     "as_float_matrix",
@@ -29,6 +29,7 @@ __all__ = [
     "check_observed",
     "check_positive",
     "check_target",
+    "count_true",
     "is_traced",
 ]
 
@@ -67,9 +68,20 @@ def as_float_matrix(x: Any, name: str) -> jax.Array:
 
 @jax.jit
 def _first_non_finite(x: jax.Array) -> jax.Array:
-    # A reduction: its result is the same on every device and every process.
-    bad = ~jnp.isfinite(x).reshape(-1)
-    return jnp.where(jnp.any(bad), jnp.argmax(bad), -1)
+    """(row, column) of the first NaN/inf of a 2-D array, or (-1, -1).
+
+    Reductions only (no reshape or indexing of a possibly split axis), so the
+    result is the same, replicated, on every device and every process.
+    """
+    if x.ndim == 1:
+        x = x[:, None]
+    bad = ~jnp.isfinite(x)
+    rows = jnp.arange(x.shape[0], dtype=jnp.int32)
+    first_col = jnp.argmax(bad, axis=1).astype(jnp.int32)
+    row = jnp.min(jnp.where(jnp.any(bad, axis=1), rows, x.shape[0]))
+    col = jnp.sum(jnp.where(rows == row, first_col, 0))
+    found = row < x.shape[0]
+    return jnp.where(found, row, -1), jnp.where(found, col, -1)
 
 
 def _scalar(x: jax.Array) -> int:
@@ -88,12 +100,15 @@ def check_finite(x: jax.Array, name: str) -> None:
     if is_traced(x):
         return
     # A concrete array closed over by a function under jit: evaluate now, not staged.
-    with jax.ensure_compile_time_eval():
-        first = _scalar(_first_non_finite(x))
-    if first >= 0:
-        bad = np.unravel_index(first, _shape(x))
+    shape = _shape(x)
+    if len(shape) > 2:
+        x = concrete(lambda a: jnp.reshape(a, (-1, shape[-1])), x)
+    row, col = (_scalar(v) for v in concrete(_first_non_finite, x))
+    if row >= 0:
+        flat = row * (shape[-1] if len(shape) >= 2 else 1) + (col if len(shape) >= 2 else 0)
+        bad = np.unravel_index(flat, shape)
         raise ValueError(
-            f"`{name}` (shape {_shape(x)}) contains NaN or inf, first at index {tuple(int(i) for i in bad)}."
+            f"`{name}` (shape {shape}) contains NaN or inf, first at index {tuple(int(i) for i in bad)}."
         )
 
 
@@ -198,7 +213,7 @@ def check_observed(observed: Any, n: int) -> Optional[jax.Array]:
         raise ValueError(f"`observed` must be a bool mask or integer indices; got dtype {dtype}.")
     observed = jnp.asarray(observed, jnp.int32)
     if shape[0] and not is_traced(observed):
-        lo, hi = (_scalar(v) for v in _range_and_count(observed))
+        lo, hi = (_scalar(v) for v in concrete(_range_and_count, observed))
         if lo < 0 or hi >= n:
             raise ValueError(f"`observed` indices must lie in [0, N={n}); got values from {lo} "
                              f"to {hi}.")
@@ -228,8 +243,7 @@ def check_available(k: int, n: int, observed: Optional[jax.Array],
         return
     if any(x is not None and is_traced(x) for x in (observed, candidates)):
         return
-    with jax.ensure_compile_time_eval():
-        free = _scalar(_available_count(n, observed, candidates))
+    free = _scalar(concrete(functools.partial(_available_count, n), observed, candidates))
     need = 1 if allow_repeats else k
     if free < need:
         names = " and ".join(f"`{name}`" for name, x in (("observed", observed),
@@ -250,3 +264,13 @@ def _available_count(n, observed, candidates) -> jax.Array:
     if candidates is not None:
         mask = mask & candidates
     return jnp.sum(mask, dtype=jnp.int32)
+
+
+@jax.jit
+def _count_true(mask: jax.Array) -> jax.Array:
+    return jnp.sum(mask, dtype=jnp.int32)
+
+
+def count_true(mask: jax.Array) -> int:
+    """The number of True entries of a concrete mask, on every process (a jitted reduction)."""
+    return _scalar(concrete(_count_true, mask))

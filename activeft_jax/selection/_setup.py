@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from activeft_jax import gp
-from activeft_jax._core import Shards, is_traced
+from activeft_jax._core import Shards, is_traced, layout_of
 from activeft_jax.kernels import Kernel, Linear, get_kernel, l2_normalize
 from activeft_jax.selection.greedy import RuleInputs
 from activeft_jax.validation import (
@@ -22,6 +22,7 @@ from activeft_jax.validation import (
     check_noise_std,
     check_observed,
     check_target,
+    count_true,
 )
 
 
@@ -72,11 +73,38 @@ def noise_variance(noise_std: Any, dtype) -> jax.Array:
     return jnp.square(jnp.asarray(noise_std, dtype=dtype))
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _as_mask(observed: jax.Array, n: int) -> jax.Array:
+def _mask_of(observed: jax.Array, n: int) -> jax.Array:
     if observed.dtype == jnp.bool_:
         return observed
     return jnp.zeros((n,), bool).at[observed].set(True)
+
+
+_mask_jit = jax.jit(_mask_of, static_argnums=1)
+
+
+def as_mask(observed: Optional[jax.Array], like: jax.Array) -> Optional[jax.Array]:
+    """`observed` (indices or a mask) as a [N] bool mask laid out like the pool `like`.
+
+    On a pool split over concrete devices the mask is made split the same way
+    (so it also spans every process of a multi-process mesh).
+    """
+    if observed is None:
+        return None
+    n = like.shape[0]
+    if observed.dtype == jnp.bool_:
+        return observed
+    layout = layout_of(like)
+    if is_traced(observed) or is_traced(like) or not layout.sharded:
+        return _mask_of(observed, n) if is_traced(observed) or is_traced(like) else _mask_jit(observed, n)
+    from jax.sharding import NamedSharding
+
+    out = NamedSharding(layout.mesh, layout.spec())
+    return jax.jit(_mask_of, static_argnums=1, out_shardings=out)(observed, n)
+
+
+def _as_mask(observed: jax.Array, n: int) -> jax.Array:
+    """Indices or a mask -> a [N] bool mask (on the default device; see `as_mask`)."""
+    return observed if observed.dtype == jnp.bool_ else _mask_jit(observed, n)
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -102,8 +130,7 @@ def observed_capacity(observed: Optional[jax.Array], max_observed: Optional[int]
             "`observed` is a traced mask and the rule runs in kernel space (a kernel without a "
             "feature map, e.g. RBF), where every observed point needs a row of the state: pass "
             "`max_observed` (a bound on how many points are observed), or `observed` as indices.")
-    with jax.ensure_compile_time_eval():
-        count = int(jnp.sum(observed))
+    count = count_true(observed)
     return 0 if count == 0 else 1 << (count - 1).bit_length()
 
 
@@ -116,8 +143,7 @@ def rule_inputs(inputs: Inputs, noise_std: Any = None, key: Any = None, *,
     listed as indices with a static capacity (`observed_capacity`).
     """
     noise_var = None if noise_std is None else noise_variance(noise_std, inputs.pool.dtype)
-    n = inputs.pool.shape[0]
-    mask = None if inputs.observed is None else _as_mask(inputs.observed, n)
+    mask = as_mask(inputs.observed, inputs.pool)
     index = None
     if rows_per_observation and inputs.observed is not None:
         capacity = observed_capacity(inputs.observed, max_observed)

@@ -36,10 +36,10 @@ from jax import lax
 from activeft_jax._core import PLAIN, Shards, default_chunk_rows, layout_of, map_rows, matmul, on_shards, plan
 from activeft_jax.kernels import l2_normalize
 from activeft_jax.selection._nearest import nearest_unique
-from activeft_jax.selection._setup import _as_mask, validate
+from activeft_jax.selection._setup import as_mask, validate
 from activeft_jax.selection.greedy import available_mask
 from activeft_jax.selection.result import Selection
-from activeft_jax.validation import check_key, is_traced
+from activeft_jax.validation import check_key, count_true, is_traced
 
 __all__ = ["KMeansFit", "fit_kmeans", "kmeans", "kmeans_pp", "kmeans_pp_indices", "typiclust"]
 
@@ -188,7 +188,7 @@ _SPECS = ("pool", None, ("pool", "pool"))
 
 
 def _masks(inputs) -> tuple:
-    observed = None if inputs.observed is None else _as_mask(inputs.observed, inputs.pool.shape[0])
+    observed = None if inputs.observed is None else as_mask(inputs.observed, inputs.pool)
     return observed, inputs.candidates
 
 
@@ -456,8 +456,7 @@ def typiclust(pool: Any, *, k: int, key: Any, max_clusters: int = 500, min_clust
     elif is_traced(inputs.observed):  # |L| is not static: every slot, the first |L| + k used
         num_clusters = min(n, max_clusters)
     else:
-        with jax.ensure_compile_time_eval():
-            labelled = int(jnp.sum(_as_mask(inputs.observed, n)))
+        labelled = count_true(as_mask(inputs.observed, inputs.pool))
         num_clusters = min(labelled + inputs.k, max_clusters, n)
     return _typiclust(inputs.pool, key, _masks(inputs), k=inputs.k, num_clusters=num_clusters,
                       iters=iters, min_cluster_size=min_cluster_size,

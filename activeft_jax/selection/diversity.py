@@ -20,7 +20,7 @@ from jax import lax
 
 from activeft_jax._core import Shards, default_chunk_rows, layout_of, map_rows, matmul, on_shards, plan
 from activeft_jax.kernels import Linear, l2_normalize
-from activeft_jax.selection._setup import _as_mask, rule_inputs, validate
+from activeft_jax.selection._setup import as_mask, rule_inputs, validate
 from activeft_jax.selection.greedy import (
     INPUT_SPECS,
     GreedyRule,
@@ -304,7 +304,6 @@ def probcover(pool: Any, *, k: int, delta: Any = 0.6, normalize: bool = True,
     """
     check_positive(delta, "delta")
     inputs = validate(pool, k=k, observed=observed, candidates=candidates)
-    n = inputs.pool.shape[0]
-    masks = (None if inputs.observed is None else _as_mask(inputs.observed, n), inputs.candidates)
+    masks = (as_mask(inputs.observed, inputs.pool), inputs.candidates)
     return _probcover(inputs.pool, delta, masks, k=inputs.k, normalize=bool(normalize),
                       layout=layout_of(inputs.pool))

@@ -56,7 +56,7 @@ from jax import lax
 
 from activeft_jax._core import matmul
 from activeft_jax.kernels import Linear, l2_normalize
-from activeft_jax.selection._setup import _as_mask
+from activeft_jax.selection._setup import as_mask
 from activeft_jax.selection.diversity import MaxDistRule
 from activeft_jax.selection.greedy import RuleInputs, available_mask, run_local
 from activeft_jax._core import (
@@ -603,7 +603,7 @@ def activeft_solver(features: Any, *, k: int, key: Any = None, init_indices: Any
     observed = check_observed(observed, n)
     candidates = check_candidates(candidates, n)
     check_available(cfg.k, n, observed, candidates)
-    masks = (None if observed is None else _as_mask(observed, n), candidates)
+    masks = (None if observed is None else as_mask(observed, features if hasattr(features, "sharding") else feats), candidates)
     layout = layout_of(features) if hasattr(features, "shape") else layout_of(feats)
 
     def init_fn() -> ActiveFTState:

@@ -58,7 +58,7 @@ from jax import lax
 from activeft_jax import gp, retrieval
 from activeft_jax._core import PLAIN, Shards, layout_of, matmul, on_shards
 from activeft_jax.kernels import Linear, l2_normalize
-from activeft_jax.selection._setup import _as_mask
+from activeft_jax.selection._setup import as_mask
 from activeft_jax.selection.greedy import RuleInputs, available_mask, greedy
 from activeft_jax.selection.result import Selection
 from activeft_jax.selection.transductive import VTLRule
@@ -304,7 +304,7 @@ def sift(pool: Any, prompts: Any, *, k: int = 10, prefilter: Optional[int] = 200
     raw = pool
     if normalize:
         pool, prompts3 = l2_normalize(pool), l2_normalize(prompts3)
-    masks = (None if observed is None else _as_mask(observed, n), candidates)
+    masks = (None if observed is None else as_mask(observed, raw), candidates)
     layout = layout_of(raw)
     sel, precision = _sift(pool, prompts3, masks, lambda_, k=k, prefilter=prefilter,
                               mean_pooling=bool(mean_pooling),

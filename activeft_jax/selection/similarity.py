@@ -22,8 +22,8 @@ import jax.scipy.special as jsp
 
 from activeft_jax.kernels import l2_normalize
 from activeft_jax._core import matmul
-from activeft_jax._core import Shards, layout_of, on_shards
-from activeft_jax.selection._setup import _as_mask, validate
+from activeft_jax._core import Shards, concrete, layout_of, on_shards
+from activeft_jax.selection._setup import as_mask, validate
 from activeft_jax.selection.greedy import available_mask, masked_top_k
 from activeft_jax.selection.result import Selection
 from activeft_jax.validation import (
@@ -68,9 +68,7 @@ def _scored_top_k(score, pool_args, shared_args, masks, *, k, layout):
 
 
 def _masks(inputs) -> tuple:
-    n = inputs.pool.shape[0]
-    observed = None if inputs.observed is None else _as_mask(inputs.observed, n)
-    return observed, inputs.candidates
+    return as_mask(inputs.observed, inputs.pool), inputs.candidates
 
 
 def _cosine_score(pool, target):
@@ -99,9 +97,11 @@ def cosine(pool: Any, target: Any, *, k: int, observed: Any = None,
 
 @jax.jit
 def _probs_summary(p):
+    # Reductions only: the same replicated answer on every device and process.
     sums = jnp.sum(p, axis=1)
     worst = jnp.argmax(jnp.abs(sums - 1.0))
-    return jnp.any(p < 0), jnp.all(jnp.abs(sums - 1.0) <= 1e-3), worst, sums[worst]
+    worst_sum = jnp.sum(jnp.where(jnp.arange(p.shape[0]) == worst, sums, 0))
+    return jnp.any(p < 0), jnp.all(jnp.abs(sums - 1.0) <= 1e-3), worst, worst_sum
 
 
 def _validate_probs(probs: Any, n: int | None) -> jax.Array:
@@ -112,8 +112,7 @@ def _validate_probs(probs: Any, n: int | None) -> jax.Array:
         )
     check_finite(probs, "probs")
     if not is_traced(probs):
-        with jax.ensure_compile_time_eval():
-            negative, sum_to_one, worst, worst_sum = _probs_summary(probs)
+        negative, sum_to_one, worst, worst_sum = concrete(_probs_summary, probs)
         if bool(negative):
             raise ValueError(f"`probs` (shape {probs.shape}) has negative entries; pass probabilities, not logits.")
         if not bool(sum_to_one):
@@ -147,7 +146,7 @@ def max_entropy(probs: Any, *, k: int, observed: Any = None, candidates: Any = N
     observed = check_observed(observed, n)
     candidates = check_candidates(candidates, n)
     check_available(k, n, observed, candidates)
-    masks = (None if observed is None else _as_mask(observed, n), candidates)
+    masks = (None if observed is None else as_mask(observed, probs), candidates)
     return _scored_top_k(_entropy_score, (probs,), (), masks, k=k, layout=layout_of(probs))
 
 

@@ -1,0 +1,200 @@
+"""A pool split along N over 8 CPU devices, on meshes from `jax.make_mesh` (Explicit axes, its
+default in JAX 0.10) and with Auto axes: every strategy gives the single-device picks, returns
+them replicated on the mesh, and its compiled program never all-gathers a pool-sized array."""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+import activeft_jax as aft
+
+N, D = 2048, 16
+STRATEGIES = ["vtl", "itl", "ctl", "mmitl", "undirected_itl", "undirected_vtl", "uncertainty",
+              "cosine", "maxdist", "random", "kmeans", "kmeans_pp", "typiclust", "probcover",
+              "information_density", "max_entropy", "activeft"]
+KEYED = {"maxdist", "random", "kmeans", "kmeans_pp", "typiclust", "activeft"}
+
+
+def _problem():
+    rng = np.random.default_rng(0)
+    centers = rng.standard_normal((12, D))
+    pool = (centers[rng.integers(0, 12, N)] + 0.5 * rng.standard_normal((N, D))).astype(np.float32)
+    target = (centers[:3] + 0.3 * rng.standard_normal((3, D))).astype(np.float32)
+    probs = np.asarray(jax.nn.softmax(jnp.asarray(rng.standard_normal((N, 5))), axis=-1),
+                       np.float32)
+    observed = np.zeros(N, bool)
+    observed[rng.choice(N, 40, replace=False)] = True
+    return pool, target, probs, observed
+
+
+POOL, TARGET, PROBS, OBSERVED = _problem()
+
+
+def _kwargs(rule):
+    kw = {"noise_std": 0.7}
+    if rule in ("vtl", "itl", "ctl", "mmitl", "cosine", "information_density"):
+        kw["target"] = TARGET
+    if rule in KEYED:
+        kw["key"] = jax.random.key(1)
+    if rule == "activeft":
+        kw["steps"] = 15
+    if rule == "typiclust":
+        kw["max_clusters"] = 40
+        kw["iters"] = 10
+    if rule == "kmeans":
+        kw["iters"] = 10
+    return kw
+
+
+def _select(rule, pool, observed=None, probs=None):
+    kw = _kwargs(rule)
+    if rule in ("information_density", "max_entropy"):
+        kw["probs"] = PROBS if probs is None else probs
+    if rule == "max_entropy":
+        return aft.select(rule, None, k=12, observed=observed, **kw)
+    return aft.select(rule, pool, k=12, observed=observed, **kw)
+
+
+MESHES = {
+    "explicit": lambda: jax.make_mesh((8,), ("data",)),
+    "auto": lambda: jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,)),
+    "auto-2d": lambda: jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Auto,) * 2),
+    "explicit-2d": lambda: jax.make_mesh((4, 2), ("data", "model")),
+}
+
+
+def _put(x, mesh):
+    return jax.device_put(x, NamedSharding(mesh, PartitionSpec("data", *([None] * (x.ndim - 1)))))
+
+
+def _gathers(text: str) -> list[int]:
+    """Element counts of every all-gather in a compiled HLO module."""
+    sizes = []
+    for line in text.splitlines():
+        if re.search(r"\ball-gather(-start)?\(", line):
+            m = re.search(r"=\s*\(?\s*\w+\[([\d,]*)\]", line)
+            dims = [int(v) for v in m.group(1).split(",") if v] if m else []
+            sizes.append(int(np.prod(dims)) if dims else 1)
+    return sizes
+
+
+SINGLE = {}
+
+
+def _single(rule, observed):
+    key = (rule, observed is not None)
+    if key not in SINGLE:
+        SINGLE[key] = _select(rule, POOL, observed)
+    return SINGLE[key]
+
+
+@pytest.mark.parametrize("mesh_kind", list(MESHES))
+@pytest.mark.parametrize("rule", STRATEGIES)
+def test_split_pool_gives_the_single_device_picks_replicated(rule, mesh_kind):
+    mesh = MESHES[mesh_kind]()
+    pool = _put(POOL, mesh)
+    probs = _put(PROBS, mesh)
+    for observed in (None, OBSERVED):
+        single = _single(rule, observed)
+        split = _select(rule, pool, None if observed is None else _put(observed, mesh), probs)
+        np.testing.assert_array_equal(split.indices, single.indices, err_msg=f"{rule} {mesh_kind}")
+        scale = np.nanmax(np.abs(np.where(np.isfinite(single.values), single.values, 0))) + 1
+        np.testing.assert_allclose(np.where(np.isfinite(split.values), split.values, 0),
+                                   np.where(np.isfinite(single.values), single.values, 0),
+                                   rtol=2e-4, atol=2e-4 * scale)
+        assert split.indices.sharding.is_fully_replicated
+        assert split.indices.sharding.device_set == set(mesh.devices.flat)
+
+
+@pytest.mark.parametrize("mesh_kind", ["explicit", "auto"])
+@pytest.mark.parametrize("rule", STRATEGIES)
+def test_compiled_program_never_gathers_the_pool(rule, mesh_kind):
+    mesh = MESHES[mesh_kind]()
+    pool, probs, observed = _put(POOL, mesh), _put(PROBS, mesh), _put(OBSERVED, mesh)
+
+    def f(pool, probs, observed):
+        return _select(rule, pool, observed, probs)
+
+    text = jax.jit(f).lower(pool, probs, observed).compile().as_text()
+    big = [s for s in _gathers(text) if s >= N // 2]
+    assert not big, f"{rule} ({mesh_kind}) all-gathers arrays of {big} elements"
+
+
+@pytest.mark.parametrize("mesh_kind", ["explicit", "auto"])
+def test_sift_and_retrieval_on_a_split_pool(mesh_kind):
+    mesh = MESHES[mesh_kind]()
+    pool = _put(POOL, mesh)
+    prompts = POOL[:5] + 0.1
+    one = aft.sift(POOL, prompts, k=6, prefilter=64, lambda_=0.05, observed=OBSERVED)
+    split = aft.sift(pool, prompts, k=6, prefilter=64, lambda_=0.05, observed=_put(OBSERVED, mesh))
+    np.testing.assert_array_equal(split.indices, one.indices)
+    top1 = aft.retrieval.top_k(prompts, POOL, k=50, metric="abs")
+    top8 = aft.retrieval.top_k(prompts, pool, k=50, metric="abs")
+    np.testing.assert_array_equal(top8.indices, top1.indices)
+    # Only the per-device top-K lists ([P, D·K] = 2 × 8 × 32 here) and the picked rows travel.
+    text = jax.jit(lambda p: aft.sift(p, prompts[:2], k=6, prefilter=32)).lower(pool).compile().as_text()
+    assert not [s for s in _gathers(text) if s >= N // 2]
+
+
+def test_activeft_solver_keeps_its_bounds_split_between_steps():
+    mesh = MESHES["explicit"]()
+    pool = _put(POOL, mesh)
+    solver = aft.selection.activeft_solver(pool, k=20, key=jax.random.key(0), steps=6, prune=True)
+    state = solver.init()
+    for _ in range(3):
+        state = solver.step(state, 2)
+    assert state.bounds.assign.sharding.spec[0] == "data"
+    fit = solver.finish(state)
+    ref = aft.selection.fit_activeft(POOL, k=20, key=jax.random.key(0), steps=6, prune=True)
+    np.testing.assert_array_equal(fit.selection.indices, ref.selection.indices)
+    np.testing.assert_allclose(fit.losses, ref.losses, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- several processes
+
+
+def test_two_processes_joined_by_jax_distributed_give_the_one_process_picks(tmp_path):
+    """2 processes × 4 CPU devices (gloo collectives), the pool built from process-local rows."""
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import multiprocess_problem as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    here = Path(__file__).parent
+    env = {k: v for k, v in __import__("os").environ.items() if k != "XLA_FLAGS"}
+    env["PYTHONPATH"] = str(here) + ":" + env.get("PYTHONPATH", "")
+    procs = [subprocess.Popen([sys.executable, str(here / "_multiprocess_job.py"), str(pid),
+                               str(port), str(tmp_path / f"p{pid}.json")],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for pid in (0, 1)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    results = [__import__("json").loads((tmp_path / f"p{pid}.json").read_text()) for pid in (0, 1)]
+
+    pool, target, observed = mp.problem()
+    for rule in mp.RULES:
+        ref = np.asarray(mp.select(aft, rule, pool, target, observed).indices).tolist()
+        for pid in (0, 1):
+            assert results[pid]["picks"][rule] == ref, (rule, pid)
+            assert results[pid]["replicated"][rule], rule
+    ref_sift = aft.sift(pool, target, k=4, prefilter=40, lambda_=0.05, observed=observed)
+    for pid in (0, 1):
+        assert results[pid]["picks"]["sift"] == np.asarray(ref_sift.indices).tolist()
+    # bad input: the same ValueError on both processes, naming the argument
+    assert results[0]["errors"] == results[1]["errors"]
+    errors = results[0]["errors"]
+    assert "`pool`" in errors["nan"] and f"index ({mp.N // 2 + 3}, 2)" in errors["nan"]
+    assert "`observed` indices must lie" in errors["observed"]
+    assert "`candidates` leave 2 pool point(s)" in errors["candidates"]
