@@ -36,7 +36,7 @@ GGUF):
    max_example_tokens, joined with "\\n\\n" and prepended to the document (only the
    document's tokens are scored);
 3. ttft_nn: Adam, one step per chunk, on the k nearest neighbours (best first);
-4. ttft_sift: the same on SIFT's k picks (candidates=200, λ=0.01, repeats allowed),
+4. ttft_sift: the same on SIFT's k picks (prefilter K=200, λ=0.01, repeats allowed),
    in SIFT's selection order;
 5. adaptive SIFT: SIFT's picks, but each prompt stops at the first step n where
    its posterior variance σ²_n(prompt) <= `adaptive_threshold` (0.5: half the
@@ -86,7 +86,7 @@ class Config:
     docs: int = 20
     k: int = 5
     learning_rate: float = 5e-5
-    candidates: int = 200
+    prefilter: int = 200
     lambda_: float = 0.01
     adaptive_threshold: float = 0.5
     holdout_mod: int = 8
@@ -269,8 +269,8 @@ def main(argv=None):
             if not (isinstance(getattr(cfg, n), (int, float)) and getattr(cfg, n) > 0)]
     if cfg.docs < 2:
         bad.append(f"docs={cfg.docs} (at least 2, for an interval)")
-    if cfg.candidates < cfg.k:
-        bad.append(f"candidates={cfg.candidates} < k={cfg.k}")
+    if cfg.prefilter < cfg.k:
+        bad.append(f"prefilter={cfg.prefilter} < k={cfg.k}")
     if bad:
         ap.error("bad configuration: " + ", ".join(bad) + " (counts are integers >= 1, "
                  "rates and thresholds > 0)")
@@ -321,7 +321,7 @@ def run_corpus(cfg: Config, corpus: str, enc, lm, t0: float) -> dict:
     print(f"[{corpus}] embeddings ready ({time.time() - t0:.0f}s)", flush=True)
 
     nn = top_k(q_emb, pool_emb, k=cfg.k, metric="ip")
-    sel = sift(pool_emb, q_emb, k=cfg.k, candidates=cfg.candidates, lambda_=cfg.lambda_,
+    sel = sift(pool_emb, q_emb, k=cfg.k, prefilter=cfg.prefilter, lambda_=cfg.lambda_,
                adaptive=cfg.adaptive_threshold)
     nn_idx, sel_idx = np.asarray(nn.indices), np.asarray(sel.indices)
     # posterior variance of each prompt after n = 0..k picks (n = 0: the prior ‖q‖²)

@@ -38,7 +38,7 @@ class Config:
     strategies: tuple = STRATEGIES
     seeds: int = 5
     rounds: int = 5
-    k_per_round: int = 10
+    k: int = 10                          # picks per round
     pretrain_classes: tuple = (0, 1, 2, 3, 4)
     target_classes: tuple = (5, 7, 9)
     noise_std: float = 1.0
@@ -155,15 +155,15 @@ def run(cfg: Config, out_dir: Path = RESULTS, progress: bool = True) -> dict:
             kwargs = {"noise_std": cfg.noise_std} if strategy in GP_RULES else {}
             res = active_finetune(
                 model, params, optax.adam(cfg.learning_rate or DEFAULT_LR[cfg.setting]), x, y, xt[target], yt[target],
-                strategy=strategy, rounds=cfg.rounds, k_per_round=cfg.k_per_round,
+                strategy=strategy, rounds=cfg.rounds, k=cfg.k,
                 workdir=out_dir / "runs" / f"{strategy}_s{seed}", seed=seed,
                 trainable="head", epochs=cfg.epochs, batch_size=cfg.batch_size,
                 select_kwargs=kwargs,
             )
             acc[seed] = [m["target_accuracy"] for m in res.metrics]
-            picks = np.asarray(res.indices).reshape(cfg.rounds, cfg.k_per_round)
+            picks = np.asarray(res.indices).reshape(cfg.rounds, cfg.k)
             share[seed] = np.cumsum(in_target[picks].sum(axis=1)) / (
-                cfg.k_per_round * np.arange(1, cfg.rounds + 1))
+                cfg.k * np.arange(1, cfg.rounds + 1))
             done += 1
             if progress:
                 print(f"[{done}/{total}] {strategy} seed {seed}: target accuracy "
@@ -172,7 +172,7 @@ def run(cfg: Config, out_dir: Path = RESULTS, progress: bool = True) -> dict:
         runs[strategy] = {"accuracy": acc.tolist(), "share": share.tolist()}
     return {"config": dataclasses.asdict(cfg), "what": st["what"], "class_names": st["names"],
             "base": base, "runs": runs,
-            "budgets": [cfg.k_per_round * (r + 1) for r in range(cfg.rounds)],
+            "budgets": [cfg.k * (r + 1) for r in range(cfg.rounds)],
             "target_share_in_pool": float(in_target.mean()),
             "seconds": time.perf_counter() - t0}
 
@@ -193,7 +193,7 @@ def table(result: dict) -> str:
     lines.append(f"{result['what']}. Target: test examples of {[names[c] for c in cfg['target_classes']]} "
                  f"(pretrained on {[names[c] for c in cfg['pretrain_classes']]}; accuracy on the "
                  f"target before fine-tuning: {result['base']['target_accuracy']:.3f}). The "
-                 f"{len(result['budgets'])} x {cfg['k_per_round']} picks come from all "
+                 f"{len(result['budgets'])} x {cfg['k']} picks come from all "
                  f"{len(names)} classes; "
                  f"{result['target_share_in_pool']:.0%} of the pool is in the target classes. "
                  f"Mean ± 95% CI over {cfg['seeds']} seeds; head-only fine-tuning.")
@@ -236,11 +236,11 @@ def config_from_args(argv=None) -> tuple[Config, Path]:
     p.add_argument("--strategies", help="comma-separated strategy names")
     p.add_argument("--seeds", type=int)
     p.add_argument("--rounds", type=int)
-    p.add_argument("--k-per-round", type=int)
+    p.add_argument("--k", type=int, help="picks per round")
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
     values = read_config(args.config, Config)
-    for name in ("setting", "seeds", "rounds", "k_per_round"):
+    for name in ("setting", "seeds", "rounds", "k"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
     if args.strategies is not None:
@@ -258,12 +258,12 @@ def config_from_args(argv=None) -> tuple[Config, Path]:
     bad = [s for s in cfg.strategies if s not in KNOWN]
     if bad or not cfg.strategies:
         raise ValueError(f"unknown strategies {bad}; choose from {', '.join(KNOWN)}")
-    for name in ("seeds", "rounds", "k_per_round", "epochs", "batch_size"):
+    for name in ("seeds", "rounds", "k", "epochs", "batch_size"):
         if int(getattr(cfg, name)) < 1:
             raise ValueError(f"{name} must be >= 1; got {getattr(cfg, name)}")
     pool = POOL_SIZE[setting]
-    if cfg.rounds * cfg.k_per_round > pool:
-        raise ValueError(f"the budget rounds * k_per_round = {cfg.rounds * cfg.k_per_round} "
+    if cfg.rounds * cfg.k > pool:
+        raise ValueError(f"the budget rounds * k = {cfg.rounds * cfg.k} "
                          f"exceeds the pool ({pool} training examples of {setting})")
     return cfg, Path(args.out) / setting
 

@@ -61,7 +61,7 @@ def problem(seed: int = 0, n_pool: int = 300, n_target: int = 80):
     return model, variables, pool_x, pool_y, target_x, target_y
 
 
-JOB = dict(strategy="vtl", rounds=3, k_per_round=8, epochs=20, batch_size=16, seed=3,
+JOB = dict(strategy="vtl", rounds=3, k=8, epochs=20, batch_size=16, seed=3,
            trainable="all", select_kwargs={"noise_std": 0.5})
 
 _KILL = os.environ.get("AFT_JOB_KILL", "")

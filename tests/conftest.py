@@ -19,3 +19,15 @@ def dtype(request):
     """Runs a test under float32 and under float64 (x64 switched on only inside it)."""
     with jax.enable_x64(request.param == "float64"):
         yield request.param
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drops every compiled program after each test module.
+
+    Each XLA:CPU executable keeps memory mappings for its JIT-compiled code; the
+    whole suite compiles thousands of programs, and past the kernel's
+    vm.max_map_count (65530 by default) the next compilation segfaults.
+    """
+    yield
+    jax.clear_caches()

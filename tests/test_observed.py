@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import activeft_jax as aft
-from helpers import TOL, brute_force_greedy, count_traces, random_problem, rbf_kernel
+from helpers import TOL, brute_force_greedy, count_traces, random_problem
 
 GREEDY = ["vtl", "itl", "ctl", "mmitl", "undirected_itl", "undirected_vtl", "maxdist"]
 TARGETED = {"vtl", "itl", "ctl", "mmitl"}
@@ -305,3 +305,26 @@ def test_sift_conditions_every_prompt_on_the_observed_points():
                 obs.append(3 + best)
                 picks.append(int(cand[best]))
             assert sel.indices[p].tolist() == picks
+
+
+def test_the_command_line_takes_observed_and_candidates(tmp_path, capsys):
+    import json
+
+    from activeft_jax import cli
+
+    pool, target = random_problem(59, n=40, d=4, m=2)
+    np.savez(tmp_path / "d.npz", pool=pool.astype(np.float32), target=target.astype(np.float32),
+             observed=np.array([1, 5, 9]), candidates=np.arange(40) % 2 == 0)
+    (tmp_path / "obs.json").write_text(json.dumps([1, 5, 9]))
+    base = ["select", "--strategy", "vtl", "--pool", str(tmp_path / "d.npz"), "--target",
+            str(tmp_path / "d.npz"), "--k", "4", "--noise-std", "0.5"]
+    ref = aft.select("vtl", pool.astype(np.float32), target.astype(np.float32), k=4,
+                     noise_std=0.5, observed=np.array([1, 5, 9]),
+                     candidates=np.arange(40) % 2 == 0)
+    for observed in (str(tmp_path / "d.npz"), str(tmp_path / "obs.json")):
+        assert cli.main(base + ["--observed", observed, "--candidates", str(tmp_path / "d.npz")]) == 0
+        assert json.loads(capsys.readouterr().out)["indices"] == np.asarray(ref.indices).tolist()
+    np.save(tmp_path / "bad.npy", np.array([1, 99]))
+    assert cli.main(base + ["--observed", str(tmp_path / "bad.npy")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "`observed` indices must lie in [0, N=40)" in err

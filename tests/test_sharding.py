@@ -94,36 +94,40 @@ def _single(rule, observed):
     return SINGLE[key]
 
 
-@pytest.mark.parametrize("mesh_kind", list(MESHES))
-@pytest.mark.parametrize("rule", STRATEGIES)
-def test_split_pool_gives_the_single_device_picks_replicated(rule, mesh_kind):
-    mesh = MESHES[mesh_kind]()
-    pool = _put(POOL, mesh)
-    probs = _put(PROBS, mesh)
-    for observed in (None, OBSERVED):
-        single = _single(rule, observed)
-        split = _select(rule, pool, None if observed is None else _put(observed, mesh), probs)
-        np.testing.assert_array_equal(split.indices, single.indices, err_msg=f"{rule} {mesh_kind}")
-        scale = np.nanmax(np.abs(np.where(np.isfinite(single.values), single.values, 0))) + 1
-        np.testing.assert_allclose(np.where(np.isfinite(split.values), split.values, 0),
-                                   np.where(np.isfinite(single.values), single.values, 0),
-                                   rtol=2e-4, atol=2e-4 * scale)
-        assert split.indices.sharding.is_fully_replicated
-        assert split.indices.sharding.device_set == set(mesh.devices.flat)
+#: Every strategy on a 1-D mesh with `jax.make_mesh`'s defaults (Explicit axes); one of each
+#: kind of computation with Auto axes, and on 2-D meshes (the pool split over one of two axes).
+KINDS = ("vtl", "itl", "undirected_vtl", "cosine", "maxdist", "random", "kmeans", "typiclust",
+         "probcover", "activeft")
+CASES = ([(rule, "explicit") for rule in STRATEGIES] + [(rule, "auto") for rule in KINDS]
+         + [(rule, kind) for kind in ("auto-2d", "explicit-2d")
+            for rule in ("vtl", "kmeans", "activeft")])
 
 
-@pytest.mark.parametrize("mesh_kind", ["explicit", "auto"])
-@pytest.mark.parametrize("rule", STRATEGIES)
-def test_compiled_program_never_gathers_the_pool(rule, mesh_kind):
+@pytest.mark.parametrize("rule, mesh_kind", CASES, ids=[f"{r}-{m}" for r, m in CASES])
+def test_split_pool_gives_the_single_device_picks_and_never_gathers_the_pool(rule, mesh_kind):
+    """One compiled program per case: its HLO has no pool-sized all-gather, and running it
+    gives the single-device picks (with and without observed points), replicated on the mesh."""
     mesh = MESHES[mesh_kind]()
     pool, probs, observed = _put(POOL, mesh), _put(PROBS, mesh), _put(OBSERVED, mesh)
 
     def f(pool, probs, observed):
         return _select(rule, pool, observed, probs)
 
-    text = jax.jit(f).lower(pool, probs, observed).compile().as_text()
-    big = [s for s in _gathers(text) if s >= N // 2]
+    compiled = jax.jit(f).lower(pool, probs, observed).compile()
+    big = [s for s in _gathers(compiled.as_text()) if s >= N // 2]
     assert not big, f"{rule} ({mesh_kind}) all-gathers arrays of {big} elements"
+    split = compiled(pool, probs, observed)
+    single = _single(rule, OBSERVED)
+    np.testing.assert_array_equal(split.indices, single.indices, err_msg=f"{rule} {mesh_kind}")
+    finite = np.isfinite(np.asarray(single.values))
+    scale = np.max(np.abs(np.asarray(single.values)[finite]), initial=0) + 1
+    np.testing.assert_allclose(np.asarray(split.values)[finite], np.asarray(single.values)[finite],
+                               rtol=2e-4, atol=2e-4 * scale)
+    assert split.indices.sharding.is_fully_replicated
+    assert split.indices.sharding.device_set == set(mesh.devices.flat)
+    if mesh_kind == "explicit":  # the eager call, without observed points, too
+        eager = _select(rule, pool, None, probs)
+        np.testing.assert_array_equal(eager.indices, _single(rule, None).indices)
 
 
 @pytest.mark.parametrize("mesh_kind", ["explicit", "auto"])

@@ -11,7 +11,7 @@ from experiments import study_a, study_b
 
 @pytest.mark.parametrize("options,message", [
     (["--strategies", "itl,nope"], "unknown strategies ['nope']"),
-    (["--rounds", "200", "--k-per-round", "10"], "exceeds the pool (1423"),
+    (["--rounds", "200", "--k", "10"], "exceeds the pool (1423"),
     (["--seeds", "0"], "seeds must be >= 1"),
     (["--config", "{d}/missing.json"], "--config: cannot read"),
     (["--config", "{d}/bad.json"], "unknown fields ['sedes']"),

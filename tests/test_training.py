@@ -223,7 +223,7 @@ def test_checkpointer_round_trip(tmp_path):
 
 def _job(workdir, **over):
     model, variables, pool_x, pool_y, target_x, target_y = problem()
-    kw = dict(strategy="itl", rounds=3, k_per_round=8, workdir=workdir, seed=0, trainable="head",
+    kw = dict(strategy="itl", rounds=3, k=8, workdir=workdir, seed=0, trainable="head",
               epochs=20, batch_size=16, select_kwargs={"noise_std": 0.5})
     kw.update(over)
     args = [kw.pop("model", model), kw.pop("init_params", variables),
@@ -281,8 +281,8 @@ def test_apply_function_raw_inputs_cold_start_and_a_test_set(tmp_path):
 @pytest.mark.parametrize("over, message", [
     ({"strategy": "nope"}, r"unknown strategy 'nope'; choose one of itl, vtl, ctl"),
     ({"rounds": 0}, r"`rounds` must be >= 1"),
-    ({"k_per_round": 0}, r"`k_per_round` must be >= 1"),
-    ({"rounds": 40}, r"budget rounds \* k_per_round = 40 \* 8 = 320 exceeds the pool size N = 300"),
+    ({"k": 0}, r"`k` must be >= 1"),
+    ({"rounds": 40}, r"budget rounds \* k = 40 \* 8 = 320 exceeds the pool size N = 300"),
     ({"pool_x": np.zeros((0, 2), np.float32), "pool_y": np.zeros((0,), np.int32)}, "pool is empty"),
     ({"pool_y": np.zeros((299,), np.int32)}, r"`pool_y` has 299 labels but `pool_x` has 300"),
     ({"target_x": np.zeros((80, 3), np.float32)}, r"`target_x` examples have shape \(3,\)"),

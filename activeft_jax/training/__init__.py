@@ -6,7 +6,12 @@
     evaluate(make_eval_step(module.apply), state.full_params(), x_test, y_test)
 
     result = active_finetune(module, variables, tx, pool_x, pool_y, target_x, target_y,
-                             strategy="vtl", rounds=5, k_per_round=20, workdir="runs/vtl")
+                             strategy="vtl", rounds=5, k=20, workdir="runs/vtl")
+
+    # the round it is made of, pure: jit it or lax.scan it with your own model
+    round_fn = make_round(module.apply, tx, strategy="vtl", k=20, embed=linen_features(module))
+    state, out = jax.jit(round_fn)(init_round_state(variables, tx, num_pool=N), key,
+                                   pool_x, pool_y, target_x, target_y)
 
     # test-time fine-tuning: one step per selected example, then the document's bpb
     out = ttft_evaluate(lm.nll, lm.loss, lm.params, 1e-4, ex_tokens, ex_mask, doc, doc_mask)
@@ -18,6 +23,10 @@ any crash (see `activeft_jax.training.active`).
 from activeft_jax.training.active import ActiveResult as ActiveResult
 from activeft_jax.training.active import active_finetune as active_finetune
 from activeft_jax.training.checkpoint import Checkpointer as Checkpointer
+from activeft_jax.training.rounds import RoundOutput as RoundOutput
+from activeft_jax.training.rounds import RoundState as RoundState
+from activeft_jax.training.rounds import init_round_state as init_round_state
+from activeft_jax.training.rounds import make_round as make_round
 from activeft_jax.training.state import TrainState as TrainState
 from activeft_jax.training.state import combine as combine
 from activeft_jax.training.state import create_train_state as create_train_state
@@ -41,6 +50,8 @@ from activeft_jax.training.ttft import ttft_inputs as ttft_inputs
 __all__ = [
     "ActiveResult",
     "Checkpointer",
+    "RoundOutput",
+    "RoundState",
     "InContextInputs",
     "TTFTInputs",
     "TrainState",
@@ -51,8 +62,10 @@ __all__ = [
     "fit",
     "in_context_evaluate",
     "in_context_inputs",
+    "init_round_state",
     "layer_names",
     "make_eval_step",
+    "make_round",
     "make_train_step",
     "partition",
     "predict",

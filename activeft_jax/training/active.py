@@ -1,4 +1,10 @@
-"""The active fine-tuning loop: select -> reveal labels -> fine-tune -> evaluate -> checkpoint.
+"""The active fine-tuning driver: the pure round (`training.rounds`) plus workdir, checkpoints
+and metrics.
+
+Every round is `make_round`'s pure function, jitted once: the pool stays whole
+and the labelled points are a mask that the strategy receives as `observed`,
+so the GP of round r + 1 is conditioned on the points of rounds 0..r and the
+selection compiles once. This module adds what a run on disk needs.
 
 Resumability (the loop's contract): kill the process at any point (SIGKILL
 included) and run it again with the same arguments and `workdir`; it resumes
@@ -8,8 +14,9 @@ uninterrupted run (the same picks, the same metrics, bit for bit). How:
 * Every round's randomness comes from ``fold_in(key(seed), round)``, never from
   state that a crash loses.
 * A round is finished when its checkpoint is committed. The checkpoint holds
-  everything the next round reads: parameters, optimizer state, the picks so
-  far (pool indices), the base key, the round and every round's metrics.
+  everything the next round reads: the round state (parameters, optimizer
+  state, the labelled mask, the round) and the picks so far (pool indices),
+  with every round's metrics as its metadata.
   Orbax writes a step into a temporary directory and renames it when
   complete; unfinished ones are ignored and deleted on restart.
 * ``metrics.jsonl`` is derived data: after every checkpoint, and at every
@@ -26,7 +33,8 @@ uninterrupted run (the same picks, the same metrics, bit for bit). How:
 Exactness assumes that the computations themselves are deterministic, as XLA's
 CPU backend is; on GPU run with ``XLA_FLAGS=--xla_gpu_deterministic_ops=true``.
 The guarantee covers a killed *process*; surviving a power cut also needs the
-file system to have flushed the committed checkpoint.
+file system to have flushed the committed checkpoint. With ``workdir=None``
+nothing is written and nothing can be resumed.
 """
 
 from __future__ import annotations
@@ -43,30 +51,29 @@ import numpy as np
 import optax
 
 from activeft_jax.embeddings import ParamSelection, is_linen_module, last_layer
-from activeft_jax.selection import COMMON_OPTIONS, STRATEGIES, TARGETED, get_strategy, select
+from activeft_jax.selection import COMMON_OPTIONS, STRATEGIES, TARGETED, get_strategy
 from activeft_jax.training._fingerprint import config_hash, fingerprint, tree_digest
 from activeft_jax.training.checkpoint import Checkpointer
-from activeft_jax.training.state import Trainable, TrainState, create_train_state, resolve_trainable
-from activeft_jax.training.steps import (
-    Loss,
-    evaluate,
-    fit,
-    make_eval_step,
-    make_train_step,
-    predict,
-    resolve_loss,
+from activeft_jax.training.rounds import init_round_state, make_round
+from activeft_jax.training.state import (
+    Trainable,
+    TrainState,
+    combine,
+    create_train_state,
+    resolve_trainable,
 )
+from activeft_jax.training.steps import Loss, evaluate, make_eval_step, resolve_loss
 
 __all__ = ["ActiveResult", "active_finetune"]
 
 _log = logging.getLogger(__name__)
 
-_FORMAT = 1
+_FORMAT = 2
 _CONFIG_FILE = "config.json"
 _METRICS_FILE = "metrics.jsonl"
 _CKPT_DIR = "checkpoints"
 # select() arguments that active_finetune supplies itself.
-_RESERVED = ("name", "pool", "target", "k", "key", "probs")
+_RESERVED = ("name", "pool", "target", "k", "key", "probs", "observed")
 
 EmbedFn = Callable[[Any, Any], Any]
 _EMBED_ERROR = "`embed` must be 'last_layer', a function embed(params, x) or None; got {!r}."
@@ -76,8 +83,7 @@ class ActiveResult(NamedTuple):
     """What `active_finetune` returns (the same after any number of restarts).
 
     Attributes:
-      indices: [rounds * k_per_round] int32 pool indices, in pick order
-        (round by round).
+      indices: [rounds * k] int32 pool indices, in pick order (round by round).
       metrics: one dict per round, as written to ``workdir/metrics.jsonl``.
       params: the final full parameters.
       state: the final `TrainState` (trainable parameters, optimizer state).
@@ -143,7 +149,8 @@ def _check_select_kwargs(strategy: str, select_kwargs: Optional[Mapping[str, Any
     if reserved:
         raise ValueError(
             f"`select_kwargs` must not set {reserved}: active_finetune supplies the pool, "
-            f"targets, k (k_per_round), key (from seed and round) and probs itself."
+            f"targets, k, key (from seed and round), probs and observed (the labelled "
+            f"points) itself."
         )
     accepted = set(COMMON_OPTIONS) | get_strategy(strategy).option_names
     unknown = sorted(set(kwargs) - accepted)
@@ -155,7 +162,7 @@ def _check_select_kwargs(strategy: str, select_kwargs: Optional[Mapping[str, Any
     if kwargs.get("allow_repeats"):
         raise ValueError(
             "`select_kwargs` sets allow_repeats=True, but active_finetune reveals each pool "
-            "point once (picked points leave the pool); drop allow_repeats."
+            "point once (a round picks k new points); drop allow_repeats."
         )
     return kwargs
 
@@ -209,10 +216,6 @@ def _to_host(tree: Any) -> Any:
     return jax.tree_util.tree_map(np.asarray, tree)
 
 
-def _take(tree: Any, idx: np.ndarray) -> Any:
-    return jax.tree_util.tree_map(lambda a: a[idx], tree)
-
-
 def _as_embedding(out: Any, n: int, what: str) -> jax.Array:
     arr = jnp.asarray(out)
     if arr.ndim < 1 or arr.shape[0] != n:
@@ -235,13 +238,14 @@ def active_finetune(
     *,
     strategy: str,
     rounds: int,
-    k_per_round: int,
-    workdir: Union[str, os.PathLike],
+    k: int,
+    workdir: Union[str, os.PathLike, None] = None,
     seed: int = 0,
     trainable: Trainable = "head",
     epochs: int = 10,
     batch_size: int = 32,
     loss: Loss = "cross_entropy",
+    objective: Optional[Callable[[Any, Any, Any, Any], Any]] = None,
     embed: Union[str, EmbedFn, None] = "last_layer",
     embed_every_round: bool = True,
     warm_start: bool = True,
@@ -253,22 +257,22 @@ def active_finetune(
 ) -> ActiveResult:
     """Rounds of active fine-tuning, checkpointed and resumable bit for bit.
 
-    Each round r = 0 .. rounds-1:
+    Each round r = 0 .. rounds-1 (key ``fold_in(key(seed), r)``):
 
     1. embed the pool (and the targets) with the current model (every round,
        or once from `init_params` if ``embed_every_round=False``);
-    2. pick `k_per_round` of the not yet picked pool points with
-       ``activeft_jax.select(strategy, ...)``, key ``fold_in(fold_in(key(seed), r), 0)``;
-       transductive strategies (itl, vtl, ctl, mmitl, cosine,
-       information_density) aim at the target embeddings, the others ignore
-       them; information_density and max_entropy get the model's softmax;
-    3. reveal the picks' labels (`pool_y`);
-    4. fine-tune on every point revealed so far (`fit`, `epochs` passes,
-       key ``fold_in(fold_in(key(seed), r), 1)``), continuing from the
-       previous round's parameters and optimizer state (``warm_start=True``)
-       or from `init_params` with a fresh optimizer;
-    5. evaluate on (target_x, target_y) and on `test`;
-    6. checkpoint everything and rewrite ``workdir/metrics.jsonl``.
+    2. the pure round (`activeft_jax.training.make_round`, jitted once):
+       pick k new pool points with ``activeft_jax.select(strategy, ...,
+       observed=labelled)`` (the GP rules condition on every point labelled
+       in earlier rounds); transductive strategies (itl, vtl, ctl, mmitl,
+       cosine, information_density) aim at the target embeddings, the others
+       ignore them; information_density and max_entropy get the model's
+       softmax; reveal the picks' labels (`pool_y`); fine-tune on every
+       labelled point (`epochs` shuffled passes in fixed-size batches),
+       continuing from the previous round (``warm_start=True``) or from
+       `init_params` with a fresh optimizer; evaluate on (target_x, target_y);
+    3. evaluate on `test`;
+    4. with a `workdir`: checkpoint everything and rewrite ``workdir/metrics.jsonl``.
 
     Killed at any point and rerun with the same arguments, it resumes after
     the last committed round and returns exactly what an uninterrupted run
@@ -287,14 +291,16 @@ def active_finetune(
       target_y: [m] target labels for evaluation (None: no target metrics).
       strategy: a name in `activeft_jax.STRATEGIES`.
       rounds: number of rounds (>= 1).
-      k_per_round: picks per round (>= 1); rounds * k_per_round <= N.
+      k: picks per round (>= 1); rounds * k <= N.
       workdir: directory for ``config.json``, ``metrics.jsonl`` and
-        ``checkpoints/`` (created if missing).
+        ``checkpoints/`` (created if missing); None: run in memory, no files.
       seed: base seed of every random choice.
       trainable: ``"head"``, ``"all"``, ``("last_layers", n)``, path prefixes or
         a predicate on the path (`resolve_trainable`).
       epochs, batch_size: per-round fine-tuning (fixed batch shape: one compile).
       loss: ``"cross_entropy"`` (integer labels), ``"mse"`` or ``loss(outputs, y) -> [b]``.
+      objective: optional ``objective(params, x, y, rng) -> [b]`` per-example
+        training losses (a model with dropout); every step gets its own rng.
       embed: ``"last_layer"`` (the input of the linen model's last Dense,
         `activeft_jax.embeddings.last_layer`), a function
         ``embed(params, x) -> [n, d]``, or None (the flattened inputs themselves).
@@ -314,15 +320,15 @@ def active_finetune(
 
     Raises:
       ValueError: at the start, before any work: an unknown strategy (the
-        message lists them), rounds < 1, k_per_round < 1, a budget
-        rounds * k_per_round larger than the pool, an empty pool, mismatched
-        shapes, bad options, or a `workdir` created with other arguments.
+        message lists them), rounds < 1, k < 1, a budget rounds * k larger
+        than the pool, an empty pool, mismatched shapes, bad options, or a
+        `workdir` created with other arguments.
     """
     # ---- checks (all before any work) ----
     if not isinstance(strategy, str) or strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}.")
     rounds = _check_int(rounds, "rounds", 1)
-    k_per_round = _check_int(k_per_round, "k_per_round", 1)
+    k = _check_int(k, "k", 1)
     epochs = _check_int(epochs, "epochs", 1)
     batch_size = _check_int(batch_size, "batch_size", 1)
     eval_batch_size = _check_int(eval_batch_size, "eval_batch_size", 1)
@@ -336,11 +342,10 @@ def active_finetune(
         shape = np.shape(jax.tree_util.tree_leaves(pool_x)[0])
         raise ValueError(f"the pool is empty (pool_x.shape = {shape}).")
     _check_labels(pool_y, n_pool, "pool_y", "pool_x")
-    budget = rounds * k_per_round
+    budget = rounds * k
     if budget > n_pool:
         raise ValueError(
-            f"the budget rounds * k_per_round = {rounds} * {k_per_round} = {budget} exceeds the "
-            f"pool size N = {n_pool}."
+            f"the budget rounds * k = {rounds} * {k} = {budget} exceeds the pool size N = {n_pool}."
         )
     targeted = strategy in TARGETED
     if target_x is None:
@@ -376,6 +381,9 @@ def active_finetune(
         _check_labels(test_y, n_test, "test_y", "test_x")
         test = (test_x, test_y)
 
+    if objective is not None and not callable(objective):
+        raise ValueError(f"`objective` must be a function objective(params, x, y, rng) -> [b]; "
+                         f"got {type(objective).__name__}.")
     if is_linen_module(model):
         apply_fn = model.apply
     elif callable(model):
@@ -395,7 +403,7 @@ def active_finetune(
             )
     elif embed is not None and not callable(embed):
         raise ValueError(_EMBED_ERROR.format(embed))
-    loss_fn = resolve_loss(loss)
+    resolve_loss(loss)  # checks `loss`
     selection: ParamSelection = resolve_trainable(init_params, trainable)
 
     # The model must run on one example, and classification labels must fit its outputs.
@@ -436,12 +444,13 @@ def active_finetune(
         "format": _FORMAT,
         "strategy": strategy,
         "rounds": rounds,
-        "k_per_round": k_per_round,
+        "k": k,
         "seed": seed,
         "trainable": list(selection.paths),
         "epochs": epochs,
         "batch_size": batch_size,
         "loss": fingerprint(loss),
+        "objective": fingerprint(objective),
         "embed": fingerprint(embed),
         "embed_every_round": bool(embed_every_round),
         "warm_start": bool(warm_start),
@@ -457,6 +466,15 @@ def active_finetune(
         "target_y": tree_digest(target_y),
         "test": None if test is None else [tree_digest(test[0]), tree_digest(test[1])],
     }
+    run = dict(apply_fn=apply_fn, model=model, init_params=init_params, tx=tx,
+               selection=selection, loss=loss, objective=objective, pool_x=pool_x,
+               pool_y=pool_y, target_x=target_x, target_y=target_y, test=test,
+               strategy=strategy, rounds=rounds, k=k, seed=seed, epochs=epochs,
+               batch_size=batch_size, embed=embed, embed_every_round=embed_every_round,
+               warm_start=warm_start, select_kwargs=select_kwargs,
+               eval_batch_size=eval_batch_size, progress=progress)
+    if workdir is None:
+        return _run(store=None, **run)
     digest = config_hash(config)
     workdir = os.path.abspath(os.fspath(workdir))
     os.makedirs(workdir, exist_ok=True)
@@ -481,18 +499,21 @@ def active_finetune(
         lock.close()
         raise
     try:
-        return _run(
-            ckpt=ckpt, config=config, digest=digest, config_path=config_path,
-            metrics_path=metrics_path, apply_fn=apply_fn, model=model, init_params=init_params,
-            tx=tx, selection=selection, loss_fn=loss_fn, pool_x=pool_x, pool_y=pool_y,
-            target_x=target_x, target_y=target_y, test=test, strategy=strategy, rounds=rounds,
-            k_per_round=k_per_round, seed=seed, epochs=epochs, batch_size=batch_size,
-            embed=embed, embed_every_round=embed_every_round, warm_start=warm_start,
-            select_kwargs=select_kwargs, eval_batch_size=eval_batch_size, progress=progress,
-        )
+        store = _Store(ckpt, config, digest, config_path, metrics_path)
+        return _run(store=store, **run)
     finally:
         ckpt.close()
         lock.close()
+
+
+class _Store(NamedTuple):
+    """Where a run with a workdir keeps its checkpoints, configuration and metrics."""
+
+    ckpt: Checkpointer
+    config: dict
+    digest: str
+    config_path: str
+    metrics_path: str
 
 
 def _lock(workdir: str):
@@ -510,22 +531,21 @@ def _lock(workdir: str):
     return f
 
 
-def _run(*, ckpt: Checkpointer, config, digest, config_path, metrics_path, apply_fn, model,
-         init_params, tx, selection, loss_fn, pool_x, pool_y, target_x, target_y, test, strategy,
-         rounds, k_per_round, seed, epochs, batch_size, embed, embed_every_round, warm_start,
-         select_kwargs, eval_batch_size, progress) -> ActiveResult:
+def _run(*, store: Optional[_Store], apply_fn, model, init_params, tx, selection, loss,
+         objective, pool_x, pool_y, target_x, target_y, test, strategy, rounds, k, seed, epochs,
+         batch_size, embed, embed_every_round, warm_start, select_kwargs, eval_batch_size,
+         progress) -> ActiveResult:
     n_pool = _leading(pool_x, "pool_x")
-    budget = rounds * k_per_round
+    budget = rounds * k
     base_key = jax.random.key(seed)
-    key_data = np.asarray(jax.random.key_data(base_key))
-    train_step = make_train_step(apply_fn, tx, loss=loss_fn)
-    eval_step = make_eval_step(apply_fn, loss=loss_fn)
+    rec = get_strategy(strategy)
+    eval_step = make_eval_step(apply_fn, loss=resolve_loss(loss))
+    kwargs = dict(select_kwargs)
+    if "max_observed" in rec.option_names and "max_observed" not in kwargs:
+        kwargs["max_observed"] = budget  # room for every labelled point, if in kernel space
 
-    def evaluation(params) -> dict:
+    def evaluation(params, sets) -> dict:
         out = {}
-        sets = [("target", target_x, target_y)]
-        if test is not None:
-            sets.append(("test", test[0], test[1]))
         for name, x, y in sets:
             if x is None or y is None:
                 continue
@@ -536,7 +556,7 @@ def _run(*, ckpt: Checkpointer, config, digest, config_path, metrics_path, apply
         return out
 
     def embeddings(params) -> tuple[jax.Array, Optional[jax.Array]]:
-        sets = [("pool_x", pool_x)] + ([("target_x", target_x)] if strategy in TARGETED else [])
+        sets = [("pool_x", pool_x)] + ([("target_x", target_x)] if rec.needs_target else [])
         out = []
         for what, x in sets:
             n = _leading(x, what)
@@ -550,47 +570,50 @@ def _run(*, ckpt: Checkpointer, config, digest, config_path, metrics_path, apply
             out.append(_as_embedding(phi, n, what))
         return out[0], (out[1] if len(out) > 1 else None)
 
-    def fresh_state() -> TrainState:
-        return create_train_state(init_params, tx, selection)
-
-    state = fresh_state()
-    template = {
-        "state": jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state),
-        "selected": jax.ShapeDtypeStruct((budget,), jnp.int32),
-        "round": jax.ShapeDtypeStruct((), jnp.int32),
-        "key": jax.ShapeDtypeStruct(key_data.shape, key_data.dtype),
-    }
+    initial_train = create_train_state(init_params, tx, selection)
+    round_fn = jax.jit(make_round(
+        apply_fn, tx, strategy=strategy, k=k, loss=loss, objective=objective, epochs=epochs,
+        batch_size=batch_size, eval_batch_size=eval_batch_size, select_kwargs=kwargs,
+        warm_start=warm_start, initial=initial_train))
+    state = init_round_state(init_params, tx, num_pool=n_pool, trainable=selection)
+    device_pool = jax.tree_util.tree_map(jnp.asarray, (pool_x, pool_y))
+    device_target = jax.tree_util.tree_map(jnp.asarray, (target_x, target_y))
 
     # ---- resume ----
-    start = ckpt.latest_step()
-    picked = np.zeros((0,), np.int32)
-    metrics: list[dict] = []
-    if start is None:
-        start = 0
-    else:
-        if start > rounds:
-            raise ValueError(f"{ckpt.directory} holds round {start} of a run with more rounds.")
-        restored, meta = ckpt.restore(start, target=template)
-        if meta.get("config_hash") != digest:
-            raise ValueError(
-                f"the checkpoints in {ckpt.directory} were written by active_finetune with other "
-                f"arguments; use another workdir or delete this one."
-            )
-        state = restored["state"]
-        picked = np.asarray(restored["selected"])[: start * k_per_round].astype(np.int32)
-        metrics = list(meta["metrics"])
-        if (int(restored["round"]) != start or len(metrics) != start
-                or picked.tolist() != list(meta["indices"])):
-            raise ValueError(f"the checkpoint {start} in {ckpt.directory} is inconsistent; "
-                             f"use another workdir or delete this one.")
-        _log.info("active_finetune: resuming %s after round %d of %d",
-                  ckpt.directory, start, rounds)
-    # config.json after the checks above: a refused workdir is left untouched.
-    _atomic_write(config_path,
-                  json.dumps({"hash": digest, "config": config}, indent=1, sort_keys=True) + "\n")
-    _write_metrics_file(metrics_path, metrics)
+    start, picked, metrics = 0, np.zeros((0,), np.int32), []
+    if store is not None:
+        template = {
+            "state": jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
+                                            state),
+            "selected": jax.ShapeDtypeStruct((budget,), jnp.int32),
+        }
+        latest = store.ckpt.latest_step()
+        if latest is not None:
+            if latest > rounds:
+                raise ValueError(f"{store.ckpt.directory} holds round {latest} of a run with "
+                                 f"more rounds.")
+            restored, meta = store.ckpt.restore(latest, target=template)
+            if meta.get("config_hash") != store.digest:
+                raise ValueError(
+                    f"the checkpoints in {store.ckpt.directory} were written by active_finetune "
+                    f"with other arguments; use another workdir or delete this one.")
+            state = restored["state"]
+            picked = np.asarray(restored["selected"])[: latest * k].astype(np.int32)
+            metrics = list(meta["metrics"])
+            if (int(state.round) != latest or len(metrics) != latest
+                    or picked.tolist() != list(meta["indices"])):
+                raise ValueError(f"the checkpoint {latest} in {store.ckpt.directory} is "
+                                 f"inconsistent; use another workdir or delete this one.")
+            start = latest
+            _log.info("active_finetune: resuming %s after round %d of %d",
+                      store.ckpt.directory, start, rounds)
+        # config.json after the checks above: a refused workdir is left untouched.
+        _atomic_write(store.config_path, json.dumps({"hash": store.digest, "config": store.config},
+                                                    indent=1, sort_keys=True) + "\n")
+        _write_metrics_file(store.metrics_path, metrics)
 
-    initial_metrics = evaluation(init_params)
+    sets = [("target", target_x, target_y)] + ([("test", *test)] if test is not None else [])
+    initial_metrics = evaluation(init_params, sets)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -598,74 +621,53 @@ def _run(*, ckpt: Checkpointer, config, digest, config_path, metrics_path, apply
         bar = tqdm(total=rounds, initial=start, desc="active_finetune", unit="round",
                    file=sys.stderr)
         if start == rounds:
-            bar.write(f"all {rounds} rounds are done in {ckpt.directory}", file=sys.stderr)
+            bar.write("all rounds are done", file=sys.stderr)
         elif start:
-            bar.write(f"resuming {ckpt.directory} after round {start}/{rounds}", file=sys.stderr)
+            bar.write(f"resuming after round {start}/{rounds}", file=sys.stderr)
     try:
-        fixed = None
-        if not embed_every_round:
-            fixed = embeddings(init_params)
+        fixed = embeddings(init_params) if not embed_every_round else None
         for r in range(start, rounds):
-            round_key = jax.random.fold_in(base_key, r)
-            params = state.full_params()
-            pool_phi, target_phi = fixed if fixed is not None else embeddings(params)
-
-            # Select among the points not picked yet.
-            remaining = np.setdiff1d(np.arange(n_pool, dtype=np.int32), picked)
-            kwargs = dict(select_kwargs)
-            if get_strategy(strategy).needs_probs:
-                logits = predict(apply_fn, params, _take(pool_x, remaining),
-                                 batch_size=eval_batch_size)
-                kwargs["probs"] = jax.nn.softmax(jnp.asarray(logits), axis=-1)
-            sel = select(strategy, jnp.take(pool_phi, jnp.asarray(remaining), axis=0),
-                         target_phi if strategy in TARGETED else None, k=k_per_round,
-                         key=jax.random.fold_in(round_key, 0), **kwargs)
-            local = np.asarray(sel.indices)
-            if local.shape != (k_per_round,) or np.any(local < 0) or np.any(local >= len(remaining)):
-                raise RuntimeError(
-                    f"strategy {strategy!r} returned indices {local.tolist()} for a pool of "
-                    f"{len(remaining)} remaining points."
-                )
-            picks = remaining[local].astype(np.int32)
-            if len(set(picks.tolist())) != k_per_round:
-                raise RuntimeError(
-                    f"strategy {strategy!r} returned repeated picks {local.tolist()}."
-                )
+            params = combine(state.train.params, state.train.frozen)
+            features = fixed if fixed is not None else embeddings(params)
+            state, out = round_fn(state, jax.random.fold_in(base_key, r), *device_pool,
+                                  *device_target, features=features)
+            picks = np.asarray(out.picks).astype(np.int32)
+            if picks.shape != (k,) or np.any(picks < 0) or len(set(picks.tolist())) != k \
+                    or np.isin(picks, picked).any():
+                raise RuntimeError(f"strategy {strategy!r} returned picks {picks.tolist()} in "
+                                   f"round {r} (labelled before: {picked.tolist()}).")
             picked = np.concatenate([picked, picks])
-
-            # Reveal the labels and fine-tune on everything revealed so far.
-            if not warm_start:
-                state = fresh_state()
-            state, history = fit(
-                train_step, state, _take(pool_x, picked), _take(pool_y, picked),
-                epochs=epochs, batch_size=batch_size, key=jax.random.fold_in(round_key, 1),
-            )
             row = {
                 "round": r,
-                "labeled": int(picked.shape[0]),
-                "step": int(state.step),
+                "labeled": int(out.labelled),
+                "step": int(state.train.step),
                 "picks": picks.tolist(),
-                "values": [_json_float(v) for v in np.asarray(sel.values).tolist()],
-                "train_loss": _json_float(history["loss"][-1]),
+                "values": [_json_float(v) for v in np.asarray(out.values).tolist()],
+                "train_loss": _json_float(out.train_loss),
             }
-            if "accuracy" in history:
-                row["train_accuracy"] = _json_float(history["accuracy"][-1])
-            row.update(evaluation(state.full_params()))
+            if np.isfinite(float(out.train_accuracy)):
+                row["train_accuracy"] = _json_float(out.train_accuracy)
+            if target_y is not None:
+                row["target_loss"] = _json_float(out.target_loss)
+                if np.isfinite(float(out.target_accuracy)):
+                    row["target_accuracy"] = _json_float(out.target_accuracy)
+            if test is not None:
+                row.update(evaluation(combine(state.train.params, state.train.frozen),
+                                      [("test", *test)]))
             metrics.append(row)
-
-            selected = np.full((budget,), -1, np.int32)
-            selected[: picked.shape[0]] = picked
-            ckpt.save(
-                r + 1,
-                {"state": state, "selected": selected, "round": np.int32(r + 1), "key": key_data},
-                {"format": _FORMAT, "config_hash": digest, "round": r + 1,
-                 "indices": picked.tolist(), "metrics": metrics},
-            )
-            _write_metrics_file(metrics_path, metrics)
+            if store is not None:
+                selected = np.full((budget,), -1, np.int32)
+                selected[: picked.shape[0]] = picked
+                store.ckpt.save(
+                    r + 1, {"state": state, "selected": selected},
+                    {"format": _FORMAT, "config_hash": store.digest, "round": r + 1,
+                     "indices": picked.tolist(), "metrics": metrics},
+                )
+                _write_metrics_file(store.metrics_path, metrics)
             if bar is not None:
                 bar.update(1)
-                shown = {k: round(v, 4) for k, v in row.items()
-                         if k.endswith("accuracy") and v is not None}
+                shown = {name: round(v, 4) for name, v in row.items()
+                         if name.endswith("accuracy") and v is not None}
                 bar.set_postfix(shown)
     finally:
         if bar is not None:
@@ -673,7 +675,7 @@ def _run(*, ckpt: Checkpointer, config, digest, config_path, metrics_path, apply
     return ActiveResult(
         indices=picked,
         metrics=metrics,
-        params=state.full_params(),
-        state=state,
+        params=combine(state.train.params, state.train.frozen),
+        state=state.train,
         initial_metrics=initial_metrics,
     )
