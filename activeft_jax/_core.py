@@ -242,8 +242,10 @@ def layout_of(pool: Any) -> Layout:
     if not axes:
         return PLAIN
     layout = Layout(mesh, axes)
-    if layout.num_shards <= 1 or pool.shape[0] % layout.num_shards:
+    if pool.shape[0] % layout.num_shards:
         return PLAIN
+    if layout.num_shards <= 1 and not layout.explicit:
+        return PLAIN  # (with Explicit axes even one block runs under shard_map: its type is split)
     return layout
 
 

@@ -152,3 +152,46 @@ class count_traces:
 
         jax.monitoring.unregister_event_duration_listener(self._listen)
         return False
+
+
+def official_typiclust(x, clusters, budget, labelled=(), min_size=5, k_nn=20):
+    """The official TypiClust selection loop (deep-al/pycls/al/typiclust.py) on given cluster
+    labels and a labelled set: clusters sorted by labelled count, then size; labelled points
+    leave the clusters' remaining members."""
+    labels = clusters.copy()
+    ids, sizes = np.unique(labels, return_counts=True)
+    existing = np.bincount(labels[list(labelled)], minlength=ids.max() + 1)[ids] if len(labelled) \
+        else np.zeros_like(ids)
+    keep = sizes > min_size
+    order = [c for _, _, c in sorted(zip(existing[keep], -sizes[keep], ids[keep]))]
+    labels[list(labelled)] = -1
+    picks = []
+    for i in range(budget):
+        c = order[i % len(order)]
+        idx = np.nonzero(labels == c)[0]
+        f = x[idx]
+        kk = min(k_nn, len(idx) // 2)
+        d2 = ((f[:, None] - f[None]) ** 2).sum(-1)
+        np.fill_diagonal(d2, np.inf)
+        mean = np.sort(d2, axis=1)[:, :kk].mean(1) if kk > 0 else np.zeros(len(idx))
+        j = idx[np.argmax(1 / (mean + 1e-5))]
+        picks.append(j)
+        labels[j] = -1
+    return np.array(picks)
+
+
+def official_probcover(x, delta, budget, labelled=()):
+    """The official ProbCover greedy: the labelled points' balls count as covered."""
+    d = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
+    edges = d < delta
+    covered = edges[list(labelled)].any(0) if len(labelled) else np.zeros(len(x), bool)
+    picks, counts = [], []
+    for _ in range(budget):
+        deg = (edges & ~covered[None, :]).sum(1).astype(float)
+        deg[picks + list(labelled)] = -1
+        cur = int(np.argmax(deg))
+        new = edges[cur] & ~covered
+        picks.append(cur)
+        counts.append(new.sum())
+        covered |= new
+    return np.array(picks), np.array(counts)

@@ -13,6 +13,7 @@ import pytest
 
 import activeft_jax as aft
 from activeft_jax.selection.clustering import fit_kmeans, kmeans_pp_indices
+from helpers import official_probcover, official_typiclust
 
 
 def _unit(x):
@@ -108,27 +109,6 @@ def test_kmeans_pp_never_repeats_even_with_duplicates():
 # ----------------------------------------------------------------------------- TypiClust
 
 
-def official_typiclust(x, clusters, budget, min_size=5, k_nn=20):
-    """The official selection loop on given cluster labels (no labelled set)."""
-    labels = clusters.copy()
-    ids, sizes = np.unique(labels, return_counts=True)
-    keep = sizes > min_size
-    order = [c for _, c in sorted(zip(-sizes[keep], ids[keep]))]
-    picks = []
-    for i in range(budget):
-        c = order[i % len(order)]
-        idx = np.nonzero(labels == c)[0]
-        f = x[idx]
-        kk = min(k_nn, len(idx) // 2)
-        d2 = ((f[:, None] - f[None]) ** 2).sum(-1)
-        np.fill_diagonal(d2, np.inf)
-        mean = np.sort(d2, axis=1)[:, :kk].mean(1) if kk > 0 else np.zeros(len(idx))
-        j = idx[np.argmax(1 / (mean + 1e-5))]
-        picks.append(j)
-        labels[j] = -1
-    return np.array(picks)
-
-
 @pytest.mark.parametrize("budget", [4, 9])
 def test_typiclust_matches_official_loop(budget):
     x, _ = _blobs(3, [60, 45, 30, 4], d=3, spread=0.4, sep=2.0)
@@ -159,23 +139,6 @@ def test_typiclust_budget_beyond_kept_clusters():
 
 
 # ----------------------------------------------------------------------------- ProbCover
-
-
-def official_probcover(x, delta, budget):
-    """The official greedy on a full edge list (all rows get edges; no repeats)."""
-    d = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
-    edges = d < delta
-    covered = np.zeros(len(x), bool)
-    picks, counts = [], []
-    for _ in range(budget):
-        deg = (edges & ~covered[None, :]).sum(1).astype(float)
-        deg[picks] = -1
-        cur = int(np.argmax(deg))
-        new = edges[cur] & ~covered
-        picks.append(cur)
-        counts.append(new.sum())
-        covered |= new
-    return np.array(picks), np.array(counts)
 
 
 @pytest.mark.parametrize("delta", [0.3, 0.6, 1.0])

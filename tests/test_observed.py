@@ -14,7 +14,14 @@ import numpy as np
 import pytest
 
 import activeft_jax as aft
-from helpers import TOL, brute_force_greedy, count_traces, random_problem
+from helpers import (
+    TOL,
+    brute_force_greedy,
+    count_traces,
+    official_probcover,
+    official_typiclust,
+    random_problem,
+)
 
 GREEDY = ["vtl", "itl", "ctl", "mmitl", "undirected_itl", "undirected_vtl", "maxdist"]
 TARGETED = {"vtl", "itl", "ctl", "mmitl"}
@@ -149,32 +156,6 @@ def test_exclusion_only_rules_pick_the_best_remaining(rule):
         np.testing.assert_array_equal(sel.indices, longer.indices[2:])
 
 
-def official_typiclust(x, clusters, budget, labelled=(), min_size=5, k_nn=20):
-    """The official TypiClust selection loop (deep-al/pycls/al/typiclust.py) on given cluster
-    labels and a labelled set: clusters sorted by labelled count, then size; labelled points
-    leave the clusters' remaining members."""
-    labels = clusters.copy()
-    ids, sizes = np.unique(labels, return_counts=True)
-    existing = np.bincount(labels[list(labelled)], minlength=ids.max() + 1)[ids] if len(labelled) \
-        else np.zeros_like(ids)
-    keep = sizes > min_size
-    order = [c for _, _, c in sorted(zip(existing[keep], -sizes[keep], ids[keep]))]
-    labels[list(labelled)] = -1
-    picks = []
-    for i in range(budget):
-        c = order[i % len(order)]
-        idx = np.nonzero(labels == c)[0]
-        f = x[idx]
-        kk = min(k_nn, len(idx) // 2)
-        d2 = ((f[:, None] - f[None]) ** 2).sum(-1)
-        np.fill_diagonal(d2, np.inf)
-        mean = np.sort(d2, axis=1)[:, :kk].mean(1) if kk > 0 else np.zeros(len(idx))
-        j = idx[np.argmax(1 / (mean + 1e-5))]
-        picks.append(j)
-        labels[j] = -1
-    return np.array(picks)
-
-
 def _blobs(seed, sizes, d, spread, sep):
     rng = np.random.default_rng(seed)
     centers = sep * rng.standard_normal((len(sizes), d))
@@ -201,23 +182,6 @@ def test_typiclust_with_a_labelled_set_matches_the_official_loop():
     traced = jax.jit(lambda m: aft.select("typiclust", x, k=budget, key=key, observed=m,
                                           max_clusters=30).indices)(mask)
     np.testing.assert_array_equal(traced, ref)
-
-
-def official_probcover(x, delta, budget, labelled=()):
-    """The official ProbCover greedy: the labelled points' balls count as covered."""
-    d = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
-    edges = d < delta
-    covered = edges[list(labelled)].any(0) if len(labelled) else np.zeros(len(x), bool)
-    picks, counts = [], []
-    for _ in range(budget):
-        deg = (edges & ~covered[None, :]).sum(1).astype(float)
-        deg[picks + list(labelled)] = -1
-        cur = int(np.argmax(deg))
-        new = edges[cur] & ~covered
-        picks.append(cur)
-        counts.append(new.sum())
-        covered |= new
-    return np.array(picks), np.array(counts)
 
 
 def test_probcover_counts_the_labelled_balls_as_covered():
@@ -328,3 +292,23 @@ def test_the_command_line_takes_observed_and_candidates(tmp_path, capsys):
     assert cli.main(base + ["--observed", str(tmp_path / "bad.npy")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "`observed` indices must lie in [0, N=40)" in err
+
+
+def test_a_users_jitted_round_with_new_masks_is_traced_once():
+    """`observed` and `candidates` are traced: a user's jitted selection never retraces."""
+    import chex
+
+    pool, target = random_problem(60, n=50, d=4, m=2)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def pick(observed, candidates):
+        return aft.select("itl", pool, target, k=3, noise_std=0.5, observed=observed,
+                          candidates=candidates).indices
+
+    rng = np.random.default_rng(0)
+    labelled = np.zeros(50, bool)
+    for _ in range(3):
+        picks = np.asarray(pick(labelled, rng.random(50) < 0.8))
+        assert not labelled[picks].any()
+        labelled[picks] = True
