@@ -304,3 +304,47 @@ def test_bad_features():
     with pytest.raises(ValueError, match=r"temperatures"):
         aft.selection.activeft_sweep(np.ones((10, 3)), k=2, temperatures=[0.1, -1.0],
                                      keys=jax.random.split(jax.random.key(0), 2))
+
+
+@pytest.mark.parametrize("bounds", ["pairs", "rows"])
+@pytest.mark.parametrize("refresh", [None, 1.0])
+def test_pair_and_row_bounds_give_the_dense_run(bounds, refresh):
+    # Clustered features: near ties, open pairs each step, blocks that score a few
+    # prototypes and blocks that fall back to whole rows (B // 8 = 6 columns).
+    rng = np.random.default_rng(11)
+    centers = rng.standard_normal((6, 12))
+    feats = (centers[rng.integers(0, 6, 900)] + 0.4 * rng.standard_normal((900, 12))).astype(np.float32)
+    init = rng.choice(900, 48, replace=False)
+    kw = dict(k=48, init_indices=init, steps=40, chunk_rows=128)
+    dense = aft.selection.fit_activeft(feats, prune=False, **kw)
+    pruned = aft.selection.fit_activeft(feats, prune=True, bounds=bounds, refresh=refresh, **kw)
+    np.testing.assert_array_equal(pruned.selection.indices, dense.selection.indices)
+    np.testing.assert_array_equal(pruned.losses, dense.losses)
+    np.testing.assert_array_equal(pruned.prototypes, dense.prototypes)
+    work = np.asarray(pruned.recomputed)
+    assert work[0] == 1.0 and np.all(work <= 1.0) and np.all(work >= 0.0)
+    assert work[1:].mean() < (0.5 if bounds == "pairs" else 1.0)  # later steps skip work
+
+
+def test_first_argmax_is_argmax_with_ties():
+    from activeft_jax.selection.prototypes import _first_argmax
+
+    rng = np.random.default_rng(3)
+    scores = rng.integers(0, 4, (200, 37)).astype(np.float32)  # many ties: the first one wins
+    scores[5] = -np.inf
+    scores[6, :] = 2.0
+    np.testing.assert_array_equal(_first_argmax(jnp.asarray(scores)), np.argmax(scores, axis=1))
+
+
+def test_pruning_is_chosen_by_platform_and_size():
+    from activeft_jax.selection.prototypes import _PAIR_BOUNDS_LIMIT, _choose_pruning
+
+    assert _choose_pruning(None, "auto", None, 1000, 10, "cpu") == "pairs"
+    assert _choose_pruning(None, "auto", None, _PAIR_BOUNDS_LIMIT, 2, "cpu") == "rows"
+    assert _choose_pruning(None, "auto", None, 1000, 10, "gpu") == "off"
+    assert _choose_pruning(None, "auto", None, 1000, 10, "tpu") == "off"
+    assert _choose_pruning(True, "auto", None, 1000, 10, "gpu") == "pairs"
+    assert _choose_pruning(None, "auto", 100, 1000, 10, "cpu") == "off"
+    assert _choose_pruning(True, "rows", None, 1000, 10, "cpu") == "rows"
+    with pytest.raises(ValueError, match="bounds"):
+        _choose_pruning(True, "elkan", None, 1000, 10, "cpu")

@@ -27,15 +27,16 @@ prototype, in index order, takes its most similar feature not taken yet. The
 official script then sorts the indices; we return them in prototype order.
 
 Cost. The only O(N·B·d) work of a step is the forward assignment (one matmul,
-done in row chunks, so no [N, B] matrix lives at once). The gradient of the
-assigned-similarity term is a scatter-add of the N features into their
-prototypes, O(N·d), and the prototype term is O(B²·d). With `prune=True` the
-assignment is exact and skips most of the matmul: a feature keeps its
-prototype while its similarity to it exceeds an upper bound on every other
-prototype's similarity, that bound being the runner-up similarity at its last
-recomputation plus how far the prototypes moved since (|fᵀΔθ̂_k| ≤ ‖Δθ̂_k‖
-for a unit-norm f; Hamerly-style bounds). Only the features whose bound fails
-are recomputed; when too many fail, all are.
+done in row chunks, so no [N, B] matrix lives at once). The loss and its
+gradient take one pass over the features: the gradient of the assigned
+similarities is a scatter-add of the N features into their prototypes, O(N·d),
+and the prototype term is O(B²·d). With pruning (the default on CPU) the
+assignment stays exact and skips most of the matmul, with Elkan's bounds: one
+upper bound per (feature, prototype) pair, loosened each step by that
+prototype's own move and made exact again when recomputed; a feature whose
+bounds all stay below its similarity to its prototype keeps it, the others are
+scored against only the prototypes that might win (`_pair_assignment`). When
+N·B is too large to hold the bounds, one bound per feature (Hamerly's) instead.
 
 The whole fit is one `lax.scan`; `activeft_sweep` vmaps it over temperatures
 and keys in one compiled call.
@@ -97,8 +98,8 @@ class ActiveFTFit(NamedTuple):
       losses: [steps] the loss before each optimizer update (the official
         code prints the same values).
       init_indices: [B] int32 pool indices the prototypes started from.
-      recomputed: [steps] fraction of the features whose assignment was
-        recomputed in each step (all ones without `prune`).
+      recomputed: [steps] fraction of the N·B feature–prototype similarities
+        computed in each step (all ones without `prune`).
     """
 
     selection: Selection
@@ -109,11 +110,28 @@ class ActiveFTFit(NamedTuple):
 
 
 class _Bounds(NamedTuple):
-    """State of the pruned assignment (`prune=True`)."""
+    """State of the pruned assignment with one bound per feature (`bounds="rows"`)."""
 
     assign: jax.Array  # [N] int32, c_i
     upper: jax.Array   # [N] runner-up similarity at the last recomputation + drift then
     anchor: jax.Array  # [B, d] prototypes at the last full recomputation
+
+
+class _PairBounds(NamedTuple):
+    """State of the pruned assignment with one bound per (feature, prototype) pair.
+
+    `gap[i, k]` = f_iᵀθ̂_k(t_ik) − D_k(t_ik) at the pair's last exact computation
+    t_ik, where D_k(t) is the path length prototype k has travelled (the sum of
+    its per-step moves); so f_iᵀθ̂_k(t) ≤ gap[i, k] + D_k(t) at every later t.
+    The assigned pair holds −inf.
+    """
+
+    assign: jax.Array  # [N] int32, c_i
+    gap: jax.Array     # [N, B]
+    travel: jax.Array  # [B] D_k at the last step
+    last: jax.Array    # [B, d] prototypes at the last step
+    order: jax.Array   # [N] int32 features sorted by their prototype at the last sort
+    step: jax.Array    # [] int32 assignments made
 
 
 class ActiveFTState(NamedTuple):
@@ -122,16 +140,17 @@ class ActiveFTState(NamedTuple):
     Attributes:
       params: [B, d] raw prototypes θ (normalized only when used).
       opt_state: the optimizer's state.
-      bounds: the pruned assignment's bounds, or None without pruning.
+      bounds: the pruned assignment's bounds (per feature or per pair), or
+        None without pruning.
       step: [] int32, optimizer steps taken.
       init_indices: [B] int32 pool indices the prototypes started from.
       losses: [steps] the loss before each planned update (0 where not run yet).
-      recomputed: [steps] fraction of features whose assignment was recomputed.
+      recomputed: [steps] fraction of the N·B similarities computed.
     """
 
     params: jax.Array
     opt_state: Any
-    bounds: Optional[_Bounds]
+    bounds: Any
     step: jax.Array
     init_indices: jax.Array
     losses: jax.Array
@@ -146,7 +165,7 @@ class _Config(NamedTuple):
     init: str                    # "random" | "fps" | "given"
     batch_size: Optional[int]    # None: every feature each step
     chunk_rows: int
-    prune: bool
+    prune: str                   # "off" | "rows" (one bound per feature) | "pairs" (per pair)
     refresh: float               # prune: recompute all when more than this fraction fails
     num_fast: int                # prune: prototypes scored exactly (those that moved most)
     optimizer: Optional[optax.GradientTransformation]  # None: Adam(learning_rate)
@@ -200,25 +219,83 @@ _assigned_similarity.defvjp(_assigned_similarity_fwd, _assigned_similarity_bwd)
 def _loss_terms(params, feats, assign, temperature, balance, rows):
     protos = l2_normalize(params)
     logits = _assigned_similarity(protos, feats, assign, rows) / temperature
-    gram = matmul(lax.stop_gradient(protos), protos.T) / temperature      # [B, B]
-    log_s = jax.nn.logsumexp(gram, axis=0)                                # log S_k
-    return logits - jnp.logaddexp(logits, jnp.log(balance) + log_s[assign])
+    a = _log_diversity(protos, temperature, balance)
+    return logits - jnp.logaddexp(logits, a[assign])
 
 
 def _loss(params, feats, assign, temperature, balance, rows):
     return -jnp.mean(_loss_terms(params, feats, assign, temperature, balance, rows))
 
 
-def _loss_sum(params, feats, assign, temperature, balance, rows):
-    """The loss times N over this device's features (summed over devices, then / N)."""
-    return -jnp.sum(_loss_terms(params, feats, assign, temperature, balance, rows))
+def _log_diversity(protos, temperature, balance):
+    """log(balance · S_k) for every prototype k: [B] (the row side stop-gradiented)."""
+    gram = matmul(lax.stop_gradient(protos), protos.T) / temperature      # [B, B]
+    return jnp.log(balance) + jax.nn.logsumexp(gram, axis=0)
+
+
+def _loss_grad_sums(protos, feats, assign, a, temperature, rows):
+    """One pass over the features: the loss and its gradients, summed over them.
+
+    With s_i = f_iᵀθ̂_{c_i}, z_i = s_i / τ and a_k = log(balance · S_k), each
+    feature adds −(z_i − logaddexp(z_i, a_{c_i})) to the loss, w_i / τ · f_i to
+    −∂/∂θ̂_{c_i} and w_i to ∂/∂a_{c_i}, where w_i = σ(a_{c_i} − z_i). Reading each
+    block of features once for both (a scatter-add of O(N·d), never the dense
+    backward through a similarity matrix).
+
+    Returns (Σ loss, Σ ∂/∂θ̂ [B, d], Σ ∂/∂a [B]) over these features.
+    """
+    b = protos.shape[0]
+
+    def fn(acc, valid, x, c):
+        loss, grad, grad_a = acc
+        z = jnp.sum(x * protos[c], axis=-1) / temperature
+        ac = a[c]
+        w = jnp.where(valid, jax.nn.sigmoid(ac - z), 0)
+        loss = loss - jnp.sum(jnp.where(valid, z - jnp.logaddexp(z, ac), 0))
+        grad = grad - jax.ops.segment_sum((w / temperature)[:, None] * x, c, num_segments=b)
+        grad_a = grad_a + jax.ops.segment_sum(w, c, num_segments=b)
+        return loss, grad, grad_a
+
+    init = (jnp.zeros((), feats.dtype), jnp.zeros_like(protos), jnp.zeros((b,), feats.dtype))
+    return scan_rows(fn, init, plan(feats.shape[0], rows), feats, assign)
+
+
+def _loss_and_grad(params, feats, assign, temperature, balance, rows, shards=None):
+    """The official loss and its gradient in the raw prototypes, in one pass (`_loss`'s value).
+
+    With `shards`, `feats` is this device's block: the sums cross devices (a
+    scalar, [B, d] and [B]), the rest is the same on every device.
+    """
+    protos, normalize_vjp = jax.vjp(l2_normalize, params)
+    a, a_vjp = jax.vjp(lambda p: _log_diversity(p, temperature, balance), protos)
+    sums = _loss_grad_sums(protos, feats, assign, a, temperature, rows)
+    n = feats.shape[0]
+    if shards is not None and shards.sharded:
+        sums, n = shards.psum(sums), shards.n
+    loss, grad, grad_a = (x / n for x in sums)
+    grad = grad + a_vjp(grad_a)[0]
+    return loss, normalize_vjp(grad)[0]
+
+
+def _first_argmax(scores):
+    """`jnp.argmax(scores, axis=1)` (the first maximum) by two plain reductions.
+
+    XLA:CPU runs argmax as a (value, index) reduction that costs ~4x a max over
+    the same [C, B] block; a max, then the smallest column holding it, vectorize.
+    """
+    b = scores.shape[1]
+    if b >= 1 << 24:
+        return jnp.argmax(scores, axis=1).astype(jnp.int32)
+    top = jnp.max(scores, axis=1, keepdims=True)
+    cols = jnp.arange(b, dtype=jnp.float32)
+    return (-jnp.max(jnp.where(scores == top, -cols, -jnp.inf), axis=1)).astype(jnp.int32)
 
 
 def _dense_assignment(protos, feats, rows):
     """argmax_k f_iᵀθ̂_k for every feature, chunked."""
 
     def fn(x):
-        return jnp.argmax(matmul(x, protos.T), axis=1).astype(jnp.int32)
+        return _first_argmax(matmul(x, protos.T))
 
     return map_rows(fn, plan(feats.shape[0], rows), feats)
 
@@ -288,7 +365,7 @@ def _pruned_assignment(protos, feats, bounds: _Bounds, rows: int, refresh: float
     def everything(_):
         def fn(x):
             sims = matmul(x, protos.T)
-            c = jnp.argmax(sims, axis=1).astype(jnp.int32)
+            c = _first_argmax(sims)
             return c, _runner_up(sims, c, jnp.zeros((b,), sims.dtype))
 
         assign, upper = map_rows(fn, plan(n, rows), feats)
@@ -306,7 +383,7 @@ def _pruned_assignment(protos, feats, bounds: _Bounds, rows: int, refresh: float
             i, assign, upper = st
             sel = lax.dynamic_slice_in_dim(idx, i * r, r)
             sims = matmul(feats[jnp.minimum(sel, n - 1)], protos.T)
-            c = jnp.argmax(sims, axis=1).astype(jnp.int32)
+            c = _first_argmax(sims)
             up = _runner_up(sims, c, drift)
             return (i + 1, assign.at[sel].set(c, mode="drop"), upper.at[sel].set(up, mode="drop"))
 
@@ -316,6 +393,112 @@ def _pruned_assignment(protos, feats, bounds: _Bounds, rows: int, refresh: float
 
     new, recomputed = lax.cond(count > refresh * n, everything, only_failed, None)
     return new, recomputed
+
+
+def _pair_assignment(protos, feats, bounds: _PairBounds, rows: int, refresh: float,
+                     block: int = 512, resort: int = 16):
+    """Exact argmax assignment that recomputes only what the per-pair bounds cannot decide.
+
+    Elkan's bounds: for a pair last computed at step t_ik, f_iᵀθ̂_k(now) ≤
+    gap[i, k] + D_k(now) (|fᵀΔθ̂| ≤ ‖Δθ̂‖ for a unit-norm f, summed along the
+    prototype's path). One pass over the features and the [N, B] bounds computes
+    each feature's similarity to θ̂_{c_i} and finds the pairs whose bound reaches
+    it ("open" pairs); a feature with none keeps c_i. The others are taken
+    `block` at a time, in the order of their prototypes (so that a block's
+    features compete for few prototypes): one [block, U] matmul scores them
+    against the U prototypes open for any of them (U <= B / 8, else the whole
+    [block, B]), and each feature takes the best of its own and those. A
+    feature whose two best are within round-off of each other gets its whole
+    row from the matmul, as the dense path decides it. When more than `refresh`
+    of the features have an open pair (the first steps), every row is recomputed
+    by the dense matmul, which is then cheaper than the blocks.
+
+    Returns (bounds, number of similarities computed).
+    """
+    n, b = feats.shape[0], protos.shape[0]
+    travel = bounds.travel + jnp.sqrt(jnp.sum((protos - bounds.last) ** 2, axis=1))   # D_k(now)
+    margin = _margin(feats.dtype)
+    cols = jnp.arange(b)
+
+    def check(x, c, gap):
+        own = jnp.sum(x * protos[c], axis=-1)
+        num_open = jnp.sum(gap + travel[None, :] + margin >= own[:, None], axis=1,
+                           dtype=jnp.int32)
+        return own, num_open
+
+    own, num_open = map_rows(check, plan(n, rows), feats, bounds.assign, bounds.gap)
+
+    def whole_rows(x):
+        sims = matmul(x, protos.T)
+        c = _first_argmax(sims)
+        return c, jnp.where(cols[None, :] == c[:, None], -jnp.inf, sims - travel[None, :])
+
+    def by_prototype(assign):
+        return lax.sort((assign, jnp.arange(n, dtype=jnp.int32)), num_keys=1)[1]
+
+    def everything(_):
+        assign, gap = map_rows(whole_rows, plan(n, rows), feats)
+        return (_PairBounds(assign, gap, travel, protos, by_prototype(assign), bounds.step + 1),
+                jnp.asarray(n * b, jnp.float32))
+
+    r = min(block, n)
+    width = min(b, max(8, b // 8))   # U: prototypes scored per block before a whole-row fallback
+
+    def partial(_):
+        fail = num_open > 0
+        order = bounds.order
+        pos = jnp.nonzero(fail[order], size=n, fill_value=n)[0]
+        todo = jnp.concatenate([jnp.where(pos < n, order[jnp.minimum(pos, n - 1)], n),
+                                jnp.full((r,), n, jnp.int32)]).astype(jnp.int32)
+        total = jnp.sum(fail)
+
+        def body(st):
+            i, assign, gap, work = st
+            sel = lax.dynamic_slice_in_dim(todo, i * r, r)
+            valid = sel < n
+            at = jnp.minimum(sel, n - 1)
+            x, g, c, s = feats[at], gap[at], assign[at], own[at]
+            open_ = (g + travel[None, :] + margin >= s[:, None]) & valid[:, None]
+            used = jnp.any(open_, axis=0)
+            num_used = jnp.sum(used)
+
+            def few(_):
+                pick = jnp.nonzero(used, size=width, fill_value=b)[0]
+                ok = pick < b
+                kept = jnp.minimum(pick, b - 1)
+                scores = matmul(x, protos[kept].T)                               # [r, U]
+                # The own prototype counts with its similarity from the check pass.
+                other = ok[None, :] & (kept[None, :] != c[:, None])
+                scores = jnp.where(other, scores, -jnp.inf)
+                j = _first_argmax(scores)
+                best = jnp.take_along_axis(scores, j[:, None], axis=1)[:, 0]
+                second = jnp.max(jnp.where(jnp.arange(width)[None, :] == j[:, None], -jnp.inf,
+                                           scores), axis=1)
+                win = best > s
+                runner = jnp.where(win, jnp.maximum(second, s), best)
+                close = valid & (runner > -jnp.inf) & (jnp.maximum(best, s) - runner <= margin)
+                new_c = jnp.where(win, kept[j], c)
+                # Pairs scored now get exact bounds; the assigned pair holds -inf.
+                g2 = g.at[:, pick].set(jnp.where(other, scores - travel[kept][None, :],
+                                                 g[:, kept]), mode="drop")
+                ar = jnp.arange(r)
+                g2 = g2.at[ar, c].set(jnp.where(win, s - travel[c], -jnp.inf))
+                g2 = g2.at[ar, new_c].set(-jnp.inf)
+                return lax.cond(jnp.any(close), lambda _: whole_rows(x),
+                                lambda _: (new_c, g2), None)
+
+            new_c, new_g = lax.cond(num_used <= width, few, lambda _: whole_rows(x), None)
+            done = jnp.sum(valid).astype(jnp.float32) * jnp.where(num_used <= width, num_used, b)
+            return (i + 1, assign.at[sel].set(new_c, mode="drop"),
+                    gap.at[sel].set(new_g, mode="drop"), work + done)
+
+        _, assign, gap, work = lax.while_loop(
+            lambda st: st[0] * r < total, body,
+            (jnp.zeros((), jnp.int32), bounds.assign, bounds.gap, jnp.zeros((), jnp.float32)))
+        order = lax.cond(bounds.step % resort == 0, by_prototype, lambda _: bounds.order, assign)
+        return _PairBounds(assign, gap, travel, protos, order, bounds.step + 1), work
+
+    return lax.cond(jnp.sum(num_open > 0) > refresh * n, everything, partial, None)
 
 
 # ----------------------------------------------------------------------------- the fit
@@ -341,10 +524,15 @@ def _init_state(feats, key, init_indices, hyper, cfg: _Config,
     shards = Shards(PLAIN, feats.shape[0]) if shards is None else shards
     idx = _initial_indices(feats, key, init_indices, cfg, shards)
     params = shards.rows(feats, idx)
-    bounds = None
-    if cfg.prune:  # +inf bounds: the first step recomputes everything
-        bounds = _Bounds(jnp.zeros((feats.shape[0],), jnp.int32),
-                         jnp.full((feats.shape[0],), jnp.inf, feats.dtype), l2_normalize(params))
+    n, b = feats.shape[0], cfg.k
+    bounds = None  # +inf bounds: the first step recomputes everything
+    if cfg.prune == "rows":
+        bounds = _Bounds(jnp.zeros((n,), jnp.int32), jnp.full((n,), jnp.inf, feats.dtype),
+                         l2_normalize(params))
+    elif cfg.prune == "pairs":
+        bounds = _PairBounds(jnp.zeros((n,), jnp.int32), jnp.full((n, b), jnp.inf, feats.dtype),
+                             jnp.zeros((b,), feats.dtype), l2_normalize(params),
+                             jnp.arange(n, dtype=jnp.int32), jnp.zeros((), jnp.int32))
     opt_state = _optimizer(cfg, hyper).init(params)
     curve = jnp.zeros((cfg.steps,), feats.dtype)
     return ActiveFTState(params, opt_state, bounds, jnp.zeros((), jnp.int32), idx, curve, curve)
@@ -368,22 +556,23 @@ def _run_steps(state: ActiveFTState, feats, key, hyper: _Hyper, cfg: _Config,
             x = shards.rows(feats, pick)
         protos = lax.stop_gradient(l2_normalize(carry.params))
         bounds = carry.bounds
-        if cfg.prune:
+        n, b = x.shape[0], cfg.k
+        if cfg.prune == "pairs":
+            bounds, work = _pair_assignment(protos, x, bounds, cfg.chunk_rows, cfg.refresh)
+        elif cfg.prune == "rows":
             bounds, count = _pruned_assignment(protos, x, bounds, cfg.chunk_rows, cfg.refresh,
                                                cfg.num_fast)
-            assign = bounds.assign
-            total = shards.psum(count) if split else count
-            frac = total.astype(feats.dtype) / (shards.n if split else x.shape[0])
-        else:
+            count = count.astype(jnp.float32)
+            work = count * b + (n - count) * min(cfg.num_fast, b - 1)
+        if cfg.prune == "off":
             assign = _dense_assignment(protos, x, cfg.chunk_rows)
             frac = jnp.ones((), feats.dtype)
-        args = (carry.params, x, assign, hyper.temperature, hyper.balance, cfg.chunk_rows)
-        if split:
-            loss, grad = jax.value_and_grad(_loss_sum)(*args)
-            loss, grad = shards.psum((loss, grad))
-            loss, grad = loss / shards.n, jax.tree_util.tree_map(lambda g: g / shards.n, grad)
         else:
-            loss, grad = jax.value_and_grad(_loss)(*args)
+            assign = bounds.assign
+            total = shards.psum(work) if split else work
+            frac = (total / (float(shards.n if split else n) * b)).astype(feats.dtype)
+        loss, grad = _loss_and_grad(carry.params, x, assign, hyper.temperature, hyper.balance,
+                                    cfg.chunk_rows, shards if split else None)
         updates, opt_state = opt.update(grad, carry.opt_state, carry.params)
         params = optax.apply_updates(carry.params, updates)
         new = ActiveFTState(params, opt_state, bounds, carry.step + 1, carry.init_indices,
@@ -406,13 +595,15 @@ def _finish(state: ActiveFTState, feats, excluded=None,
 
 
 #: The parts of an `ActiveFTState` that stay split over the devices (the per-feature bounds).
-_STATE_SPECS = ActiveFTState(params=None, opt_state=None,
-                             bounds=_Bounds(assign="pool", upper="pool", anchor=None), step=None,
+_STATE_SPECS = ActiveFTState(params=None, opt_state=None, bounds=None, step=None,
                              init_indices=None, losses=None, recomputed=None)
+_BOUND_SPECS = {"off": None, "rows": _Bounds(assign="pool", upper="pool", anchor=None),
+                "pairs": _PairBounds(assign="pool", gap="pool", travel=None, last=None,
+                                     order="pool", step=None)}
 
 
 def _state_specs(cfg: _Config):
-    return _STATE_SPECS if cfg.prune else _STATE_SPECS._replace(bounds=None)
+    return _STATE_SPECS._replace(bounds=_BOUND_SPECS[cfg.prune])
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "layout"))
@@ -495,8 +686,35 @@ class ActiveFTSolver(NamedTuple):
 # ----------------------------------------------------------------------------- validation
 
 
+#: Pair bounds hold N·B floats per device; past this many, one bound per feature instead.
+_PAIR_BOUNDS_LIMIT = 1 << 27
+
+
+def _platform(features) -> str:
+    devices = getattr(features, "devices", None)
+    if callable(devices) and not is_traced(features):
+        try:
+            return next(iter(devices())).platform
+        except Exception:  # noqa: BLE001
+            pass
+    return jax.default_backend()
+
+
+def _choose_pruning(prune, bounds, batch_size, n_local, k, platform) -> str:
+    """"off", "rows" or "pairs" from the user's `prune` / `bounds` (see `fit_activeft`)."""
+    if bounds not in ("auto", "pairs", "rows"):
+        raise ValueError(f"`bounds` must be 'auto', 'pairs' or 'rows'; got {bounds!r}.")
+    if prune is None:  # auto: on CPU with every feature every step; the matmul is cheap elsewhere
+        prune = batch_size is None and platform == "cpu"
+    if not prune:
+        return "off"
+    if bounds == "auto":
+        return "pairs" if n_local * k <= _PAIR_BOUNDS_LIMIT else "rows"
+    return bounds
+
+
 def _prepare(features, *, k, key, init_indices, init, temperature, steps, learning_rate, balance,
-             batch_size, chunk_rows, prune, refresh, num_fast, optimizer):
+             batch_size, chunk_rows, prune, refresh, num_fast, optimizer, bounds="auto"):
     feats = as_float_matrix(features, "features")
     n, d = feats.shape
     k = check_k(k, n, name="features")
@@ -518,13 +736,18 @@ def _prepare(features, *, k, key, init_indices, init, temperature, steps, learni
         if prune:
             raise ValueError("`prune=True` needs the same features every step; it cannot be "
                              "combined with `batch_size`.")
-    if prune is None:  # auto: prune whenever every feature is used every step
-        prune = batch_size is None
+    if prune is not None and not isinstance(prune, (bool, np.bool_)):
+        raise ValueError(f"`prune` must be True, False or None; got {prune!r}.")
+    layout = layout_of(features) if hasattr(features, "shape") else PLAIN
+    mode = _choose_pruning(prune, bounds, batch_size, n // layout.num_shards, k,
+                           _platform(features))
     if chunk_rows is not None and (isinstance(chunk_rows, bool) or not isinstance(chunk_rows, (int, np.integer))
                                    or chunk_rows < 1):
         raise ValueError(f"`chunk_rows` must be a positive int or None; got {chunk_rows!r}.")
+    if refresh is None:  # measured on CPU: the blocks of a pair-bound step cost more per row
+        refresh = 0.75 if mode == "pairs" else 0.3
     if not 0.0 <= float(refresh) <= 1.0:
-        raise ValueError(f"`refresh` must be in [0, 1]; got {refresh!r}.")
+        raise ValueError(f"`refresh` must be in [0, 1] or None; got {refresh!r}.")
     if isinstance(num_fast, bool) or not isinstance(num_fast, (int, np.integer)) or num_fast < 0:
         raise ValueError(f"`num_fast` must be an int >= 0; got {num_fast!r}.")
     if optimizer is not None and not isinstance(optimizer, optax.GradientTransformation):
@@ -532,21 +755,24 @@ def _prepare(features, *, k, key, init_indices, init, temperature, steps, learni
 
     if init_indices is not None:
         init_indices = _check_init_indices(init_indices, k, n)
-        mode = "given"
+        init_mode = "given"
         if key is None:
             key = jax.random.key(0)  # only draws the batches, if any
             if batch_size is not None:
                 key = check_key(None, "activeft with batch_size")
     else:
         key = check_key(key, "activeft")
-        mode = init
+        init_mode = init
         init_indices = jnp.zeros((k,), jnp.int32)
 
     # The official code L2-normalizes the features before anything else.
     feats = l2_normalize(feats)
-    rows = int(chunk_rows) if chunk_rows else default_chunk_rows(n if batch_size is None else batch_size, k)
-    cfg = _Config(k=k, steps=int(steps), init=mode, batch_size=batch_size, chunk_rows=rows,
-                  prune=bool(prune), refresh=float(refresh), num_fast=int(num_fast),
+    # Blocks of ~512K similarities: the passes over features and bounds stay in cache
+    # (4x fewer rows than elsewhere; the matmul runs as fast at this size).
+    rows = int(chunk_rows) if chunk_rows else default_chunk_rows(
+        n if batch_size is None else batch_size, k, budget=1 << 19)
+    cfg = _Config(k=k, steps=int(steps), init=init_mode, batch_size=batch_size, chunk_rows=rows,
+                  prune=mode, refresh=float(refresh), num_fast=int(num_fast),
                   optimizer=optimizer)
     dtype = feats.dtype
     hyper = _Hyper(jnp.asarray(temperature, dtype), jnp.asarray(balance, dtype),
@@ -579,7 +805,7 @@ def activeft_solver(features: Any, *, k: int, key: Any = None, init_indices: Any
                     learning_rate: Any = 1e-3, balance: Any = 1.0,
                     optimizer: Optional[optax.GradientTransformation] = None,
                     batch_size: Optional[int] = None, chunk_rows: Optional[int] = None,
-                    prune: Optional[bool] = None, refresh: float = 0.3,
+                    prune: Optional[bool] = None, bounds: str = "auto", refresh: Optional[float] = None,
                     num_fast: int = 32, observed: Any = None,
                     candidates: Any = None) -> ActiveFTSolver:
     """ActiveFT as `(init, step, finish)`: drive the fit yourself, a step at a time.
@@ -598,7 +824,7 @@ def activeft_solver(features: Any, *, k: int, key: Any = None, init_indices: Any
         features, k=k, key=key, init_indices=init_indices, init=init, temperature=temperature,
         steps=steps, learning_rate=learning_rate, balance=balance, batch_size=batch_size,
         chunk_rows=chunk_rows, prune=prune, refresh=refresh, num_fast=num_fast,
-        optimizer=optimizer)
+        optimizer=optimizer, bounds=bounds)
     n = feats.shape[0]
     observed = check_observed(observed, n)
     candidates = check_candidates(candidates, n)
@@ -627,8 +853,8 @@ def fit_activeft(features: Any, *, k: int, key: Any = None, init_indices: Any = 
                  learning_rate: Any = 1e-3, balance: Any = 1.0,
                  optimizer: Optional[optax.GradientTransformation] = None,
                  batch_size: Optional[int] = None, chunk_rows: Optional[int] = None,
-                 prune: Optional[bool] = None, refresh: float = 0.3, num_fast: int = 32,
-                 progress: bool = False, observed: Any = None,
+                 prune: Optional[bool] = None, bounds: str = "auto", refresh: Optional[float] = None,
+                 num_fast: int = 32, progress: bool = False, observed: Any = None,
                  candidates: Any = None) -> ActiveFTFit:
     """Fits B = k ActiveFT prototypes and matches each to a distinct pool feature.
 
@@ -649,13 +875,19 @@ def fit_activeft(features: Any, *, k: int, key: Any = None, init_indices: Any = 
         mode: 100 000 features, 100 steps); None uses every feature every step.
       chunk_rows: rows of the [rows, B] similarity block computed at once (static).
       prune: exact pruned assignment (module docstring): the same picks and
-        losses with a fraction of the work. None (default): on unless
-        `batch_size` is set. Under your own `jax.vmap` pass False: vmap turns
-        its data-dependent branches into work on both sides.
+        losses with a fraction of the work. None (default): on when the
+        features live on a CPU and `batch_size` is None; off on GPU and TPU,
+        where the dense matmul is cheap and the pruned path's gathers and
+        branches are not. Under your own `jax.vmap` pass False: vmap turns its
+        data-dependent branches into work on both sides.
+      bounds: with `prune`, 'pairs' (one bound per feature and prototype, N·B
+        floats per device: the least work), 'rows' (one bound per feature) or
+        'auto' (default): 'pairs' while N·B <= 2^27 per device, else 'rows'.
       refresh: with `prune`, recompute every assignment when more than this
-        fraction of the features fails its bound.
-      num_fast: with `prune`, how many of the prototypes that moved most are
-        scored exactly every step instead of bounded.
+        fraction of the features fails its bound (None: 0.75 with pair
+        bounds, 0.3 with row bounds).
+      num_fast: with `bounds='rows'`, how many of the prototypes that moved
+        most are scored exactly every step instead of bounded.
       progress: progress bar on stderr (outside jit/vmap only).
       observed: labelled points ([n] indices or a [N] bool mask): they shape
         the prototypes like every feature but are never matched (picked).
@@ -675,8 +907,8 @@ def fit_activeft(features: Any, *, k: int, key: Any = None, init_indices: Any = 
     solver = activeft_solver(
         features, k=k, key=key, init_indices=init_indices, init=init, temperature=temperature,
         steps=steps, learning_rate=learning_rate, balance=balance, optimizer=optimizer,
-        batch_size=batch_size, chunk_rows=chunk_rows, prune=prune, refresh=refresh,
-        num_fast=num_fast, observed=observed, candidates=candidates)
+        batch_size=batch_size, chunk_rows=chunk_rows, prune=prune, bounds=bounds,
+        refresh=refresh, num_fast=num_fast, observed=observed, candidates=candidates)
     state = solver.init()
     traced = any(is_traced(x) for x in jax.tree_util.tree_leaves((features, key, temperature,
                                                                   learning_rate, balance)))
@@ -742,7 +974,8 @@ def activeft_sweep(features: Any, *, k: int, temperatures: Any, keys: Any, steps
                    learning_rate: Any = 1e-3, init: str = "random", balance: Any = 1.0,
                    optimizer: Optional[optax.GradientTransformation] = None,
                    batch_size: Optional[int] = None, chunk_rows: Optional[int] = None,
-                   prune: bool = False, refresh: float = 0.3, num_fast: int = 32) -> ActiveFTFit:
+                   prune: bool = False, bounds: str = "auto", refresh: Optional[float] = None,
+                   num_fast: int = 32) -> ActiveFTFit:
     """ActiveFT for every (temperature, key) pair in one compiled call.
 
     Args:
@@ -752,8 +985,8 @@ def activeft_sweep(features: Any, *, k: int, temperatures: Any, keys: Any, steps
       keys: [S] PRNG keys (e.g. `jax.random.split(key, S)`); each gives its own
         random init (and batches).
       steps, learning_rate, init, balance, optimizer, batch_size, chunk_rows,
-        prune, refresh, num_fast: as in `fit_activeft`, except that `prune`
-        defaults to False (vmap would run both sides of its branches).
+        prune, bounds, refresh, num_fast: as in `fit_activeft`, except that
+        `prune` defaults to False (vmap would run both sides of its branches).
 
     Returns:
       `ActiveFTFit` whose fields have leading axes [T, S]: selection.indices
@@ -771,6 +1004,6 @@ def activeft_sweep(features: Any, *, k: int, temperatures: Any, keys: Any, steps
         features, k=k, key=keys[0], init_indices=None, init=init, temperature=1.0, steps=steps,
         learning_rate=learning_rate, balance=balance, batch_size=batch_size,
         chunk_rows=chunk_rows, prune=prune, refresh=refresh, num_fast=num_fast,
-        optimizer=optimizer)
+        optimizer=optimizer, bounds=bounds)
     return _sweep(feats, keys, init_indices, jnp.asarray(temps, feats.dtype), hyper, cfg=cfg,
                   layout=layout_of(features) if hasattr(features, "shape") else PLAIN)

@@ -92,8 +92,11 @@ OPTION_HELP: Mapping[str, OptionHelp] = MappingProxyType({
     "batch_size": OptionHelp("activeft: random features per step (the official ImageNet mode; "
                              "default: all)", int),
     "chunk_rows": OptionHelp("rows of a similarity block computed at once", int),
-    "prune": OptionHelp("activeft: exact pruned assignment (default: on without --batch-size)",
+    "prune": OptionHelp("activeft: exact pruned assignment (default: on CPU without --batch-size)",
                         bool),
+    "bounds": OptionHelp("activeft with prune: one bound per feature and prototype ('pairs') or "
+                         "per feature ('rows'); 'auto': pairs while N*B <= 2^27", str,
+                         ("auto", "pairs", "rows")),
     "refresh": OptionHelp("activeft with prune: recompute all when more than this fraction fails",
                           float),
     "num_fast": OptionHelp("activeft with prune: prototypes scored exactly every step", int),

@@ -8,20 +8,23 @@ its own venv; point --official-repo at a checkout of github.com/yichen928/Active
    code draws its random init; ours starts from the same indices. Overlap of
    the picks as a set (the official script saves them sorted) and the largest
    difference between the two loss curves.
-2. speed at N = 50 000, d = 384, B = 1 000, 300 steps (the CIFAR script's
-   defaults): the official code with its anomaly detection on (as shipped) and
-   off, against ours dense and with exact pruning, warm (compiled beforehand)
-   and cold. Also the achieved GFLOP/s of our dense assignment (the step's only
-   N·B·d work) next to this machine's float32 matmul rate.
-3. scale: N = 10^6, d = 384, B = 10 000: a few steps of the full-batch loop
-   and of the official ImageNet mode (a random batch of 100 000 features per
-   step), time per step and peak memory, in a fresh process each.
+2. speed (issue 15): clustered and standard-normal features at N = 20 000,
+   B = 400 and N = 50 000, B = 1 000, d = 384, 300 steps (the CIFAR script's
+   defaults). The official code with its anomaly detection on (as shipped; at
+   N = 20 000 also off), against ours pruned (the default on CPU) and, at
+   N = 20 000, dense, warm (compiled beforehand) and cold; the same initial
+   indices for all. Also the fraction of similarities each pruned step computed
+   (plotted), and our dense assignment's GFLOP/s next to this machine's matmul.
+3. scale (--parts scale, not run by default): N = 10^6, d = 384, B = 10 000:
+   a few steps of the full-batch loop and of the official ImageNet mode (a
+   random batch of 100 000 features per step), time per step and peak memory,
+   in a fresh process each.
 
-    make ref-venv   # once: torch 2.13.0 CPU + numpy in .ref-venv
+    make bench-activeft OFFICIAL_REPO=../ActiveFT_official   # = the line below, after make ref-venv
     .venv/bin/python experiments/benchmarks/compare_activeft.py --official-repo ../ActiveFT_official
 
-Writes experiments/results/compare_activeft.{json,md}. Takes ~40 minutes, most
-of it the official code (~13 min with anomaly detection, ~8 min without).
+Writes experiments/results/compare_activeft.{json,md} and compare_activeft_work.png.
+Takes ~30 minutes on 2 cores, most of it the official code (--quick: N = 20 000 only).
 """
 
 from __future__ import annotations
@@ -105,6 +108,8 @@ def worker(spec: dict) -> dict:
         out["indices"] = [int(i) for i in np.asarray(fit.selection.indices)]
         out["losses"] = [float(v) for v in np.asarray(fit.losses)]
         out["recomputed"] = float(jnp.mean(fit.recomputed))
+        if spec.get("curve"):
+            out["work_curve"] = [float(v) for v in np.asarray(fit.recomputed)]
         if spec.get("gflops"):
             # The dense assignment alone, on the final prototypes: its N·B·d matmul is all
             # the O(N·B·d) work of a step.
@@ -186,36 +191,82 @@ def part_parity(a, tmp, log) -> list[dict]:
     return rows
 
 
+#: (name, N, d, B, clustered): the sizes of issue 15, unseen features (seeds from --seed).
+SPEED_PROBLEMS = [
+    ("clustered N=20000 B=400", 20_000, 384, 400, True),
+    ("standard normal N=20000 B=400", 20_000, 384, 400, False),
+    ("clustered N=50000 B=1000", 50_000, 384, 1000, True),
+    ("standard normal N=50000 B=1000", 50_000, 384, 1000, False),
+]
+
+
 def part_speed(a, tmp, log) -> dict:
-    n, d, b, steps = 50_000, 384, 1000, 300
-    npz = os.path.join(tmp, "speed.npz")
-    np.savez(npz, features=features(a.seed, n, d))
-    res = {"N": n, "d": d, "B": b, "steps": steps, "numpy_sgemm_gflops": numpy_sgemm_gflops()}
-    off = run_official(a.ref_python, a.official_repo, npz, b, seed=a.seed, anomaly=True, threads=2)
-    log(f"speed   official (anomaly detection on, as shipped): {off['wall_time_s']:.1f} s")
-    off_na = run_official(a.ref_python, a.official_repo, npz, b, seed=a.seed, anomaly=False, threads=2,
-                          init_indices=off["init_indices"])
-    log(f"speed   official (anomaly detection off): {off_na['wall_time_s']:.1f} s")
-    res["official_s"] = off["wall_time_s"]
-    res["official_no_anomaly_s"] = off_na["wall_time_s"]
-    res["official_same_picks_both_modes"] = sorted(off["indices"]) == sorted(off_na["indices"])
-    for label, prune in (("dense", False), ("pruned", True)):
-        ours = run_ours({"npz": npz, "k": b, "steps": steps, "temperature": 0.07, "prune": prune,
-                         "init": off["init_indices"], "repeats": 1, "gflops": not prune})
-        cmp = compare(ours["indices"], off["indices"], ours["losses"], off["losses"])
-        res[label] = {**{k: v for k, v in ours.items() if k not in ("indices", "losses")}, **cmp,
-                      "ratio": off["wall_time_s"] / ours["warm_s"],
-                      "ratio_no_anomaly": off_na["wall_time_s"] / ours["warm_s"]}
-        log(f"speed   ours {label:6s}: warm {ours['warm_s']:.1f} s (cold {ours['cold_s']:.1f} s), "
-            f"x{res[label]['ratio']:.1f} vs official, x{res[label]['ratio_no_anomaly']:.1f} vs official "
-            f"without anomaly detection; picks identical as a set {cmp['overlap']:.1%}, "
-            f"max |loss diff| {cmp['max_loss_diff']:.1e}; features recomputed per step "
-            f"{ours['recomputed']:.1%}; peak RSS {ours['peak_rss_gb']:.2f} GB")
-        if "assign_gflops" in ours:
-            log(f"speed   dense assignment: {ours['assign_s']*1e3:.0f} ms a step = "
-                f"{ours['assign_gflops']:.0f} GFLOP/s (XLA matmul 20000x384x400: "
-                f"{ours['xla_matmul_gflops']:.0f} GFLOP/s, NumPy sgemm {res['numpy_sgemm_gflops']:.0f} GFLOP/s)")
+    steps = 300
+    res = {"steps": steps, "d": 384, "numpy_sgemm_gflops": numpy_sgemm_gflops(), "problems": []}
+    for i, (name, n, d, b, clustered) in enumerate(SPEED_PROBLEMS):
+        if a.quick and n > 20_000:
+            continue
+        npz = os.path.join(tmp, f"speed{i}.npz")
+        np.savez(npz, features=features(a.seed + i, n, d, clustered))
+        row = {"problem": name, "N": n, "B": b}
+        off = run_official(a.ref_python, a.official_repo, npz, b, seed=a.seed, anomaly=True, threads=2)
+        row["official_s"] = off["wall_time_s"]
+        log(f"speed   {name}: official (anomaly detection on, as shipped) {off['wall_time_s']:.1f} s")
+        if n <= 20_000:
+            off_na = run_official(a.ref_python, a.official_repo, npz, b, seed=a.seed, anomaly=False,
+                                  threads=2, init_indices=off["init_indices"])
+            row["official_no_anomaly_s"] = off_na["wall_time_s"]
+            log(f"speed   {name}: official (anomaly detection off) {off_na['wall_time_s']:.1f} s")
+        # Ours dense only where it is quick: it is the reference of the pruned picks (the
+        # tests hold the two identical), and both are compared with the official picks here.
+        for label, prune in ((("dense", False),) if n <= 20_000 else ()) + (("pruned", None),):
+            ours = run_ours({"npz": npz, "k": b, "steps": steps, "temperature": 0.07,
+                             "prune": prune, "init": off["init_indices"], "repeats": 2,
+                             "gflops": label == "dense", "curve": label == "pruned"})
+            cmp = compare(ours["indices"], off["indices"], ours["losses"], off["losses"])
+            row[label] = {**{k: v for k, v in ours.items() if k not in ("indices", "losses")},
+                          **cmp, "ratio": off["wall_time_s"] / ours["warm_s"]}
+            if "official_no_anomaly_s" in row:
+                row[label]["ratio_no_anomaly"] = row["official_no_anomaly_s"] / ours["warm_s"]
+            log(f"speed   {name}: ours {label}: warm {ours['warm_s']:.2f} s (cold "
+                f"{ours['cold_s']:.1f} s), x{row[label]['ratio']:.1f} vs official"
+                + (f", x{row[label]['ratio_no_anomaly']:.1f} vs official without anomaly detection"
+                   if "ratio_no_anomaly" in row[label] else "")
+                + f"; picks identical as a set {cmp['overlap']:.1%}, max |loss diff| "
+                f"{cmp['max_loss_diff']:.1e}; similarities computed per step "
+                f"{ours['recomputed']:.1%}; peak RSS {ours['peak_rss_gb']:.2f} GB")
+            if "assign_gflops" in ours:
+                log(f"speed   dense assignment: {ours['assign_s']*1e3:.0f} ms a step = "
+                    f"{ours['assign_gflops']:.0f} GFLOP/s (XLA matmul 20000x384x400: "
+                    f"{ours['xla_matmul_gflops']:.0f} GFLOP/s, NumPy sgemm "
+                    f"{res['numpy_sgemm_gflops']:.0f} GFLOP/s)")
+        os.remove(npz)
+        res["problems"].append(row)
+    plot_work(res, a.out + "_work.png")
     return res
+
+
+def plot_work(res: dict, path: str) -> None:
+    """The fraction of the N·B similarities each pruned step computed, per problem."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for row in res["problems"]:
+        curve = row["pruned"].get("work_curve")
+        if curve:
+            ax.plot(np.arange(1, len(curve) + 1), np.asarray(curve) * 100, label=row["problem"])
+    ax.set_yscale("log")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("similarities computed (% of N·B)")
+    ax.set_title("ActiveFT with exact pair bounds: work per step")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def part_scale(a, tmp, log) -> list[dict]:
@@ -251,26 +302,31 @@ def markdown(r: dict) -> str:
         lines.append("")
     s = r.get("speed")
     if s:
-        lines += [f"N = {s['N']:,}, d = {s['d']}, B = {s['B']:,}, {s['steps']} steps:", "",
-                  "| | time | official ÷ this | official without anomaly detection ÷ this |",
-                  "|---|---:|---:|---:|",
-                  f"| official (anomaly detection on, as shipped) | {s['official_s']:.1f} s | 1 | |",
-                  f"| official, anomaly detection off | {s['official_no_anomaly_s']:.1f} s | | 1 |"]
-        for label in ("dense", "pruned"):
-            o = s[label]
-            lines.append(f"| ours, {label} (warm; cold {o['cold_s']:.1f} s) | {o['warm_s']:.1f} s | "
-                         f"{o['ratio']:.1f}× | {o['ratio_no_anomaly']:.1f}× |")
+        lines += [f"d = {s['d']}, {s['steps']} steps, ours warm (compiled beforehand), both given "
+                  "the same initial indices:", "",
+                  "| features | official | official, anomaly detection off | ours dense | "
+                  "ours pruned | official ÷ ours pruned | same picks | max loss diff | "
+                  "similarities computed |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for row in s["problems"]:
+            pr, de = row["pruned"], row.get("dense")
+            na = row.get("official_no_anomaly_s")
+            ratio = f"{pr['ratio']:.1f}×" + (f" ({pr['ratio_no_anomaly']:.1f}×)" if na else "")
+            lines.append(
+                f"| {row['problem']} | {row['official_s']:.1f} s | "
+                + (f"{na:.1f} s" if na else "—") + " | "
+                + (f"{de['warm_s']:.2f} s" if de else "—")
+                + f" | {pr['warm_s']:.2f} s | {ratio} | {pr['overlap']:.1%} | "
+                f"{pr['max_loss_diff']:.1e} | {pr['recomputed']:.1%} |")
         lines.append("")
-        for label in ("dense", "pruned"):
-            o = s[label]
-            lines.append(f"- ours {label}: picks identical as a set {o['overlap']:.1%}, max loss-curve "
-                         f"difference {o['max_loss_diff']:.1e}, features recomputed per step "
-                         f"{o['recomputed']:.1%}, peak RSS {o['peak_rss_gb']:.2f} GB")
-        o = s["dense"]
-        lines.append(f"- dense assignment: {o['assign_s']*1e3:.0f} ms a step, {o['assign_gflops']:.0f} GFLOP/s; "
-                     f"this machine: XLA float32 matmul {o['xla_matmul_gflops']:.0f} GFLOP/s, NumPy sgemm "
-                     f"{s['numpy_sgemm_gflops']:.0f} GFLOP/s (20000×384×400)")
-        lines.append("")
+        dense = [row["dense"] for row in s["problems"] if row.get("dense")]
+        if dense:
+            o = dense[0]
+            lines.append(f"Dense assignment: {o['assign_s']*1e3:.0f} ms a step, "
+                         f"{o['assign_gflops']:.0f} GFLOP/s; this machine: XLA float32 matmul "
+                         f"{o['xla_matmul_gflops']:.0f} GFLOP/s, NumPy sgemm "
+                         f"{s['numpy_sgemm_gflops']:.0f} GFLOP/s (20000×384×400).")
+            lines.append("")
     if r.get("scale"):
         lines += ["| N = 10⁶, d = 384, B = 10 000 | time per step | init | final matching | peak RSS |",
                   "|---|---:|---:|---:|---:|"]
@@ -287,7 +343,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ref-python", default=DEFAULT_REF_PYTHON)
     p.add_argument("--official-repo", default=DEFAULT_OFFICIAL_REPO)
-    p.add_argument("--parts", default="parity,speed,scale", help="comma-separated subset of parity,speed,scale")
+    p.add_argument("--parts", default="parity,speed", help="comma-separated subset of parity,speed,scale")
+    p.add_argument("--quick", action="store_true", help="speed at N = 20 000 only")
     p.add_argument("--seed", type=int, default=5001)
     p.add_argument("--scale-steps", type=int, default=3)
     p.add_argument("--out", default=os.path.join(ROOT, "experiments", "results", "compare_activeft"))
