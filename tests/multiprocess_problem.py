@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 N, D = 512, 8
-RULES = ["vtl", "itl", "ctl", "undirected_vtl", "maxdist", "random", "uncertainty", "kmeans",
-         "kmeans_pp", "typiclust", "probcover", "activeft"]
+#: One of each kind of computation (every strategy runs split over devices in test_sharding).
+RULES = ["vtl", "itl", "maxdist", "random", "kmeans", "typiclust", "activeft"]
 
 
 def problem():

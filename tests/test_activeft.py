@@ -139,12 +139,14 @@ def test_pruned_assignment_is_exact(clustered, chunk_rows):
     feats, init = _problem(5, n=700, d=10, b=40, clustered=clustered)
     kw = dict(k=40, init_indices=init, steps=60, chunk_rows=chunk_rows)
     dense = aft.selection.fit_activeft(feats, prune=False, **kw)
-    for refresh, num_fast in [(0.3, 32), (1.0, 0), (0.05, 4)]:
-        pruned = aft.selection.fit_activeft(feats, prune=True, refresh=refresh, num_fast=num_fast, **kw)
+    # (other refresh values and pair bounds: test_pair_and_row_bounds_give_the_dense_run)
+    for bounds, refresh, num_fast in [("auto", None, 32), ("rows", 0.05, 4)]:
+        pruned = aft.selection.fit_activeft(feats, prune=True, bounds=bounds, refresh=refresh,
+                                            num_fast=num_fast, **kw)
         np.testing.assert_array_equal(pruned.selection.indices, dense.selection.indices)
         np.testing.assert_array_equal(pruned.losses, dense.losses)
         assert float(pruned.recomputed[0]) == 1.0  # the first step computes everything
-        if num_fast == 32:  # the defaults: later steps skip work
+        if bounds == "auto":  # the defaults: later steps skip work
             assert float(jnp.mean(pruned.recomputed)) < 0.5
 
 
@@ -317,7 +319,9 @@ def test_pair_and_row_bounds_give_the_dense_run(bounds, refresh):
     init = rng.choice(900, 48, replace=False)
     kw = dict(k=48, init_indices=init, steps=40, chunk_rows=128)
     dense = aft.selection.fit_activeft(feats, prune=False, **kw)
-    pruned = aft.selection.fit_activeft(feats, prune=True, bounds=bounds, refresh=refresh, **kw)
+    num_fast = 0 if refresh == 1.0 else 32  # (rows: with and without exactly scored prototypes)
+    pruned = aft.selection.fit_activeft(feats, prune=True, bounds=bounds, refresh=refresh,
+                                        num_fast=num_fast, **kw)
     np.testing.assert_array_equal(pruned.selection.indices, dense.selection.indices)
     np.testing.assert_array_equal(pruned.losses, dense.losses)
     np.testing.assert_array_equal(pruned.prototypes, dense.prototypes)

@@ -96,8 +96,7 @@ def _single(rule, observed):
 
 #: Every strategy on a 1-D mesh with `jax.make_mesh`'s defaults (Explicit axes); one of each
 #: kind of computation with Auto axes, and on 2-D meshes (the pool split over one of two axes).
-KINDS = ("vtl", "itl", "undirected_vtl", "cosine", "maxdist", "random", "kmeans", "typiclust",
-         "probcover", "activeft")
+KINDS = ("vtl", "itl", "maxdist", "kmeans", "typiclust", "activeft")
 CASES = ([(rule, "explicit") for rule in STRATEGIES] + [(rule, "auto") for rule in KINDS]
          + [(rule, kind) for kind in ("auto-2d", "explicit-2d")
             for rule in ("vtl", "kmeans", "activeft")])
