@@ -131,7 +131,6 @@ class _PairBounds(NamedTuple):
     travel: jax.Array  # [B] D_k at the last step
     last: jax.Array    # [B, d] prototypes at the last step
     order: jax.Array   # [N] int32 features sorted by their prototype at the last sort
-    step: jax.Array    # [] int32 assignments made
 
 
 class ActiveFTState(NamedTuple):
@@ -395,7 +394,7 @@ def _pruned_assignment(protos, feats, bounds: _Bounds, rows: int, refresh: float
     return new, recomputed
 
 
-def _pair_assignment(protos, feats, bounds: _PairBounds, rows: int, refresh: float,
+def _pair_assignment(protos, feats, bounds: _PairBounds, step, rows: int, refresh: float,
                      block: int = 512, resort: int = 16):
     """Exact argmax assignment that recomputes only what the per-pair bounds cannot decide.
 
@@ -411,7 +410,8 @@ def _pair_assignment(protos, feats, bounds: _PairBounds, rows: int, refresh: flo
     feature whose two best are within round-off of each other gets its whole
     row from the matmul, as the dense path decides it. When more than `refresh`
     of the features have an open pair (the first steps), every row is recomputed
-    by the dense matmul, which is then cheaper than the blocks.
+    by the dense matmul, which is then cheaper than the blocks. `step` (the
+    optimizer steps taken) re-sorts the features by prototype every `resort` steps.
 
     Returns (bounds, number of similarities computed).
     """
@@ -438,7 +438,7 @@ def _pair_assignment(protos, feats, bounds: _PairBounds, rows: int, refresh: flo
 
     def everything(_):
         assign, gap = map_rows(whole_rows, plan(n, rows), feats)
-        return (_PairBounds(assign, gap, travel, protos, by_prototype(assign), bounds.step + 1),
+        return (_PairBounds(assign, gap, travel, protos, by_prototype(assign)),
                 jnp.asarray(n * b, jnp.float32))
 
     r = min(block, n)
@@ -495,8 +495,8 @@ def _pair_assignment(protos, feats, bounds: _PairBounds, rows: int, refresh: flo
         _, assign, gap, work = lax.while_loop(
             lambda st: st[0] * r < total, body,
             (jnp.zeros((), jnp.int32), bounds.assign, bounds.gap, jnp.zeros((), jnp.float32)))
-        order = lax.cond(bounds.step % resort == 0, by_prototype, lambda _: bounds.order, assign)
-        return _PairBounds(assign, gap, travel, protos, order, bounds.step + 1), work
+        order = lax.cond(step % resort == 0, by_prototype, lambda _: bounds.order, assign)
+        return _PairBounds(assign, gap, travel, protos, order), work
 
     return lax.cond(jnp.sum(num_open > 0) > refresh * n, everything, partial, None)
 
@@ -532,7 +532,7 @@ def _init_state(feats, key, init_indices, hyper, cfg: _Config,
     elif cfg.prune == "pairs":
         bounds = _PairBounds(jnp.zeros((n,), jnp.int32), jnp.full((n, b), jnp.inf, feats.dtype),
                              jnp.zeros((b,), feats.dtype), l2_normalize(params),
-                             jnp.arange(n, dtype=jnp.int32), jnp.zeros((), jnp.int32))
+                             jnp.arange(n, dtype=jnp.int32))
     opt_state = _optimizer(cfg, hyper).init(params)
     curve = jnp.zeros((cfg.steps,), feats.dtype)
     return ActiveFTState(params, opt_state, bounds, jnp.zeros((), jnp.int32), idx, curve, curve)
@@ -558,7 +558,8 @@ def _run_steps(state: ActiveFTState, feats, key, hyper: _Hyper, cfg: _Config,
         bounds = carry.bounds
         n, b = x.shape[0], cfg.k
         if cfg.prune == "pairs":
-            bounds, work = _pair_assignment(protos, x, bounds, cfg.chunk_rows, cfg.refresh)
+            bounds, work = _pair_assignment(protos, x, bounds, carry.step, cfg.chunk_rows,
+                                            cfg.refresh)
         elif cfg.prune == "rows":
             bounds, count = _pruned_assignment(protos, x, bounds, cfg.chunk_rows, cfg.refresh,
                                                cfg.num_fast)
@@ -599,7 +600,7 @@ _STATE_SPECS = ActiveFTState(params=None, opt_state=None, bounds=None, step=None
                              init_indices=None, losses=None, recomputed=None)
 _BOUND_SPECS = {"off": None, "rows": _Bounds(assign="pool", upper="pool", anchor=None),
                 "pairs": _PairBounds(assign="pool", gap="pool", travel=None, last=None,
-                                     order="pool", step=None)}
+                                     order="pool")}
 
 
 def _state_specs(cfg: _Config):
