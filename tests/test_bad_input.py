@@ -58,8 +58,8 @@ BAD = [
     ("probs negative", lambda: aft.select("max_entropy", probs=np.array([[1.5, -0.5]]), k=1), r"negative entries"),
     ("probs logits", lambda: aft.select("max_entropy", probs=np.array([[2.0, 3.0]]), k=1), r"must sum to 1"),
     ("rbf weight space", lambda: aft.select("vtl", POOL, TARGET, k=2, kernel="rbf", space="weight"), r"feature map"),
-    ("rbf undirected vtl", lambda: aft.select("undirected_vtl", POOL, k=2, kernel="rbf"), r"feature map"),
-    ("unknown kernel", lambda: aft.select("vtl", POOL, TARGET, k=2, kernel="poly"), r"`kernel` must be one of"),
+    ("rbf prior_cov", lambda: aft.select("vtl", POOL, TARGET, k=2, kernel="rbf", prior_cov=np.eye(POOL.shape[1])), r"feature map"),
+    ("unknown kernel", lambda: aft.select("vtl", POOL, TARGET, k=2, kernel="poly"), r"unknown kernel"),
     ("bad formulation", lambda: aft.select("itl", POOL, TARGET, k=2, formulation="x"), r"`formulation`"),
     ("bad space", lambda: aft.select("vtl", POOL, TARGET, k=2, space="x"), r"`space`"),
 ]

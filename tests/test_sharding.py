@@ -17,7 +17,7 @@ import activeft_jax as aft
 N, D = 2048, 16
 STRATEGIES = ["vtl", "itl", "ctl", "mmitl", "undirected_itl", "undirected_vtl", "uncertainty",
               "cosine", "maxdist", "random", "kmeans", "kmeans_pp", "typiclust", "probcover",
-              "information_density", "max_entropy", "activeft"]
+              "information_density", "max_entropy", "min_margin", "activeft"]
 KEYED = {"maxdist", "random", "kmeans", "kmeans_pp", "typiclust", "activeft"}
 
 
@@ -54,9 +54,9 @@ def _kwargs(rule):
 
 def _select(rule, pool, observed=None, probs=None):
     kw = _kwargs(rule)
-    if rule in ("information_density", "max_entropy"):
+    if rule in ("information_density", "max_entropy", "min_margin"):
         kw["probs"] = PROBS if probs is None else probs
-    if rule == "max_entropy":
+    if rule in ("max_entropy", "min_margin"):
         return aft.select(rule, None, k=12, observed=observed, **kw)
     return aft.select(rule, pool, k=12, observed=observed, **kw)
 
@@ -127,6 +127,31 @@ def test_split_pool_gives_the_single_device_picks_and_never_gathers_the_pool(rul
     if mesh_kind == "explicit":  # the eager call, without observed points, too
         eager = _select(rule, pool, None, probs)
         np.testing.assert_array_equal(eager.indices, _single(rule, None).indices)
+
+
+OPTION_CASES = {
+    "vtl-nonsequential": ("vtl", dict(nonsequential=True)),
+    "undirected_itl-nonsequential": ("undirected_itl", dict(nonsequential=True)),
+    "vtl-prior_cov": ("vtl", dict(prior_cov=np.diag(np.linspace(0.5, 2, D)))),
+    "vtl-max_target_size": ("vtl", dict(max_target_size=2, key=jax.random.key(3))),
+    "vtl-rbf-median": ("vtl", dict(kernel="rbf")),
+    "itl_noiseless-drop": ("itl_noiseless", dict(drop_observed_targets=True)),
+}
+
+
+@pytest.mark.parametrize("mesh_kind", ["explicit", "auto"])
+def test_options_of_the_gp_rules_on_a_split_pool(mesh_kind):
+    """Non-sequential scores, a prior covariance, target subsampling, the RBF's median
+    lengthscale and ITLNoiseless's dropped targets give the single-device picks."""
+    mesh = MESHES[mesh_kind]()
+    pool = _put(POOL, mesh)
+    for name, (rule, kw) in OPTION_CASES.items():
+        target = None if rule.startswith("undirected") else TARGET
+        single = aft.select(rule, POOL, target, k=8, noise_std=0.7, **kw)
+        split = aft.select(rule, pool, target, k=8, noise_std=0.7, **kw)
+        np.testing.assert_array_equal(split.indices, single.indices, err_msg=name)
+    with pytest.raises(ValueError, match="one device"):
+        aft.select("undirected_vtl", pool, k=3, kernel="rbf")
 
 
 @pytest.mark.parametrize("mesh_kind", ["explicit", "auto"])

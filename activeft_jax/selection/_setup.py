@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, NamedTuple, Optional, Sequence
 
 import jax
@@ -11,7 +12,15 @@ from jax import lax
 
 from activeft_jax import gp
 from activeft_jax._core import Shards, is_traced, layout_of
-from activeft_jax.kernels import Kernel, Linear, get_kernel, l2_normalize
+from activeft_jax.kernels import (
+    Cosine,
+    Kernel,
+    Linear,
+    get_kernel,
+    l2_normalize,
+    resolve_kernel,
+    with_prior_cov,
+)
 from activeft_jax.selection.greedy import RuleInputs
 from activeft_jax.validation import (
     as_float_matrix,
@@ -44,9 +53,15 @@ class Inputs(NamedTuple):
 def validate(pool: Any, target: Any = None, *, k: Any, kernel: Any = None,
              need_target: bool = False, noise_std: Any = None, check_noise: bool = False,
              observed: Any = None, candidates: Any = None,
-             allow_repeats: bool = False) -> Inputs:
+             allow_repeats: bool = False, normalize: bool = False,
+             prior_cov: Any = None) -> Inputs:
     """Checks shapes, dtypes, `k`, finiteness, noise and the masks before tracing; casts to one
-    float dtype."""
+    float dtype.
+
+    The kernel is resolved here: a `prior_cov` Σ makes it `LatentCovariance`,
+    and data-dependent defaults (RBF's median lengthscale, over the pool as the
+    rule will see it, L2-normalized if `normalize`) are filled in.
+    """
     kernel = get_kernel(kernel)
     pool = as_float_matrix(pool, "pool")
     n, d = pool.shape
@@ -62,10 +77,42 @@ def validate(pool: Any, target: Any = None, *, k: Any, kernel: Any = None,
         check_finite(target, "target")
     if check_noise:
         check_noise_std(noise_std)
+    if prior_cov is not None:
+        dim = d if isinstance(kernel, (Linear, Cosine)) else None
+        kernel = with_prior_cov(kernel, prior_cov, dim)
+    kernel = resolve_kernel(kernel, l2_normalize(pool) if normalize else pool)
     observed = check_observed(observed, n)
     candidates = check_candidates(candidates, n)
     check_available(k, n, observed, candidates, allow_repeats)
     return Inputs(pool, target, kernel, k, observed, candidates)
+
+
+def subsample_targets(target: Any, key: Any, fraction: Any, max_size: Any) -> Any:
+    """A uniformly random subset of min(⌈fraction·m⌉, max_size) target rows, drawn with `key`.
+
+    The reference's `subsampled_target_frac` / `max_target_size`: its exact mode
+    draws one subset per selection call (`Targeted.get_target` at `initialize`),
+    as this does. All m rows (no key needed) when the size is m.
+    """
+    if target is None or (fraction == 1 and max_size is None):
+        return target
+    m = getattr(target, "shape", (None,))[0]
+    if m is None:
+        return target  # check_target reports the bad target
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        raise ValueError(f"`target_fraction` must be a number in (0, 1]; got {fraction!r}.")
+    size = math.ceil(fraction * m)
+    if max_size is not None:
+        if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
+            raise ValueError(f"`max_target_size` must be a positive int; got {max_size!r}.")
+        size = min(size, max_size)
+    if size >= m:
+        return target
+    if key is None:
+        raise ValueError(f"subsampling {size} of the {m} targets (`target_fraction`/"
+                         "`max_target_size`) needs `key` (e.g. key=jax.random.key(0)).")
+    keep = jax.random.permutation(key, m)[:size]
+    return jnp.asarray(target)[keep]
 
 
 def noise_variance(noise_std: Any, dtype) -> jax.Array:

@@ -129,7 +129,7 @@ def maxdist(pool: Any, *, k: int, key: Any, kernel: Any = None, normalize: bool 
     """
     key = check_key(key, "maxdist")
     inputs = validate(pool, k=k, kernel=kernel, observed=observed, candidates=candidates,
-                      allow_repeats=allow_repeats)
+                      allow_repeats=allow_repeats, normalize=bool(normalize))
     spec = MaxDistRule(normalize=bool(normalize))
     return greedy(spec, rule_inputs(inputs, key=key), k=inputs.k, allow_repeats=allow_repeats,
                   progress=progress, desc="maxdist")

@@ -40,7 +40,7 @@ from activeft_jax.kernels import Kernel
 from activeft_jax.selection.result import Selection
 
 __all__ = ["INPUT_SPECS", "GreedyRule", "RuleInputs", "RuleSpec", "available_mask", "greedy",
-           "masked_top_k", "run_local", "top_k"]
+           "masked_top_k", "nonsequential", "run_local", "top_k"]
 
 
 class RuleInputs(NamedTuple):
@@ -227,6 +227,31 @@ def greedy(spec: RuleSpec, inputs: RuleInputs, *, k: int, allow_repeats: bool = 
             done += n
             bar.update(n)
     return Selection(jnp.concatenate(indices), jnp.concatenate(values))
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "k", "layout"))
+def _nonsequential(spec, inputs, *, k, layout):
+    def local(inputs):
+        shards = Shards(layout, inputs.pool.shape[0])
+        rule = spec.build(inputs, 1, shards)
+        available = None
+        if inputs.observed is not None or inputs.candidates is not None:
+            available = available_mask(rule.num_points, inputs.observed, inputs.candidates)
+        return masked_top_k(rule.score(rule.init()), k, available, shards)
+
+    return on_shards(layout, local, (INPUT_SPECS,), inputs)
+
+
+def nonsequential(spec: RuleSpec, inputs: RuleInputs, *, k: int,
+                  layout: Optional[Layout] = None) -> Selection:
+    """The k best points by the rule's first score: no conditioning between picks.
+
+    The reference's `force_nonsequential=True`: the scores under the prior
+    (conditioned on the observed points only), top-k, best first, so no point
+    is picked twice. Fast (one score), but the picks may be redundant.
+    """
+    layout = layout_of(inputs.pool) if layout is None else layout
+    return _nonsequential(spec, inputs, k=k, layout=layout)
 
 
 def top_k(scores: jax.Array, k: int) -> Selection:

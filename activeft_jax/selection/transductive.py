@@ -40,9 +40,10 @@ from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from activeft_jax import gp
-from activeft_jax._core import Shards, matmul, safe_divide
+from activeft_jax._core import Shards, is_traced, matmul, safe_divide
 from activeft_jax.selection._setup import (
     Geometry,
     condition_on_observed,
@@ -50,13 +51,16 @@ from activeft_jax.selection._setup import (
     init_posterior,
     resolve_space,
     rule_inputs,
+    subsample_targets,
     validate,
 )
 from activeft_jax.selection.greedy import GreedyRule, RuleInputs, greedy
+from activeft_jax.selection.greedy import nonsequential as greedy_nonsequential
 from activeft_jax.selection.result import Selection
 
-__all__ = ["CorrelationRule", "GPRule", "ITLRule", "VTLRule", "ctl", "ctl_scores", "itl",
-           "itl_scores", "mmitl", "mmitl_scores", "run_gp_rule", "vtl", "vtl_scores"]
+__all__ = ["CorrelationRule", "GPRule", "ITLNoiselessRule", "ITLRule", "VTLRule", "ctl",
+           "ctl_scores", "itl", "itl_noiseless", "itl_scores", "mmitl", "mmitl_scores",
+           "run_gp_rule", "vtl", "vtl_scores"]
 
 _COMMON_ARGS = """\
       pool: [N, d] pool embeddings (the candidates); may be split over devices along N.
@@ -77,12 +81,27 @@ _COMMON_ARGS = """\
       candidates: [N] bool mask of the points that may be picked (default all).
       max_observed: kernel space only (a kernel without a feature map): room
         for this many observed points when `observed` is a traced mask.
+      prior_cov: [p, p] prior covariance Σ of the feature weights: the kernel
+        becomes φ(x)ᵀ Σ φ(x') (the reference's `ModelWithLatentCovariance`);
+        needs a kernel with a feature map.
+      nonsequential: score every point once under the prior (conditioned on
+        `observed` only) and take the top k (the reference's
+        `force_nonsequential=True`): no conditioning between picks, no repeats.
+"""
+
+_TARGET_ARGS = """\
+      target_fraction: use a uniformly random ⌈target_fraction·m⌉ of the targets
+        (the reference's `subsampled_target_frac`), drawn once per call with `key`.
+      max_target_size: use at most this many targets, drawn with `key` (the
+        reference's `max_target_size`).
+      key: PRNG key of the target subsample (needed only when it drops targets).
 """
 
 
 def _common_args(fn):
     """Fills the arguments the GP rules share into `fn.__doc__` (a real docstring at run time)."""
-    fn.__doc__ = fn.__doc__.replace("{common_args}", _COMMON_ARGS)
+    fn.__doc__ = (fn.__doc__.replace("{common_args}", _COMMON_ARGS)
+                  .replace("{target_args}", _TARGET_ARGS))
     return fn
 
 
@@ -125,17 +144,28 @@ class GPRule:
 def run_gp_rule(spec_of, desc: str, pool: Any, target: Any, *, directed: bool = True, k: int,
                 noise_std: Any,
                 kernel: Any, normalize: bool, allow_repeats: bool, space: str, progress: bool,
-                observed: Any, candidates: Any, max_observed: Optional[int]) -> Selection:
-    """Validates, resolves the space and runs the greedy rule `spec_of(space, normalize)`."""
+                observed: Any, candidates: Any, max_observed: Optional[int],
+                prior_cov: Any = None, nonsequential: bool = False, key: Any = None,
+                target_fraction: Any = 1.0, max_target_size: Any = None) -> Selection:
+    """Validates, resolves the space and runs the greedy rule `spec_of(space, normalize)`.
+
+    With `nonsequential` the rule's first scores are ranked instead (top k);
+    `target_fraction` / `max_target_size` subsample the targets with `key` first.
+    """
+    if directed:
+        target = subsample_targets(target, key, target_fraction, max_target_size)
     inputs = validate(pool, target, k=k, kernel=kernel, need_target=directed,
                       noise_std=noise_std, check_noise=True, observed=observed,
-                      candidates=candidates, allow_repeats=allow_repeats)
+                      candidates=candidates, allow_repeats=allow_repeats or nonsequential,
+                      normalize=bool(normalize), prior_cov=prior_cov)
     resolved = resolve_space(space, inputs.kernel, inputs.pool, inputs.observed)
     spec = spec_of(resolved, bool(normalize))
     rows = resolved == "kernel"
-    return greedy(spec, rule_inputs(inputs, noise_std, rows_per_observation=rows,
-                                    max_observed=max_observed),
-                  k=inputs.k, allow_repeats=allow_repeats, progress=progress, desc=desc)
+    rule_in = rule_inputs(inputs, noise_std, rows_per_observation=rows, max_observed=max_observed)
+    if nonsequential:
+        return greedy_nonsequential(spec, rule_in, k=inputs.k)
+    return greedy(spec, rule_in, k=inputs.k, allow_repeats=allow_repeats, progress=progress,
+                  desc=desc)
 
 
 # ----------------------------------------------------------------------------- VTL
@@ -176,7 +206,9 @@ class VTLRule(GPRule):
 def vtl(pool: Any, target: Any, *, k: int, noise_std: Any = 0.1, kernel: Any = None,
         normalize: bool = False, allow_repeats: bool = False, space: str = "auto",
         progress: bool = False, observed: Any = None, candidates: Any = None,
-        max_observed: Optional[int] = None) -> Selection:
+        max_observed: Optional[int] = None, prior_cov: Any = None, nonsequential: bool = False,
+        target_fraction: float = 1.0, max_target_size: Optional[int] = None,
+        key: Any = None) -> Selection:
     """VTL: greedily minimizes the total posterior variance of the targets.
 
     value(x) = −Σ_{a∈A} [σ²_n(a) − Cov_n(a, x)² / (σ²_n(x) + ρ²)], the negative
@@ -186,14 +218,16 @@ def vtl(pool: Any, target: Any, *, k: int, noise_std: Any = 0.1, kernel: Any = N
 
 
     Args:
-{common_args}
+{common_args}{target_args}
     Returns:
       `Selection` of k pool indices in pick order and their VTL values.
     """
     return run_gp_rule(lambda sp, nz: VTLRule(sp, nz), "vtl", pool, target, k=k,
                        noise_std=noise_std, kernel=kernel, normalize=normalize,
                        allow_repeats=allow_repeats, space=space, progress=progress,
-                       observed=observed, candidates=candidates, max_observed=max_observed)
+                       observed=observed, candidates=candidates, max_observed=max_observed,
+                       prior_cov=prior_cov, nonsequential=nonsequential, key=key,
+                       target_fraction=target_fraction, max_target_size=max_target_size)
 
 
 # ----------------------------------------------------------------------------- ITL
@@ -261,7 +295,9 @@ class ITLRule(GPRule):
 def itl(pool: Any, target: Any, *, k: int, noise_std: Any = 0.1, kernel: Any = None,
         normalize: bool = False, allow_repeats: bool = False, space: str = "auto",
         formulation: str = "reference", progress: bool = False, observed: Any = None,
-        candidates: Any = None, max_observed: Optional[int] = None) -> Selection:
+        candidates: Any = None, max_observed: Optional[int] = None, prior_cov: Any = None,
+        nonsequential: bool = False, target_fraction: float = 1.0,
+        max_target_size: Optional[int] = None, key: Any = None) -> Selection:
     """ITL: greedily maximizes the information a pick carries about the targets.
 
     value(x) = I(f(x); y(A) | D_n) = ½ max(0, log(σ²_n(x) / σ̃²_n(x))) where
@@ -271,7 +307,7 @@ def itl(pool: Any, target: Any, *, k: int, noise_std: Any = 0.1, kernel: Any = N
 
 
     Args:
-{common_args}      formulation: 'reference' (default) or 'paper': ½ log((σ²+ρ²)/(σ̃²+ρ²))
+{common_args}{target_args}      formulation: 'reference' (default) or 'paper': ½ log((σ²+ρ²)/(σ̃²+ρ²))
         with σ̃² conditioned on noise-free f(A), the paper code's form; the two
         agree on the first pick and rank differently after it.
 
@@ -283,7 +319,129 @@ def itl(pool: Any, target: Any, *, k: int, noise_std: Any = 0.1, kernel: Any = N
     return run_gp_rule(lambda sp, nz: ITLRule(sp, nz, formulation), "itl", pool, target, k=k,
                        noise_std=noise_std, kernel=kernel, normalize=normalize,
                        allow_repeats=allow_repeats, space=space, progress=progress,
-                       observed=observed, candidates=candidates, max_observed=max_observed)
+                       observed=observed, candidates=candidates, max_observed=max_observed,
+                       prior_cov=prior_cov, nonsequential=nonsequential, key=key,
+                       target_fraction=target_fraction, max_target_size=max_target_size)
+
+
+# ----------------------------------------------------------------------------- ITL, noiseless
+
+
+#: Targets within this L2 distance of an observed point count as observed (the reference's).
+SAME_POINT_TOL = 1e-5
+
+
+def _near_targets(x: jax.Array, targets: jax.Array) -> jax.Array:
+    """[m] bool: targets within `SAME_POINT_TOL` (L2) of the point x."""
+    return jnp.sum(jnp.square(targets - x[None, :]), axis=1) < SAME_POINT_TOL ** 2
+
+
+@dataclasses.dataclass(frozen=True)
+class ITLNoiselessRule(GPRule):
+    """The reference's `ITLNoiseless` as a greedy rule spec.
+
+    Attributes:
+      drop_observed_targets: a target that coincides with an observed point
+        (within `SAME_POINT_TOL`) leaves the conditioning set y(A).
+    """
+
+    drop_observed_targets: bool = False
+
+    def build(self, inputs: RuleInputs, k: int, shards: Shards) -> GreedyRule:
+        """The rule on `inputs` (targets already filtered against `observed`)."""
+        base = ITLRule(self.space, self.normalize).build(inputs, k, shards)
+        if not self.drop_observed_targets:
+            return base
+        geo = self.geometry(inputs, compress=False)
+        noise_var = inputs.noise_var
+        raw_targets = inputs.target
+
+        def init():
+            plain, tilde = base.init()
+            return plain, tilde, jnp.ones((raw_targets.shape[0],), bool)
+
+        def update(states, index, valid):
+            plain, tilde, active = states
+            (plain,) = gp.condition(geo.space, (plain,), index, noise_var, shards=shards,
+                                    valid=valid)
+            near = _near_targets(shards.row(inputs.pool, index), raw_targets) & active
+            # Observing x = a while dropping y(a) from the targets leaves the precision
+            # of (D_n, y(A)) as it was (same noise on both), so the second state stays.
+            hit = jnp.any(near)
+            (tilde,) = gp.condition(geo.space, (tilde,), index, noise_var, shards=shards,
+                                    valid=valid & ~hit)
+            return plain, tilde, active & ~(near & valid)
+
+        return GreedyRule(num_points=inputs.pool.shape[0], init=init,
+                          score=lambda s: itl_scores(s[0].var, s[1].var, noise_var, "reference"),
+                          update=update)
+
+
+def _drop_targets_at(target: Any, pool: Any, observed: Any) -> Any:
+    """The targets that no observed pool point coincides with (concrete inputs only)."""
+    if observed is None:
+        return target
+    if is_traced(observed) or is_traced(pool) or is_traced(target):
+        raise ValueError("itl_noiseless(drop_observed_targets=True) needs concrete `pool`, "
+                         "`target` and `observed` (it filters the targets before tracing).")
+    obs = np.asarray(observed)
+    idx = np.flatnonzero(obs) if obs.dtype == bool else obs.astype(np.int64)
+    pts = np.asarray(pool)[idx]
+    tgt = np.asarray(target)
+    if pts.size == 0:
+        return target
+    d2 = (np.square(tgt[:, None, :].astype(np.float64) - pts[None, :, :])).sum(-1)
+    keep = ~np.any(d2 < SAME_POINT_TOL ** 2, axis=1)
+    if not keep.any():
+        raise ValueError("every target coincides with an observed point: nothing is left to "
+                         "learn about (itl_noiseless with drop_observed_targets=True).")
+    return jnp.asarray(target)[np.flatnonzero(keep)]
+
+
+def itl_noiseless(pool: Any, target: Any, *, k: int, noise_std: Any = 0.1, kernel: Any = None,
+                  normalize: bool = False, space: str = "auto",
+                  drop_observed_targets: bool = False, progress: bool = False,
+                  observed: Any = None, candidates: Any = None,
+                  max_observed: Optional[int] = None, prior_cov: Any = None,
+                  target_fraction: float = 1.0, max_target_size: Optional[int] = None,
+                  key: Any = None) -> Selection:
+    """The reference's `ITLNoiseless`: ITL that never picks an observed point again.
+
+    value(x) = ½ max(0, log(σ²_n(x) / σ̃²_n(x))) as `itl`, with every picked or
+    observed point masked (so it is `itl` with `allow_repeats=False`, our
+    default) and, with `drop_observed_targets`, every target within 1e-5 (L2)
+    of an observed point removed from the conditioning set y(A): a target that
+    has been observed is no longer something to learn about. (The reference's
+    `target_is_nonobersavble=False`; its class raises a TypeError in 0.1.1.)
+    Its noise is the reference's fixed jitter, variance 0.01 (noise_std 0.1).
+
+    Args:
+      pool: [N, d] pool embeddings.
+      target: [m, d] target embeddings (distinct rows with `drop_observed_targets`).
+      k: number of picks (static).
+      noise_std: observation noise standard deviation ρ > 0.
+      kernel, normalize, space, progress, observed, candidates, max_observed,
+      prior_cov, target_fraction, max_target_size, key: as in `itl`.
+      drop_observed_targets: drop targets that coincide with an observed point.
+
+    Returns:
+      `Selection` of k pool indices in pick order and their ITL values (nats).
+    """
+    if drop_observed_targets:
+        target = _drop_targets_at(target, pool, observed)
+        tgt = None if is_traced(target) else np.asarray(target)
+        if tgt is not None and tgt.ndim == 2 and len(tgt) > 1:
+            d2 = np.square(tgt[:, None, :].astype(np.float64) - tgt[None, :, :]).sum(-1)
+            np.fill_diagonal(d2, np.inf)
+            if np.any(d2 < SAME_POINT_TOL ** 2):
+                raise ValueError("itl_noiseless(drop_observed_targets=True) needs distinct "
+                                 "targets: two rows of `target` coincide (within 1e-5).")
+    return run_gp_rule(lambda sp, nz: ITLNoiselessRule(sp, nz, bool(drop_observed_targets)),
+                       "itl_noiseless", pool, target, k=k, noise_std=noise_std, kernel=kernel,
+                       normalize=normalize, allow_repeats=False, space=space, progress=progress,
+                       observed=observed, candidates=candidates, max_observed=max_observed,
+                       prior_cov=prior_cov, key=key, target_fraction=target_fraction,
+                       max_target_size=max_target_size)
 
 
 # ----------------------------------------------------------------------------- CTL / MM-ITL
@@ -348,7 +506,9 @@ class CorrelationRule(GPRule):
 def ctl(pool: Any, target: Any, *, k: int, noise_std: Any = 0.1, kernel: Any = None,
         normalize: bool = False, allow_repeats: bool = False, space: str = "auto",
         progress: bool = False, observed: Any = None, candidates: Any = None,
-        max_observed: Optional[int] = None) -> Selection:
+        max_observed: Optional[int] = None, prior_cov: Any = None, nonsequential: bool = False,
+        target_fraction: float = 1.0, max_target_size: Optional[int] = None,
+        key: Any = None) -> Selection:
     """CTL: greedily picks the point most correlated with the targets.
 
     value(x) = mean_{a∈A} Cov_n(x, a) / sqrt(σ²_n(x) σ²_n(a)): the signed,
@@ -359,21 +519,25 @@ def ctl(pool: Any, target: Any, *, k: int, noise_std: Any = 0.1, kernel: Any = N
 
 
     Args:
-{common_args}
+{common_args}{target_args}
     Returns:
       `Selection` of k pool indices in pick order and their mean correlations.
     """
     return run_gp_rule(lambda sp, nz: CorrelationRule(sp, nz, "ctl"), "ctl", pool, target, k=k,
                        noise_std=noise_std, kernel=kernel, normalize=normalize,
                        allow_repeats=allow_repeats, space=space, progress=progress,
-                       observed=observed, candidates=candidates, max_observed=max_observed)
+                       observed=observed, candidates=candidates, max_observed=max_observed,
+                       prior_cov=prior_cov, nonsequential=nonsequential, key=key,
+                       target_fraction=target_fraction, max_target_size=max_target_size)
 
 
 @_common_args
 def mmitl(pool: Any, target: Any, *, k: int, noise_std: Any = 0.1, kernel: Any = None,
           normalize: bool = False, allow_repeats: bool = False, space: str = "auto",
           progress: bool = False, observed: Any = None, candidates: Any = None,
-          max_observed: Optional[int] = None) -> Selection:
+          max_observed: Optional[int] = None, prior_cov: Any = None, nonsequential: bool = False,
+          target_fraction: float = 1.0, max_target_size: Optional[int] = None,
+          key: Any = None) -> Selection:
     """MM-ITL: greedily maximizes the mean marginal information about each target.
 
     value(x) = mean_{a∈A} −½ log(1 − ρ_n(x, a)²) with the noise-free posterior
@@ -381,11 +545,13 @@ def mmitl(pool: Any, target: Any, *, k: int, noise_std: Any = 0.1, kernel: Any =
 
 
     Args:
-{common_args}
+{common_args}{target_args}
     Returns:
       `Selection` of k pool indices in pick order and their MM-ITL values (nats).
     """
     return run_gp_rule(lambda sp, nz: CorrelationRule(sp, nz, "mmitl"), "mmitl", pool, target,
                        k=k, noise_std=noise_std, kernel=kernel, normalize=normalize,
                        allow_repeats=allow_repeats, space=space, progress=progress,
-                       observed=observed, candidates=candidates, max_observed=max_observed)
+                       observed=observed, candidates=candidates, max_observed=max_observed,
+                       prior_cov=prior_cov, nonsequential=nonsequential, key=key,
+                       target_fraction=target_fraction, max_target_size=max_target_size)
