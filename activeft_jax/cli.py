@@ -80,9 +80,10 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool", help="pool embeddings [N, d]: .npy, or .npz with array 'pool'")
     p.add_argument("--target", help="target embeddings [m, d]: .npy, or .npz with array 'target'")
     p.add_argument("--probs", help="class probabilities [N, C]: .npy, or .npz with array 'probs' "
-                   "(information_density, max_entropy)")
+                   "(information_density, max_entropy, min_margin, least_confidence)")
     p.add_argument("--k", type=int, required=True, help="number of points to select")
-    p.add_argument("--lengthscale", type=float, default=1.0, help="RBF lengthscale")
+    p.add_argument("--lengthscale", type=float, default=None,
+                   help="RBF lengthscale (default: the median distance between pool points)")
     p.add_argument("--x64", action="store_true", help="compute in float64")
     p.add_argument("--seed", type=int, default=0, help="PRNG seed (" + ", ".join(
         n for n in STRATEGIES if REGISTRY[n].key != "none") + ")")
@@ -169,7 +170,7 @@ def _option_flags(p: argparse.ArgumentParser, records) -> None:
         kw = dict(dest=name, default=None, help=text)
         if kind is bool:
             p.add_argument(opt.flag, action=argparse.BooleanOptionalAction, **kw)
-        elif kind in ("indices", "array"):
+        elif kind in ("indices", "array", "matrix"):
             p.add_argument(opt.flag, metavar="FILE", **kw)
         else:
             p.add_argument(opt.flag, type=kind, choices=opt.help.choices, **kw)
@@ -290,7 +291,7 @@ def _select_in_precision(args: argparse.Namespace) -> int:
     from activeft_jax.selection import REGISTRY, TARGETED, select
 
     dtype = np.float64 if args.x64 else np.float32
-    if args.pool is None and args.strategy != "max_entropy":
+    if args.pool is None and "pool" in REGISTRY[args.strategy].data:
         raise BadInput(f"--pool is required by strategy '{args.strategy}'")
     if args.strategy in TARGETED and args.target is None:
         raise BadInput(f"strategy '{args.strategy}' needs --target (target embeddings [m, d])")
@@ -306,6 +307,9 @@ def _select_in_precision(args: argparse.Namespace) -> int:
         options["observed"] = _load_mask_or_indices(options["observed"], "observed", "--observed")
     if "candidates" in options:
         options["candidates"] = _load_mask(options["candidates"], "candidates", "--candidates")
+    if "prior_cov" in options:
+        options["prior_cov"] = _as_float(_load_array(options["prior_cov"], "prior_cov",
+                                                     "--prior-cov"), dtype, "--prior-cov")
     if "kernel" in options:
         options["kernel"] = get_kernel(options["kernel"], args.lengthscale)
     if "progress" in rec.option_names:  # default: on a terminal, for long work

@@ -9,6 +9,7 @@ from activeft_jax.selection.prototypes import activeft_solver as activeft_solver
 from activeft_jax.selection.prototypes import activeft_sweep as activeft_sweep
 from activeft_jax.selection.prototypes import assign_to_prototypes as assign_to_prototypes
 from activeft_jax.selection.prototypes import fit_activeft as fit_activeft
+from activeft_jax.selection.classification import eig as eig
 from activeft_jax.selection.clustering import KMeansFit as KMeansFit
 from activeft_jax.selection.clustering import fit_kmeans as fit_kmeans
 from activeft_jax.selection.clustering import kmeans as kmeans
@@ -35,7 +36,9 @@ from activeft_jax.selection.sift import adaptive_steps as adaptive_steps
 from activeft_jax.selection.sift import sift as sift
 from activeft_jax.selection.similarity import cosine as cosine
 from activeft_jax.selection.similarity import information_density as information_density
+from activeft_jax.selection.similarity import least_confidence as least_confidence
 from activeft_jax.selection.similarity import max_entropy as max_entropy
+from activeft_jax.selection.similarity import min_margin as min_margin
 from activeft_jax.selection.transductive import ctl as ctl
 from activeft_jax.selection.transductive import itl as itl
 from activeft_jax.selection.transductive import mmitl as mmitl
@@ -69,6 +72,7 @@ __all__ = [
     "assign_to_prototypes",
     "cosine",
     "ctl",
+    "eig",
     "fit_activeft",
     "fit_kmeans",
     "get_strategy",
@@ -76,8 +80,10 @@ __all__ = [
     "itl",
     "kmeans",
     "kmeans_pp",
+    "least_confidence",
     "max_entropy",
     "maxdist",
+    "min_margin",
     "mmitl",
     "probcover",
     "random",

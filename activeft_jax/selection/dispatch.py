@@ -25,11 +25,12 @@ def select(name: str, pool: Any = None, target: Any = None, *, k: int, noise_std
     Args:
       name: one of `STRATEGIES`: itl, vtl, ctl, mmitl, undirected_itl,
         undirected_vtl, uncertainty, cosine, maxdist, random,
-        information_density, max_entropy, activeft, kmeans, kmeans_pp,
-        typiclust, probcover; and sift (see below).
-      pool: [N, d] pool embeddings (for max_entropy it may be omitted).
+        information_density, max_entropy, min_margin, least_confidence, eig,
+        activeft, kmeans, kmeans_pp, typiclust, probcover; and sift (see below).
+      pool: [N, d] pool embeddings (for max_entropy, min_margin and
+        least_confidence it may be omitted; for eig: penultimate features).
       target: [m, d] target embeddings; required by itl, vtl, ctl, mmitl,
-        cosine and information_density, ignored by the others.
+        cosine, information_density and eig, ignored by the others.
       k: number of picks (a Python int: static under jit).
       noise_std: observation noise standard deviation of the GP rules (> 0).
       key: PRNG key, required by random and maxdist.
@@ -38,7 +39,8 @@ def select(name: str, pool: Any = None, target: Any = None, *, k: int, noise_std
         strategy's own default: off, except typiclust and probcover (their
         official code works on normalized features; activeft always normalizes).
       kernel: 'linear' (default), 'cosine', 'rbf' or a kernel object.
-      probs: [N, C] class probabilities (information_density, max_entropy).
+      probs: [N, C] class probabilities (information_density, max_entropy,
+        min_margin, least_confidence).
       progress: progress bar on stderr for the sequential rules.
       observed: the points already labelled, as [n] int pool indices or a [N]
         bool mask; traced, so rounds with a fixed pool reuse one compiled
@@ -50,6 +52,7 @@ def select(name: str, pool: Any = None, target: Any = None, *, k: int, noise_std
         still count wherever a rule reads the pool.
       **options: strategy-specific options: `space` ('auto'|'weight'|'kernel')
         for the GP rules, `formulation` for itl, `beta` for information_density,
+        `weights` (required), `bias` and `step_size` for eig,
         and for activeft those of `selection.fit_activeft` (`init_indices`,
         `temperature`, `steps`, `learning_rate`, `batch_size`, ...).
 

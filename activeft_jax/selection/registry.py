@@ -19,6 +19,7 @@ from types import MappingProxyType
 from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 from activeft_jax.selection import (
+    classification,
     clustering,
     diversity,
     prototypes,
@@ -58,7 +59,19 @@ class OptionHelp(NamedTuple):
 OPTION_HELP: Mapping[str, OptionHelp] = MappingProxyType({
     "noise_std": OptionHelp("observation noise std of the GP rules, > 0 (0.1: the reference's "
                             "automatic noise variance 0.01)", float),
-    "kernel": OptionHelp("kernel of the GP rules and maxdist", str, ("linear", "cosine", "rbf")),
+    "kernel": OptionHelp("kernel of the GP rules and maxdist (rbf: lengthscale --lengthscale, "
+                         "default the median distance between pool points)", str,
+                         ("linear", "cosine", "rbf")),
+    "prior_cov": OptionHelp("GP rules: prior covariance [p, p] of the feature weights "
+                            "(.npy, or .npz array 'prior_cov')", "matrix"),
+    "nonsequential": OptionHelp("GP rules: rank the first scores (top k), no conditioning "
+                                "between picks", bool),
+    "drop_observed_targets": OptionHelp("itl_noiseless: targets that coincide with an observed "
+                                        "point leave the conditioning set", bool),
+    "target_fraction": OptionHelp("targeted GP rules: use a random fraction of the targets "
+                                  "(drawn with --seed)", float),
+    "max_target_size": OptionHelp("targeted GP rules: use at most this many targets (drawn "
+                                  "with --seed)", int),
     "normalize": OptionHelp("L2-normalize the embeddings first", bool),
     "allow_repeats": OptionHelp("keep picked points as candidates (the reference's behaviour)",
                                 bool),
@@ -75,6 +88,11 @@ OPTION_HELP: Mapping[str, OptionHelp] = MappingProxyType({
     "formulation": OptionHelp("itl: the reference's I(f(x); y(A)) or the paper code's form", str,
                               ("reference", "paper")),
     "beta": OptionHelp("information_density: exponent of the similarity", float),
+    "weights": OptionHelp("eig: [H, C] kernel of the classifier's final layer (logits = pool @ "
+                          "weights + bias)"),
+    "bias": OptionHelp("eig: [C] bias of the final layer (default zero)"),
+    "step_size": OptionHelp("eig: step size of the hallucinated SGD step on the final layer",
+                            float),
     "iters": OptionHelp("Lloyd steps of the clustering", int),
     "max_clusters": OptionHelp("typiclust: most clusters", int),
     "min_cluster_size": OptionHelp("typiclust: clusters this small or smaller are dropped", int),
@@ -194,13 +212,17 @@ def _record(name: str, fn: Callable, summary: str, data: tuple[str, ...], *, key
 
 
 _RECORDS = (
-    _record("itl", transductive.itl, "information about the targets (ITL)", ("pool", "target")),
+    _record("itl", transductive.itl, "information about the targets (ITL)", ("pool", "target"),
+            key="optional"),
     _record("vtl", transductive.vtl, "least posterior variance left at the targets (VTL)",
-            ("pool", "target")),
+            ("pool", "target"), key="optional"),
+    _record("itl_noiseless", transductive.itl_noiseless,
+            "ITL that never re-picks; optionally drops observed targets", ("pool", "target"),
+            key="optional"),
     _record("ctl", transductive.ctl, "posterior correlation with the targets (CTL)",
-            ("pool", "target")),
+            ("pool", "target"), key="optional"),
     _record("mmitl", transductive.mmitl, "mean marginal information about each target",
-            ("pool", "target")),
+            ("pool", "target"), key="optional"),
     _record("undirected_itl", undirected.undirected_itl, "largest posterior variance, conditioned",
             ("pool",)),
     _record("undirected_vtl", undirected.undirected_vtl, "VTL with the pool as the targets",
@@ -221,6 +243,13 @@ _RECORDS = (
     _record("information_density", similarity.information_density,
             "predictive entropy times similarity to the targets", ("pool", "target", "probs")),
     _record("max_entropy", similarity.max_entropy, "largest predictive entropy", ("probs",)),
+    _record("min_margin", similarity.min_margin, "smallest margin between the top two classes",
+            ("probs",)),
+    _record("least_confidence", similarity.least_confidence,
+            "smallest probability of the predicted class", ("probs",)),
+    _record("eig", classification.eig,
+            "expected information gain about the targets' predictions (final layer)",
+            ("pool", "target")),
     _record("activeft", prototypes.activeft, "ActiveFT prototypes matched to the pool",
             ("pool",), key="optional", signature=prototypes.fit_activeft),
     _record("sift", sift.sift, "SIFT per prompt: |<x, q>| prefilter, then VTL with repeats",

@@ -3,10 +3,14 @@
 * cosine: the k pool points with the largest mean cosine similarity to the
   targets (nearest-neighbour retrieval; the reference's `CosineSimilarity`).
 * max_entropy: the k largest predictive entropies H(p(x)).
+* min_margin: the k smallest margins p_(1)(x) − p_(2)(x) between the two most
+  probable classes (the reference's `MinMargin`).
+* least_confidence: the k smallest top-class probabilities max_c p(c|x) (the
+  reference's `LeastConfidence`).
 * information_density: H(p(x)) · (mean cosine similarity to A)^β (Settles &
   Craven, 2008), β = 1 by default.
 
-The last two take class probabilities `probs` [N, C] computed by the caller.
+All but cosine take class probabilities `probs` [N, C] computed by the caller.
 (The reference applies a softmax to whatever `model(x)` returns; to compare
 with it, pass exactly the probabilities it ends up using.)
 """
@@ -36,7 +40,8 @@ from activeft_jax.validation import (
     is_traced,
 )
 
-__all__ = ["cosine", "information_density", "max_entropy", "mean_cosine_similarity", "entropy"]
+__all__ = ["cosine", "entropy", "information_density", "least_confidence", "max_entropy",
+           "mean_cosine_similarity", "min_margin"]
 
 
 def mean_cosine_similarity(pool: jax.Array, target: jax.Array) -> jax.Array:
@@ -140,14 +145,75 @@ def max_entropy(probs: Any, *, k: int, observed: Any = None, candidates: Any = N
     Returns:
       `Selection`, largest entropy first, with the entropies in nats.
     """
+    return _top_k_of_probs(_entropy_score, probs, k, observed, candidates)
+
+
+def _top_k_of_probs(score, probs: Any, k: Any, observed: Any, candidates: Any, *,
+                    min_classes: int = 1) -> Selection:
+    """Validates `probs` [N, C], `k` and the masks, then the top-k of `score(probs)` [N]."""
     probs = _validate_probs(probs, None)
-    n = probs.shape[0]
+    n, c = probs.shape
+    if c < min_classes:
+        raise ValueError(f"`probs` must have at least {min_classes} classes (columns); got shape "
+                         f"{probs.shape}.")
     k = check_k(k, n, name="probs")
     observed = check_observed(observed, n)
     candidates = check_candidates(candidates, n)
     check_available(k, n, observed, candidates)
     masks = (None if observed is None else as_mask(observed, probs), candidates)
-    return _scored_top_k(_entropy_score, (probs,), (), masks, k=k, layout=layout_of(probs))
+    return _scored_top_k(score, (probs,), (), masks, k=k, layout=layout_of(probs))
+
+
+def _margin_score(probs):
+    # max and the max of the rest (a tied top class counts twice): cheaper to compile than top_k
+    first = jnp.argmax(probs, axis=1)
+    top = jnp.take_along_axis(probs, first[:, None], axis=1)[:, 0]
+    rest = jnp.where(jnp.arange(probs.shape[1])[None, :] == first[:, None], -jnp.inf, probs)
+    return jnp.max(rest, axis=1) - top
+
+
+def min_margin(probs: Any, *, k: int, observed: Any = None, candidates: Any = None) -> Selection:
+    """The k pool points whose two most probable classes are the closest.
+
+    value(x) = −(p_(1)(x) − p_(2)(x)), minus the margin between the largest and
+    the second largest class probability (larger is more uncertain), as in the
+    reference's `MinMargin` (Settles & Craven, 2008).
+
+    Args:
+      probs: [N, C] predicted class probabilities of the pool points, C >= 2
+        (may be split over devices along N).
+      k: number of picks (static).
+      observed: labelled points ([n] indices or a [N] bool mask): never picked.
+      candidates: [N] bool mask of the points that may be picked.
+
+    Returns:
+      `Selection`, smallest margin first, with the values −margin (in [−1, 0]).
+    """
+    return _top_k_of_probs(_margin_score, probs, k, observed, candidates, min_classes=2)
+
+
+def _confidence_score(probs):
+    return -jnp.max(probs, axis=1)
+
+
+def least_confidence(probs: Any, *, k: int, observed: Any = None,
+                     candidates: Any = None) -> Selection:
+    """The k pool points whose most probable class is the least probable.
+
+    value(x) = −max_c p(c|x), as in the reference's `LeastConfidence` (Settles &
+    Craven, 2008). With two classes it ranks like `min_margin` and `max_entropy`.
+
+    Args:
+      probs: [N, C] predicted class probabilities of the pool points (may be
+        split over devices along N).
+      k: number of picks (static).
+      observed: labelled points ([n] indices or a [N] bool mask): never picked.
+      candidates: [N] bool mask of the points that may be picked.
+
+    Returns:
+      `Selection`, least confident first, with the values −max_c p(c|x).
+    """
+    return _top_k_of_probs(_confidence_score, probs, k, observed, candidates)
 
 
 def _density_score(pool, probs, target, beta):
