@@ -4,7 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run demo test sift-study bench bench-activeft bench-embed bench-sift ref-venv \
+.PHONY: install run demo test sift-study bench bench-activeft bench-embed bench-sift bench-lazy-vtl \
+	fixtures-surface ref-venv \
 	st-venv clean
 
 install: $(STAMP)
@@ -74,6 +75,15 @@ bench-embed: install st-venv
 # SIFT selection for 1000 prompts against the reference Retriever.batch_search.
 bench-sift: install ref-venv
 	$(PY) experiments/benchmarks/compare_sift.py --sizes 20000,1000000
+
+# Exact VTL against the reference's LazyVTL / SIFT-fast (~8 min).
+bench-lazy-vtl: install ref-venv
+	$(PY) experiments/benchmarks/compare_lazy_vtl.py --ref-python $(REF_VENV)/bin/python
+
+# The reference's surface (nonsequential, kernels, latent covariance, ITLNoiseless, target
+# subsampling): rewrites tests/data/reference_surface.{npz,json}.
+fixtures-surface: ref-venv
+	$(REF_VENV)/bin/python experiments/benchmarks/reference/run_ref_surface.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

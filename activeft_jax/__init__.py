@@ -9,6 +9,8 @@ from activeft_jax import embeddings as embeddings
 from activeft_jax import gp as gp
 from activeft_jax import kernels as kernels
 from activeft_jax import selection as selection
+from activeft_jax.loader import ActiveDataLoader as ActiveDataLoader
+from activeft_jax.loader import select_with_model as select_with_model
 from activeft_jax.selection import STRATEGIES as STRATEGIES
 from activeft_jax.selection import Selection as Selection
 from activeft_jax.selection import select as select
@@ -28,5 +30,5 @@ def __getattr__(name):
         return importlib.import_module(f"activeft_jax.{name}")
     raise AttributeError(f"module 'activeft_jax' has no attribute {name!r}")
 
-__all__ = ["STRATEGIES", "Selection", "data", "embeddings", "gp", "kernels", "models", "select",
-           "selection", "sift", "training", "__version__"]
+__all__ = ["STRATEGIES", "ActiveDataLoader", "Selection", "data", "embeddings", "gp", "kernels",
+           "models", "select", "select_with_model", "selection", "sift", "training", "__version__"]
