@@ -197,7 +197,8 @@ def test_information_density_is_entropy_times_similarity(dtype):
 
 
 @pytest.mark.parametrize("kernel,ref_kernel", [("linear", linear_kernel),
-                                               ("rbf", lambda x, y: rbf_kernel(x, y, 1.0))])
+                                               (aft.kernels.RBF(1.0),
+                                                lambda x, y: rbf_kernel(x, y, 1.0))])
 def test_maxdist_is_a_true_k_center_greedy(dtype, kernel, ref_kernel):
     pool, _ = random_problem(25, n=60, d=4)
     sel = aft.select("maxdist", jnp.asarray(pool, dtype), k=10, key=jax.random.key(3), kernel=kernel)

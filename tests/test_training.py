@@ -279,7 +279,7 @@ def test_apply_function_raw_inputs_cold_start_and_a_test_set(tmp_path):
 
 
 @pytest.mark.parametrize("over, message", [
-    ({"strategy": "nope"}, r"unknown strategy 'nope'; choose one of itl, vtl, ctl"),
+    ({"strategy": "nope"}, r"unknown strategy 'nope'; choose one of itl, vtl, "),
     ({"rounds": 0}, r"`rounds` must be >= 1"),
     ({"k": 0}, r"`k` must be >= 1"),
     ({"rounds": 40}, r"budget rounds \* k = 40 \* 8 = 320 exceeds the pool size N = 300"),
