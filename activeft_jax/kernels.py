@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from activeft_jax._core import matmul
+from activeft_jax.validation import check_positive
 
 __all__ = ["Cosine", "Custom", "Kernel", "LatentCovariance", "Linear", "RBF", "get_kernel",
            "l2_normalize", "median_lengthscale", "resolve_kernel", "with_prior_cov"]
@@ -241,13 +242,9 @@ def median_lengthscale(points: jax.Array, max_points: int = 1000) -> jax.Array:
 
 
 def _check_lengthscale(ell: Any) -> None:
-    if ell is None or isinstance(ell, jax.core.Tracer):
-        return
-    arr = np.asarray(ell)
-    if arr.ndim != 0 or not np.issubdtype(arr.dtype, np.number) or arr.dtype == bool:
-        raise ValueError(f"the RBF lengthscale must be a real scalar; got {ell!r}.")
-    if not np.isfinite(arr) or arr <= 0:
-        raise ValueError(f"the RBF lengthscale must be finite and > 0; got {float(arr)}.")
+    """A given lengthscale must be a finite scalar > 0 (None: the median heuristic)."""
+    if ell is not None:
+        check_positive(ell, "lengthscale")
 
 
 _median_jit = jax.jit(median_lengthscale, static_argnums=1)
