@@ -11,16 +11,31 @@ which is exactly growing the Cholesky factor of K_XX + ρ²I by one row.
 the marginal variances of the N pool points, their covariances with m'
 (pseudo-)targets and the targets' variances. The rows themselves live
 
-* in **weight space** (kernels with a feature map φ ∈ R^d): Σ_n = B − UᵀU with
-  U [r, d], so Cov_n(u, w) = φ(u)ᵀ Σ_n φ(w) and a step costs one pass over the
-  pool, O(N d), however many rows have been appended; B = GᵀG is the prior
-  weight covariance, the identity unless a base factor G is given;
+* in **weight space** (kernels with a feature map φ ∈ R^d): a square-root
+  factor Σ_n = S_n S_nᵀ of the weight covariance (Potter's form), kept as
+  S_n = Gᵀ − Σ_j β_j w_j e_jᵀ with e_j = S_{j-1}ᵀφ(x_j) and w_j = S_{j-1} e_j,
+  so Cov_n(u, w) = φ(u)ᵀ Σ_n φ(w) and a step costs one pass over the pool,
+  O(N d), plus O(r d) for the factor; B = GᵀG is the prior weight
+  covariance, the identity unless a base factor G is given;
 * in **kernel space** (any kernel): rows V [r, N] over the pool, a step costs
   O(N (d + r)).
 
 Every per-point array keeps the pool axis leading ([N, m'], never [m', N]):
 on XLA's CPU backend the transposed layout made the same update 14× slower.
 Nothing here ever forms an N × N matrix.
+
+float32 (weight space). The per-point variances and covariances are updated by
+subtraction, σ²_{n+1} = σ²_n − v², so their round-off is relative to the
+prior (ε‖φ‖²), which is large next to a posterior variance near ρ² after
+re-picks. Three things keep the picks on the exact greedy:
+
+* the factor is a square root, so ψ = S_nᵀφ(x), whose squared norm is σ²_n(x),
+  cancels on the scale of the posterior standard deviation, not the variance;
+  the targets are carried as their conditional embeddings Ψ_A = Φ_A S_n;
+* the observed point itself is recomputed from the factor at every step:
+  σ²_{n+1}(x*) = ‖e‖² ρ²/(‖e‖² + ρ²) and Cov_{n+1}(x*, A) = Ψ_A e ρ²/(‖e‖² + ρ²);
+* `refine_scores` recomputes, before each pick, the scores of the best few
+  points from the factor (`fresh_rows`), until the best is a recomputed one.
 """
 
 from __future__ import annotations
@@ -35,6 +50,7 @@ from activeft_jax._core import PLAIN, Shards, matmul
 from activeft_jax.kernels import Kernel
 
 __all__ = [
+    "FreshRows",
     "KernelSpace",
     "Posterior",
     "WeightSpace",
@@ -42,13 +58,20 @@ __all__ = [
     "compress_targets",
     "condition",
     "conditioned_precision_factor",
+    "decorrelation",
+    "fresh_rows",
     "init_kernel_space",
     "init_weight_space",
     "observation_precision",
     "precision_factor",
+    "refine_scores",
     "rowwise_sq_norm",
     "target_observation_rows",
 ]
+
+#: `refine_scores`: points recomputed from the factor per round, and at most this many rounds.
+REFINE_POINTS = 8
+REFINE_ROUNDS = 8
 
 
 class Posterior(NamedTuple):
@@ -58,12 +81,15 @@ class Posterior(NamedTuple):
       var: [N] σ²_n(x) for every pool point.
       cov: [N, m'] Cov_n(x, a) for every pool point and (pseudo-)target.
       var_target: [m'] σ²_n(a).
-      rows: weight space [r, d] (Σ_n = B − rowsᵀrows); kernel space [r, N]
-        (Cov_n(S, S) = K − rowsᵀrows). Rows at and after `step` are zero.
+      rows: weight space [2, r, d]: rows[0, j] = e_j and rows[1, j] = β_j w_j,
+        the terms of the factor S_n = Gᵀ − rows[1]ᵀ rows[0] with Σ_n = S_n S_nᵀ;
+        kernel space [r, N] (Cov_n(S, S) = K − rowsᵀrows). Rows at and after
+        `step` are zero.
       base: weight space only: [d, d] factor G of the prior weight covariance
-        B = GᵀG, or None for B = I. Always None in kernel space.
+        B = GᵀG (S_0 = Gᵀ), or None for B = I. Always None in kernel space.
       step: [] int32, the index of the next row to write.
-      targets: [m', d] target features (weight space) or points (kernel space).
+      targets: weight space: [m', d] the targets' conditional embeddings
+        Ψ_A = Φ_A S_n (Cov_n(A, A) = Ψ_A Ψ_Aᵀ); kernel space: the target points.
       target_rows: kernel space only: [r, m'] the rows at the targets,
         v_j(A); None in weight space.
 
@@ -136,14 +162,17 @@ def compress_targets(target_features: jax.Array, shards: Optional[Shards] = None
     """m targets -> d pseudo-targets R with RᵀR = Φ_AᵀΦ_A (exact for m > d).
 
     VTL and ITL see the targets only through Φ_AᵀΦ_A, so R [d, d] stands in for
-    Φ_A [m, d]: memory is bounded by N·d whatever m is. Built from the
-    eigendecomposition of the Gram matrix, which tolerates rank deficiency.
-    With `shards`, the targets are a pool's local block and the Gram matrix
-    is summed over the devices.
+    Φ_A [m, d]: memory is bounded by N·d whatever m is. R is the triangular
+    factor of a QR decomposition of Φ_A, which tolerates rank deficiency and,
+    unlike a factor of the Gram matrix, does not square Φ_A's condition number
+    (in float32 the Gram matrix lost the small directions of clustered targets).
+    With `shards` on a split pool, the targets are a pool's local block and R
+    comes from the Gram matrix summed over the devices (d² floats cross
+    devices), as the square root of its eigendecomposition.
     """
-    gram = matmul(target_features.T, target_features)
-    if shards is not None:
-        gram = shards.psum(gram)
+    if shards is None or not shards.sharded:
+        return jnp.linalg.qr(target_features, mode="r")
+    gram = shards.psum(matmul(target_features.T, target_features))
     evals, evecs = jnp.linalg.eigh(gram)
     return jnp.sqrt(jnp.maximum(evals, 0))[:, None] * evecs.T
 
@@ -199,20 +228,19 @@ def init_weight_space(features: jax.Array, target_features: Optional[jax.Array],
     if base is None:
         var = rowwise_sq_norm(features)
         cov = matmul(features, target_features.T)
-        var_target = rowwise_sq_norm(target_features)
+        target_white = target_features
     else:
         var = rowwise_sq_norm(features, base.T)
-        target_white = matmul(target_features, base.T)             # [m', d]
+        target_white = matmul(target_features, base.T)             # [m', d] Φ_A S_0
         cov = matmul(features, matmul(base.T, target_white.T))     # φ Gᵀ G Rᵀ
-        var_target = rowwise_sq_norm(target_white)
     return Posterior(
         var=var,
         cov=cov,
-        var_target=var_target,
-        rows=jnp.zeros((num_rows, d), dtype),
+        var_target=rowwise_sq_norm(target_white),
+        rows=jnp.zeros((2, num_rows, d), dtype),
         base=base,
         step=jnp.zeros((), jnp.int32),
-        targets=target_features,
+        targets=target_white,
         target_rows=None,
     )
 
@@ -256,10 +284,10 @@ def _append(state: Posterior, index: jax.Array, cov_row: jax.Array, payload: jax
             valid: jax.Array) -> Posterior:
     """Appends the Cholesky row for an observation at pool point `index`.
 
-    `cov_row` is Cov_n(x_index, S) [N] and `target_cov_row` Cov_n(x_index, A)
-    [m']; `payload` is what the row buffer stores (Σ_n φ(x_index) [d] in weight
-    space, `cov_row` itself in kernel space). With `valid` False the row is
-    zero: nothing changes but the step counter.
+    Kernel space (weight space takes `_potter_step`). `cov_row` is
+    Cov_n(x_index, S) [N] and `target_cov_row` Cov_n(x_index, A) [m'];
+    `payload` is what the row buffer stores (`cov_row` itself). With `valid`
+    False the row is zero: nothing changes but the step counter.
     """
     inv_scale = lax.rsqrt(shards.row(state.var, index) + noise_var)
     inv_scale = jnp.where(valid, inv_scale, jnp.zeros((), inv_scale.dtype))
@@ -278,6 +306,50 @@ def _append(state: Posterior, index: jax.Array, cov_row: jax.Array, payload: jax
         targets=state.targets,
         target_rows=target_rows,
     )
+
+
+def _factor_t(state: Posterior, phi: jax.Array) -> jax.Array:
+    """Rows φ S_n [b, d] for rows φ [b, d]: (S_nᵀφ)ᵀ, the conditional embeddings (weight space)."""
+    prior = phi if state.base is None else matmul(phi, state.base.T)
+    return prior - matmul(matmul(phi, state.rows[1].T), state.rows[0])
+
+
+def _factor(state: Posterior, e: jax.Array) -> jax.Array:
+    """S_n e [d] (weight space)."""
+    prior = e if state.base is None else matmul(state.base.T, e)
+    return prior - matmul(state.rows[1].T, matmul(state.rows[0], e))
+
+
+def _potter_step(state: Posterior, e: jax.Array, w: jax.Array, cov_row: jax.Array,
+                 local: jax.Array, noise_var: jax.Array, valid: jax.Array) -> Posterior:
+    """Weight space: conditions on an observation with e = S_nᵀφ*, w = S_n e = Σ_n φ*.
+
+    `cov_row` is Φ w = Cov_n(S, x*) [N]; `local` is x*'s row in the local block
+    (out of range where it lies elsewhere or the step is not `valid`).
+    S_{n+1} = S_n (I − β e eᵀ) with β = 1 / (δ + ρ sqrt(δ)), δ = ‖e‖² + ρ², so
+    S_{n+1} S_{n+1}ᵀ = Σ_n − w wᵀ / δ. The row of x* itself is written from the
+    factor, σ²_{n+1}(x*) = ‖e‖² ρ²/δ and Cov_{n+1}(x*, A) = Ψ_A e ρ²/δ, instead
+    of subtracting nearly equal numbers (a one-row write: the [N, m'] state is
+    still updated in place).
+    """
+    var_star = jnp.sum(e * e)                              # σ²_n(x*) from the factor
+    total = var_star + noise_var
+    zero = jnp.zeros((), total.dtype)
+    inv_scale = jnp.where(valid, lax.rsqrt(total), zero)
+    beta = jnp.where(valid, 1 / (total + jnp.sqrt(noise_var * total)), zero)
+    shrink = noise_var / total                             # σ²_{n+1}(x*) / σ²_n(x*)
+    v = cov_row * inv_scale                                # [N]  v_{n+1}(S)
+    cov_target = matmul(state.targets, e)                  # [m'] Cov_n(A, x*)
+    v_target = cov_target * inv_scale                      # [m'] v_{n+1}(A)
+    var = jnp.maximum(state.var - v * v, 0).at[local].set(var_star * shrink, mode="drop")
+    cov = (state.cov - v[:, None] * v_target[None, :]).at[local].set(cov_target * shrink,
+                                                                      mode="drop")
+    targets = state.targets - beta * cov_target[:, None] * e[None, :]    # Ψ_A (I − β e eᵀ)
+    var_target = jnp.where(valid, jnp.sum(targets * targets, axis=1), state.var_target)
+    new_rows = jnp.stack([e * valid.astype(e.dtype), beta * w])[:, None, :]
+    rows = lax.dynamic_update_slice_in_dim(state.rows, new_rows, state.step, axis=1)
+    return state._replace(var=var, cov=cov, var_target=var_target, rows=rows,
+                          step=state.step + 1, targets=targets)
 
 
 def condition(space: "WeightSpace | KernelSpace", states: Sequence[Posterior],
@@ -307,15 +379,13 @@ def condition(space: "WeightSpace | KernelSpace", states: Sequence[Posterior],
     valid = jnp.asarray(valid, bool)
     if isinstance(space, WeightSpace):
         phi = shards.row(space.features, index)                        # [d]
-        ws = []
-        for st in states:
-            w = phi if st.base is None else matmul(st.base.T, matmul(st.base, phi))
-            w = w - matmul(st.rows.T, matmul(st.rows, phi))            # Σ_n φ*
-            ws.append(w)
+        es = [_factor_t(st, phi[None, :])[0] for st in states]         # e = S_nᵀ φ*
+        ws = [_factor(st, e) for st, e in zip(states, es)]             # w = S_n e = Σ_n φ*
         cov_rows = matmul(space.features, jnp.stack(ws, axis=1))       # [N, s]
+        local = index - shards.offset                                  # x*'s row here, if any
+        local = jnp.where(valid & (local >= 0) & (local < shards.n_local), local, shards.n_local)
         return tuple(
-            _append(st, index, cov_rows[:, j], ws[j], matmul(st.targets, ws[j]), noise_var,
-                    shards, valid)
+            _potter_step(st, es[j], ws[j], cov_rows[:, j], local, noise_var, valid)
             for j, st in enumerate(states)
         )
     x = shards.row(space.points, index)
@@ -333,6 +403,103 @@ def space_size(space: "WeightSpace | KernelSpace") -> int:
     """Rows of the pool (block) a space holds."""
     points = space.features if isinstance(space, WeightSpace) else space.points
     return points.shape[0]
+
+
+class FreshRows(NamedTuple):
+    """Some pool points' posterior recomputed from the weight-space factor (`fresh_rows`).
+
+    Has the fields a score function reads from a `Posterior` (var, cov,
+    var_target), for b points instead of N, and the embeddings they came from.
+
+    Attributes:
+      var: [b] σ²_n(x) = ‖ψ(x)‖².
+      cov: [b, m'] Cov_n(x, A) = ψ(x) Ψ_Aᵀ.
+      var_target: [m'] σ²_n(A) (as in the state).
+      embeddings: [b, d] ψ(x) = φ(x) S_n.
+      target_embeddings: [m', d] Ψ_A.
+    """
+
+    var: jax.Array
+    cov: jax.Array
+    var_target: jax.Array
+    embeddings: jax.Array
+    target_embeddings: jax.Array
+
+
+def fresh_rows(space: WeightSpace, state: Posterior, index: jax.Array) -> FreshRows:
+    """Recomputes the posterior of the local pool points `index` [b] from the factor.
+
+    O(b r d): each variance is a squared norm of a conditional embedding, which
+    cancels on the scale of the posterior standard deviation; the tracked
+    `state.var` and `state.cov` carry round-off on the scale of the prior.
+    """
+    psi = _factor_t(state, space.features[index])                     # [b, d]
+    return FreshRows(var=jnp.sum(psi * psi, axis=1), cov=matmul(psi, state.targets.T),
+                     var_target=state.var_target, embeddings=psi,
+                     target_embeddings=state.targets)
+
+
+def decorrelation(rows: FreshRows) -> jax.Array:
+    """1 − ρ_n(x, a)² [b, m'] from the embeddings, without cancelling when |ρ| → 1.
+
+    With unit vectors u = ψ(x)/‖ψ(x)‖ and t = ψ(a)/‖ψ(a)‖,
+    1 − ρ² = ‖u − t‖² ‖u + t‖² / 4, a product of two sums of squares: its
+    relative error is about ε/(1 − ρ²)^½, where 1 − (uᵀt)² loses every digit
+    once 1 − ρ² nears ε. A zero-variance point or target is uncorrelated (1).
+    """
+    def unit(x):
+        norm = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
+        ok = norm > 0
+        return jnp.where(ok, x / jnp.where(ok, norm, 1), 0), ok[..., 0]
+
+    u, ok_u = unit(rows.embeddings)
+    t, ok_t = unit(rows.target_embeddings)
+    diff = jnp.sum(jnp.square(u[:, None, :] - t[None, :, :]), axis=-1)
+    both = jnp.sum(jnp.square(u[:, None, :] + t[None, :, :]), axis=-1)
+    return jnp.where(ok_u[:, None] & ok_t[None, :], diff * both / 4, 1)
+
+
+def refine_scores(space: "WeightSpace | KernelSpace", states: Sequence[Posterior],
+                  score_fn: Any, *, num: int = REFINE_POINTS,
+                  max_rounds: int = REFINE_ROUNDS) -> jax.Array:
+    """`score_fn(states)` [N] with the best points' scores recomputed from the factor.
+
+    The tracked state's round-off is on the scale of the prior, enough to swap
+    near-tied candidates after re-picks in float32. In weight space the `num`
+    best points are scored again, `score_fn` applied to their `fresh_rows` (the
+    same indices in every state), and again while the best is a point that was
+    not (at most `max_rounds` rounds; usually one). Local to the block: on a
+    sharded pool every device refines its own best points. Kernel space
+    returns `score_fn(states)`. `score_fn` must score each point from its own
+    row (var[i], cov[i]) and the target quantities only. Availability is not
+    known here: a masked point among the best takes a slot.
+    """
+    scores = score_fn(states)
+    if not isinstance(space, WeightSpace):
+        return scores
+    n = scores.shape[0]
+    k = min(num, n)
+
+    def clean(s):
+        return jnp.where(jnp.isnan(s), -jnp.inf, s)
+
+    def refine(s):
+        top, index = lax.top_k(clean(s), k)
+        fresh = score_fn(tuple(fresh_rows(space, st, index) for st in states))
+        # Another round while a point left as it was (all at most min(top)) may be the best.
+        # (Slicing `top_k`'s outputs instead made XLA:CPU sort the whole array: 30 ms at
+        # N = 10⁵.)
+        again = (k < n) & (jnp.max(clean(fresh)) < jnp.min(top))
+        return s.at[index].set(fresh.astype(s.dtype)), again
+
+    def body(carry, _):
+        s, again = carry
+        # A fixed trip count with a `cond` inside (not a `while_loop`): reverse-mode
+        # differentiable, and a round that is not needed costs nothing outside vmap.
+        return lax.cond(again, refine, lambda s: (s, jnp.zeros((), bool)), s), None
+
+    (scores, _), _ = lax.scan(body, refine(scores), None, length=max_rounds - 1)
+    return scores
 
 
 def target_observation_rows(kernel: Kernel, points: jax.Array, targets: jax.Array,

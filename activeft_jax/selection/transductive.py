@@ -199,7 +199,8 @@ class VTLRule(GPRule):
                 target = pts
         return self.single(geo, inputs, shards,
                            init=lambda: self.prior(geo, target, k, inputs, shards),
-                           score=lambda state: vtl_scores(state, inputs.noise_var))
+                           score=lambda state: gp.posterior.refine_scores(
+                               geo.space, (state,), lambda st: vtl_scores(st[0], inputs.noise_var)))
 
 
 @_common_args
@@ -286,7 +287,8 @@ class ITLRule(GPRule):
         return GreedyRule(
             num_points=inputs.pool.shape[0],
             init=init,
-            score=lambda s: itl_scores(s[0].var, s[1].var, noise_var, formulation),
+            score=lambda s: gp.posterior.refine_scores(
+                geo.space, s, lambda st: itl_scores(st[0].var, st[1].var, noise_var, formulation)),
             update=self.updater(geo, inputs, shards),
         )
 
@@ -373,7 +375,9 @@ class ITLNoiselessRule(GPRule):
             return plain, tilde, active & ~(near & valid)
 
         return GreedyRule(num_points=inputs.pool.shape[0], init=init,
-                          score=lambda s: itl_scores(s[0].var, s[1].var, noise_var, "reference"),
+                          score=lambda s: gp.posterior.refine_scores(
+                              geo.space, s[:2],
+                              lambda st: itl_scores(st[0].var, st[1].var, noise_var, "reference")),
                           update=update)
 
 
@@ -466,20 +470,26 @@ def ctl_scores(state: gp.Posterior) -> jax.Array:
     return jnp.clip(mean, -1, 1)
 
 
-def mmitl_scores(state: gp.Posterior) -> jax.Array:
+def mmitl_scores(state: "gp.Posterior | gp.posterior.FreshRows") -> jax.Array:
     """MM-ITL: mean_a −½ log(1 − ρ_n(x, a)²): [N] (finite even at |ρ| = 1).
 
     ρ² is formed as Cov² · (1/σ²(x)) · (1/σ²(a)), and the mean over targets is
     a matrix-vector product with the constant weights −1/(2m). (One log per
     pair dominates the step. On XLA's CPU backend a row `mean` of the logs was
     fused with its consumers into a slow loop: this form made the greedy scan
-    1.8× faster at N = 10⁵, m = 100.)
+    1.8× faster at N = 10⁵, m = 100.) On `gp.posterior.FreshRows` (the points
+    `gp.posterior.refine_scores` recomputes) 1 − ρ² comes from the embeddings
+    (`gp.posterior.decorrelation`): near |ρ| = 1 the difference 1 − ρ² has no
+    digits left in float32.
     """
-    inv_var = jnp.square(_inv_std(state.var))
-    inv_var_target = jnp.square(_inv_std(state.var_target))
-    rho2 = jnp.square(state.cov) * inv_var[:, None] * inv_var_target[None, :]
-    tiny = jnp.finfo(rho2.dtype).tiny
-    log_terms = jnp.log(jnp.maximum(1 - rho2, tiny))                   # [N, m]
+    tiny = jnp.finfo(state.cov.dtype).tiny
+    if isinstance(state, gp.posterior.FreshRows):
+        log_terms = jnp.log(jnp.maximum(gp.posterior.decorrelation(state), tiny))
+    else:
+        inv_var = jnp.square(_inv_std(state.var))
+        inv_var_target = jnp.square(_inv_std(state.var_target))
+        rho2 = jnp.square(state.cov) * inv_var[:, None] * inv_var_target[None, :]
+        log_terms = jnp.log(jnp.maximum(1 - rho2, tiny))               # [N, m]
     m = log_terms.shape[1]
     return matmul(log_terms, jnp.full((m,), -0.5 / m, log_terms.dtype))
 
@@ -499,7 +509,10 @@ class CorrelationRule(GPRule):
         geo = self.geometry(inputs, compress=False)
         return self.single(geo, inputs, shards,
                            init=lambda: self.prior(geo, geo.target, k, inputs, shards),
-                           score=ctl_scores if self.measure == "ctl" else mmitl_scores)
+                           score=lambda state: gp.posterior.refine_scores(
+                               geo.space, (state,),
+                               lambda st: (ctl_scores if self.measure == "ctl"
+                                           else mmitl_scores)(st[0])))
 
 
 @_common_args

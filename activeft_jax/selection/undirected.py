@@ -62,7 +62,8 @@ class UndirectedITLRule(GPRule):
         geo = self.geometry(inputs, compress=False)
         return self.single(geo, inputs, shards,
                            init=lambda: self.prior(geo, None, k, inputs, shards),
-                           score=lambda state: state.var)
+                           score=lambda state: gp.posterior.refine_scores(geo.space, (state,),
+                                                                lambda st: st[0].var))
 
 
 class _StreamedVTL(NamedTuple):
