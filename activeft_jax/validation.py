@@ -303,8 +303,8 @@ class NumberRange:
         if integer and high is None:
             self.high = 2**31 - 1
 
-    def describe(self) -> str:
-        """E.g. 'finite and > 0', 'finite and in (0, 1]', 'an int >= 1'."""
+    def describe(self, cap: bool = False) -> str:
+        """E.g. 'finite and > 0', 'finite and in (0, 1]', 'an int >= 1' (`cap`: with the int32 bound)."""
         if not self.integer and self.low is not None and self.high is not None:
             lo = "(" if self.low_open else "["
             hi = ")" if self.high_open else "]"
@@ -312,7 +312,7 @@ class NumberRange:
         parts = []
         if self.low is not None:
             parts.append(f"{'>' if self.low_open else '>='} {_BIG.get(self.low, self.low)}")
-        if self.high is not None:
+        if self.high is not None and not (self.integer and self.high == 2**31 - 1 and not cap):
             high = _BIG.get(self.high, str(self.high))
             parts.append(f"{'<' if self.high_open else '<='} {high}")
         if self.integer:
@@ -405,7 +405,8 @@ def check_number(value: Any, name: str, allowed: Optional[NumberRange] = None,
         if not math.isfinite(x):
             raise ValueError(f"{label} must be {allowed.describe()}; got {x}.")
     if not allowed.contains(x):
-        raise ValueError(f"{label} must be {allowed.describe()}; got {x}.")
+        raise ValueError(f"{label} must be {allowed.describe(cap=allowed.high is not None and x > allowed.high)}; "
+                         f"got {x}.")
     return value
 
 

@@ -12,7 +12,7 @@ from experiments import study_a, study_b
 @pytest.mark.parametrize("options,message", [
     (["--strategies", "itl,nope"], "unknown strategies ['nope']"),
     (["--rounds", "200", "--k", "10"], "exceeds the pool (1423"),
-    (["--seeds", "0"], "seeds must be >= 1"),
+    (["--seeds", "0"], "seeds must be an int >= 1; got 0"),
     (["--config", "{d}/missing.json"], "--config: cannot read"),
     (["--config", "{d}/bad.json"], "unknown fields ['sedes']"),
 ])
@@ -27,7 +27,7 @@ def test_study_bad_configuration_fails_at_start(tmp_path, capsys, options, messa
 
 @pytest.mark.parametrize("options,message", [
     (["--strategies", "activeft,nope"], "unknown strategies ['nope']"),
-    (["--budgets", "0.01,2"], "budgets must be fractions of the pool in (0, 1]"),
+    (["--budgets", "0.01,2"], "budgets must be finite and in (0, 1]"),
     (["--setting", "cifar"], "unknown setting(s) ['cifar']"),
     (["--config", "{d}/bad.json"], "unknown fields ['sedes']"),
 ])
