@@ -35,6 +35,14 @@ and invalid JSON are bad input). `embed` writes float32 [n, d], row i for line i
 
 Bad input prints one line to stderr and exits with status 2; an internal
 error prints one line and exits with status 1 (`--debug` shows the traceback).
+Numeric options are checked by `validation.NUMERIC_OPTIONS`, as `select` checks them;
+paths before any file is read or model loaded: an output (`--out`, `--cache`) that is
+also an input, a directory, or in a missing or unwritable directory is bad input.
+Output files are written to a temporary file beside them and renamed, so a failed
+write (a full disk) leaves no partial file. Progress (`--progress` / `--no-progress`)
+is shown by default on a terminal for long inputs; `score` shows it for long inputs
+(many texts, or texts of several windows) on a terminal or not: a bar, or a line per
+batch of windows.
 """
 
 from __future__ import annotations

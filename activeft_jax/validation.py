@@ -377,7 +377,8 @@ def check_number(value: Any, name: str, allowed: Optional[NumberRange] = None,
     label = label or f"`{name}`"
     if is_traced(value):
         if jnp.ndim(value) != 0:
-            raise ValueError(f"{label} must be a scalar; got shape {_shape(value)} (use jax.vmap to sweep).")
+            raise ValueError(f"{label} must be a scalar; got shape {_shape(value)} "
+                             f"(use jax.vmap to sweep).")
         return value
     if value is None:
         raise ValueError(f"{label} must be {allowed.describe()}; got None.")
@@ -395,7 +396,8 @@ def check_number(value: Any, name: str, allowed: Optional[NumberRange] = None,
         arr = np.asarray(value) if not isinstance(value, (int, float)) else None
         if arr is not None:
             if arr.ndim != 0:
-                raise ValueError(f"{label} must be a scalar; got shape {arr.shape} (use jax.vmap to sweep).")
+                raise ValueError(f"{label} must be a scalar; got shape {arr.shape} "
+                                 f"(use jax.vmap to sweep).")
             if arr.dtype == bool or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
                 raise ValueError(f"{label} must be {allowed.describe()}; got {value!r}.")
         try:
@@ -405,8 +407,8 @@ def check_number(value: Any, name: str, allowed: Optional[NumberRange] = None,
         if not math.isfinite(x):
             raise ValueError(f"{label} must be {allowed.describe()}; got {x}.")
     if not allowed.contains(x):
-        raise ValueError(f"{label} must be {allowed.describe(cap=allowed.high is not None and x > allowed.high)}; "
-                         f"got {x}.")
+        cap = allowed.high is not None and x > allowed.high
+        raise ValueError(f"{label} must be {allowed.describe(cap=cap)}; got {x}.")
     return value
 
 

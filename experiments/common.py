@@ -137,9 +137,9 @@ def check_fields(cfg, spec: dict) -> None:
             if what in ("float", "floats") and _is_int(v):
                 v = float(v)
             if what in ("int", "ints") and not _is_int(v):
-                raise ValueError(f"{name} must be {'a list of ints, each ' if what == 'ints' else ''}"
-                                 f"{allowed.describe()}; got {value!r}")
+                each = "a list of ints, each " if what == "ints" else ""
+                raise ValueError(f"{name} must be {each}{allowed.describe()}; got {value!r}")
             if what in ("float", "floats") and not isinstance(v, (float, np.floating)):
-                raise ValueError(f"{name} must be {'a list of numbers, each ' if what == 'floats' else 'a number, '}"
-                                 f"{allowed.describe()}; got {value!r}")
+                each = "a list of numbers, each " if what == "floats" else "a number, "
+                raise ValueError(f"{name} must be {each}{allowed.describe()}; got {value!r}")
             check_number(v, name, allowed, label=name)

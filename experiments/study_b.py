@@ -72,7 +72,8 @@ def setting_bbc(cache_dir: Optional[Path] = None) -> dict:
     train, test = load("bbc_news", "train"), load("bbc_news", "test")
     texts = [str(t) for t in train.text] + [str(t) for t in test.text]
     encoder = load_minilm()
-    emb = cached_embeddings((CACHE if cache_dir is None else Path(cache_dir)) / "bbc_news_minilm.npz",
+    cache_dir = CACHE if cache_dir is None else Path(cache_dir)
+    emb = cached_embeddings(cache_dir / "bbc_news_minilm.npz",
                             lambda: encoder.encode(texts, progress=True), inputs=texts,
                             model=encoder.name, fingerprint=encoder.fingerprint,
                             options={"normalize": True}, verbose=True)

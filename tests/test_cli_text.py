@@ -126,7 +126,8 @@ def test_embed_cache_in_a_read_only_directory_is_one_line(tmp_path, capsys, fake
     code = cli.main(["embed", "--input", inp, "--out", str(tmp_path / "e.npy"),
                      "--cache", str(ro / "c.npz")])
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and err.startswith("activeft-jax: error: --cache:"), err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("activeft-jax: error: --cache:"), err
     assert not (tmp_path / "e.npy").exists()
     # a cache beside the output works, and is reused
     cache = tmp_path / "c.npz"
