@@ -518,8 +518,7 @@ def _auto_progress(flag: Optional[bool], n: int, threshold: int) -> bool:
 def _embed(args: argparse.Namespace) -> int:
     from activeft_jax.embeddings.cache import cached_embeddings
 
-    if args.batch_size < 1:
-        raise BadInput(f"--batch-size must be >= 1; got {args.batch_size}")
+    _check_numbers(args, {}, ("batch_size",))
     if not (args.out.endswith(".npy") or args.out.endswith(".npz")):
         raise BadInput(f"--out: expected a .npy or .npz file; got {args.out}")
     if args.cache is not None and not args.cache.endswith(".npz"):
@@ -572,10 +571,7 @@ def _embed(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
-    if args.batch_size < 1:
-        raise BadInput(f"--batch-size must be >= 1; got {args.batch_size}")
-    if args.window is not None and args.window < 2:
-        raise BadInput(f"--window must be >= 2 tokens; got {args.window}")
+    _check_numbers(args, {}, ("batch_size", "window"))
     _check_paths({"--input": args.input} if args.input != "-" else {}, {"--out": args.out})
     texts = _read_texts(args.input)
     for i, t in enumerate(texts, 1):

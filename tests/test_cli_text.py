@@ -42,12 +42,14 @@ def test_bad_jsonl_is_one_line_exit_2(tmp_path, capsys, command, desc, content, 
 
 @pytest.mark.parametrize("argv,message", [
     (["embed", "--input", "{i}", "--out", "{d}/e.txt"], "--out: expected a .npy or .npz"),
-    (["embed", "--input", "{i}", "--out", "{d}/e.npy", "--batch-size", "0"], "--batch-size must be >= 1"),
+    (["embed", "--input", "{i}", "--out", "{d}/e.npy", "--batch-size", "0"], "--batch-size must be an int >= 1; got 0"),
     (["embed", "--input", "{i}", "--out", "{d}/e.npy", "--cache", "{d}/c.npy"], "--cache: expected a .npz"),
     (["embed", "--input", "{d}/missing.jsonl", "--out", "{d}/e.npy"], "--input: cannot read"),
     (["embed", "--model", "gpt", "--input", "{i}", "--out", "{d}/e.npy"], "invalid choice: 'gpt'"),
     (["score", "--model", "minilm", "--input", "{i}"], "invalid choice: 'minilm'"),
-    (["score", "--input", "{i}", "--window", "1"], "--window must be >= 2"),
+    (["score", "--input", "{i}", "--window", "1"], "--window must be an int >= 2; got 1"),
+    (["score", "--input", "{i}", "--batch-size", "99999999999"], "--batch-size must be an int >= 1 and <= 2^31 - 1"),
+    (["embed", "--input", "{d}/texts.npy", "--out", "{d}/texts.npy"], "--out: {d}/texts.npy is also the input --input"),
     (["score", "--input", "{e}"], "line 2 has an empty text"),
     (["embed", "--input", "{d}/in.jsonl", "--out", "{d}/e.npz", "--cache", "{d}/e.npz"],
      "--out: {d}/e.npz is also --cache"),
@@ -59,13 +61,14 @@ def test_bad_jsonl_is_one_line_exit_2(tmp_path, capsys, command, desc, content, 
     (["score", "--input", "{i}", "--out", "{i}"], "is also the input --input"),
     (["score", "--input", "{i}", "--out", "{d}"], "it is a directory"),
     (["score", "--input", "{i}", "--out", "{d}/none/s.json"], "no such directory"),
-    (["score", "--input", "{i}", "--batch-size", "0"], "--batch-size must be >= 1"),
+    (["score", "--input", "{i}", "--batch-size", "0"], "--batch-size must be an int >= 1; got 0"),
 ])
 def test_bad_options_one_line_exit_2(tmp_path, capsys, argv, message):
     good = _write(tmp_path / "in.jsonl", b'{"text": "hello"}\n')
     empty_text = _write(tmp_path / "empty.jsonl", (json.dumps({"text": "a"}) + "\n"
                                                    + json.dumps({"text": ""}) + "\n").encode())
     (tmp_path / "dir.npz").mkdir()
+    (tmp_path / "texts.npy").write_bytes(b'{"text": "hello"}\n')  # JSONL under a .npy name
     argv = [a.format(i=good, e=empty_text, d=tmp_path) for a in argv]
     message = message.format(d=tmp_path)
     before = sorted(p.name for p in tmp_path.iterdir())
