@@ -146,39 +146,13 @@ def check_target(target: Any, d: int) -> jax.Array:
 
 
 def check_noise_std(noise_std: Any) -> None:
-    """A concrete `noise_std` must be a finite scalar > 0 (skipped for tracers)."""
-    if is_traced(noise_std):
-        if jnp.ndim(noise_std) != 0:
-            raise ValueError(
-                f"`noise_std` must be a scalar; got shape {_shape(noise_std)} (use jax.vmap to sweep)."
-            )
-        return
-    if noise_std is None:
-        raise ValueError("`noise_std` must be a positive number; got None.")
-    arr = np.asarray(noise_std)
-    if arr.ndim != 0:
-        raise ValueError(f"`noise_std` must be a scalar; got shape {arr.shape} (use jax.vmap to sweep).")
-    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-        raise ValueError(f"`noise_std` must be a real number; got {noise_std!r}.")
-    if not np.isfinite(arr) or arr <= 0:
-        raise ValueError(f"`noise_std` must be finite and > 0; got {float(arr)}.")
+    """A concrete `noise_std` must be a finite scalar > 0 (only the rank is checked for tracers)."""
+    check_number(noise_std, "noise_std")
 
 
 def check_positive(value: Any, name: str) -> None:
     """A concrete `value` must be a finite real scalar > 0 (only the rank is checked for tracers)."""
-    if is_traced(value):
-        if jnp.ndim(value) != 0:
-            raise ValueError(f"`{name}` must be a scalar; got shape {_shape(value)} (use jax.vmap to sweep).")
-        return
-    if value is None:
-        raise ValueError(f"`{name}` must be a positive number; got None.")
-    arr = np.asarray(value)
-    if arr.ndim != 0:
-        raise ValueError(f"`{name}` must be a scalar; got shape {arr.shape} (use jax.vmap to sweep).")
-    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-        raise ValueError(f"`{name}` must be a real number; got {value!r}.")
-    if not np.isfinite(arr) or arr <= 0:
-        raise ValueError(f"`{name}` must be finite and > 0; got {float(arr)}.")
+    check_number(value, name, _POSITIVE)
 
 
 def check_key(key: Optional[Any], strategy: str) -> jax.Array:
