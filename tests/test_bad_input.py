@@ -350,3 +350,25 @@ def test_cli_x64_normalize_seed_and_stdout(files, capsys):
     assert got["indices"] == [int(i) for i in ref.indices]
     assert got["values"][0] is None  # +inf (distance to no center) is written as null
     np.testing.assert_allclose(got["values"][1:], np.asarray(ref.values[1:]), rtol=1e-12)
+
+
+def test_stale_temporary_outputs_of_killed_writes_are_removed(files, capsys):
+    """A write killed mid-way leaves `.<name>.<pid>.<hex>.tmp`; the next write to the same
+    output removes it once its process is gone, and leaves a live writer's and other files."""
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead_pid = int(dead.stdout)
+    stale = files / f".sel.json.{dead_pid}.0badc0de.tmp"
+    live = files / f".sel.json.{os.getpid()}.00c0ffee.tmp"
+    other = files / ".sel.json.notours.tmp"
+    for p in (stale, live, other):
+        p.write_bytes(b"partial")
+    code = cli.main(["select", "--strategy", "vtl", "--pool", str(files / "pool.npy"), "--target",
+                     str(files / "target.npy"), "--k", "2", "--out", str(files / "sel.json")])
+    assert code == 0, capsys.readouterr().err
+    assert not stale.exists()
+    assert live.exists() and other.exists()
+    assert json.loads((files / "sel.json").read_text())["indices"]
