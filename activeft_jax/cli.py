@@ -35,6 +35,14 @@ and invalid JSON are bad input). `embed` writes float32 [n, d], row i for line i
 
 Bad input prints one line to stderr and exits with status 2; an internal
 error prints one line and exits with status 1 (`--debug` shows the traceback).
+Numeric options are checked by `validation.NUMERIC_OPTIONS`, as `select` checks them;
+paths before any file is read or model loaded: an output (`--out`, `--cache`) that is
+also an input, a directory, or in a missing or unwritable directory is bad input.
+Output files are written to a temporary file beside them and renamed, so a failed
+write (a full disk) leaves no partial file. Progress (`--progress` / `--no-progress`)
+is shown by default on a terminal for long inputs; `score` shows it for long inputs
+(many texts, or texts of several windows) on a terminal or not: a bar, or a line per
+batch of windows.
 """
 
 from __future__ import annotations
@@ -208,7 +216,11 @@ def _load_array(path: Optional[str], name: str, flag: str) -> Optional[np.ndarra
         raise BadInput(f"{flag}: no such file: {path}")
     try:
         if path.endswith(".npz"):
-            with np.load(path, allow_pickle=False) as z:
+            z = np.load(path, allow_pickle=False)
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise BadInput(f"{flag}: {path} holds a single .npy array, not an .npz archive; "
+                               f"rename it to .npy")
+            with z:
                 if name == "pool" and name not in z.files and "features" in z.files:
                     name = "features"
                 if name not in z.files:
@@ -217,12 +229,24 @@ def _load_array(path: Optional[str], name: str, flag: str) -> Optional[np.ndarra
                     )
                 return z[name]
         if path.endswith(".npy"):
-            return np.load(path, allow_pickle=False)
+            arr = np.load(path, allow_pickle=False)
+            if not isinstance(arr, np.ndarray):
+                files = list(getattr(arr, "files", []))
+                if hasattr(arr, "close"):
+                    arr.close()
+                raise BadInput(f"{flag}: {path} is an .npz archive (arrays: {', '.join(files) or 'none'}), "
+                               f"not a .npy array; rename it to .npz")
+            return arr
     except BadInput:
         raise
     except Exception as e:
-        raise BadInput(f"{flag}: cannot read {path}: {e}") from e
+        raise BadInput(f"{flag}: cannot read {path}: {_first_line(e)}") from e
     raise BadInput(f"{flag}: expected a .npy or .npz file; got {path}")
+
+
+def _first_line(e: BaseException) -> str:
+    text = getattr(e, "strerror", None) or str(e)
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _load_indices(path: Optional[str], flag: str) -> Optional[np.ndarray]:
@@ -291,6 +315,11 @@ def _select_in_precision(args: argparse.Namespace) -> int:
     from activeft_jax.selection import REGISTRY, TARGETED, select
 
     dtype = np.float64 if args.x64 else np.float32
+    rec = REGISTRY[args.strategy]
+    options = _given_options(args, rec)
+    _check_numbers(args, options, ("seed", "lengthscale"))
+    _check_paths(_input_paths(args, ("pool", "target", "probs", "init_indices", "observed",
+                                     "candidates", "prior_cov")), {"--out": args.out})
     if args.pool is None and "pool" in REGISTRY[args.strategy].data:
         raise BadInput(f"--pool is required by strategy '{args.strategy}'")
     if args.strategy in TARGETED and args.target is None:
@@ -299,8 +328,6 @@ def _select_in_precision(args: argparse.Namespace) -> int:
     target = _as_float(_load_array(args.target, "target", "--target"), dtype, "--target")
     probs = _as_float(_load_array(args.probs, "probs", "--probs"), dtype, "--probs")
 
-    rec = REGISTRY[args.strategy]
-    options = _given_options(args, rec)
     if "init_indices" in options:
         options["init_indices"] = _load_indices(options["init_indices"], "--init-indices")
     if "observed" in options:
@@ -338,6 +365,12 @@ def _sift(args: argparse.Namespace) -> int:
 
     rec = REGISTRY["sift"]
     options = _given_options(args, rec)
+    try:
+        _check_numbers(args, options, ())
+    except ValueError as e:
+        raise BadInput(_flag_names(str(e), rec)) from e
+    _check_paths(_input_paths(args, ("pool", "prompts", "observed", "candidates")),
+                 {"--out": args.out})
     if "observed" in options:
         options["observed"] = _load_mask_or_indices(options["observed"], "observed", "--observed")
     if "candidates" in options:
@@ -349,12 +382,7 @@ def _sift(args: argparse.Namespace) -> int:
         try:
             sel = sift(pool, prompts, k=args.k, **options)
         except ValueError as e:  # name the flag, not the Python argument
-            msg = str(e)
-            for opt in rec.options:
-                msg = msg.replace(f"`{opt.name}`", opt.flag)
-            for name in ("prompts", "pool", "k"):
-                msg = msg.replace(f"`{name}`", f"--{name}")
-            raise BadInput(msg) from e
+            raise BadInput(_flag_names(str(e), rec)) from e
         out = {
             "indices": np.asarray(sel.indices).astype(int).tolist(),
             "values": [[_json_float(float(v)) for v in row] for row in np.asarray(sel.values)],
@@ -362,6 +390,69 @@ def _sift(args: argparse.Namespace) -> int:
         if options.get("adaptive") is not None:
             out["steps"] = np.asarray(sel.steps).astype(int).tolist()
     return _write(out, args.out)
+
+
+def _flag_names(msg: str, rec) -> str:
+    for opt in rec.options:
+        msg = msg.replace(f"`{opt.name}`", opt.flag)
+    for name in ("prompts", "pool", "k"):
+        msg = msg.replace(f"`{name}`", f"--{name}")
+    return msg
+
+
+def _check_numbers(args: argparse.Namespace, options: dict, extra: Sequence[str]) -> None:
+    """Every numeric option against `validation.NUMERIC_OPTIONS`, before any file is read."""
+    from activeft_jax.validation import check_number, check_options
+
+    check_options(options)
+    for name in extra:
+        value = getattr(args, name, None)
+        if value is not None:
+            check_number(value, name, label="--" + name.replace("_", "-"))
+
+
+def _input_paths(args: argparse.Namespace, names: Sequence[str]) -> dict:
+    from activeft_jax.selection import OPTION_HELP
+
+    out = {}
+    for name in names:
+        value = getattr(args, name, None)
+        if isinstance(value, str) and value != "-":
+            h = OPTION_HELP.get(name)
+            out[(h.flag if h is not None and h.flag else None) or "--" + name.replace("_", "-")] = value
+    return out
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        if os.path.exists(a) and os.path.exists(b):
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _check_paths(inputs: dict, outputs: dict) -> None:
+    """Outputs: not an input, not a directory, in an existing writable directory; before any work."""
+    for flag, path in outputs.items():
+        if path in (None, "-"):
+            continue
+        for in_flag, in_path in inputs.items():
+            if _same_file(path, in_path):
+                raise BadInput(f"{flag}: {path} is also the input {in_flag}; write to another file")
+        for other_flag, other in outputs.items():
+            if other_flag != flag and other not in (None, "-") and _same_file(path, other):
+                raise BadInput(f"{flag}: {path} is also {other_flag}; give two different files")
+        if os.path.isdir(path):
+            raise BadInput(f"{flag}: cannot write {path}: it is a directory")
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            raise BadInput(f"{flag}: cannot write {path}: no such directory {parent}")
+        if flag == "--cache" and os.path.isfile(path):
+            continue  # a cache in a read-only place may still be read (and is written only if stale)
+        if not os.access(parent, os.W_OK | os.X_OK) and not (
+                os.path.exists(path) and not os.path.isfile(path)):
+            raise BadInput(f"{flag}: cannot write {path}: directory {parent} is not writable")
 
 
 def _activeft(pool: np.ndarray, k: int, key, options: dict) -> dict:
@@ -404,10 +495,18 @@ def _read_texts(path: str) -> list:
             obj = json.loads(line)
         except ValueError as e:
             raise BadInput(f"--input: line {i} of {path} is not valid JSON: {e}") from e
+        except RecursionError as e:
+            raise BadInput(f"--input: line {i} of {path} is nested too deeply to read") from e
         if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
             got = type(obj).__name__ if not isinstance(obj, dict) else (
                 "no 'text'" if "text" not in obj else f"'text' of type {type(obj['text']).__name__}")
             raise BadInput(f"--input: line {i} of {path}: expected an object with a string 'text'; got {got}")
+        try:
+            obj["text"].encode("utf-8")
+        except UnicodeEncodeError as e:  # "\ud800": a lone surrogate, not a character
+            raise BadInput(f"--input: line {i} of {path}: 'text' holds a lone surrogate "
+                           f"(U+{ord(obj['text'][e.start]):04X} at character {e.start}), which is "
+                           f"not valid Unicode") from e
         texts.append(obj["text"])
     return texts
 
@@ -419,12 +518,13 @@ def _auto_progress(flag: Optional[bool], n: int, threshold: int) -> bool:
 def _embed(args: argparse.Namespace) -> int:
     from activeft_jax.embeddings.cache import cached_embeddings
 
-    if args.batch_size < 1:
-        raise BadInput(f"--batch-size must be >= 1; got {args.batch_size}")
+    _check_numbers(args, {}, ("batch_size",))
     if not (args.out.endswith(".npy") or args.out.endswith(".npz")):
         raise BadInput(f"--out: expected a .npy or .npz file; got {args.out}")
     if args.cache is not None and not args.cache.endswith(".npz"):
         raise BadInput(f"--cache: expected a .npz file; got {args.cache}")
+    _check_paths({"--input": args.input} if args.input != "-" else {},
+                 {"--out": args.out, "--cache": args.cache})
     texts = _read_texts(args.input)
     progress = _auto_progress(args.progress, len(texts), 256)
     if args.model == "minilm":
@@ -445,24 +545,34 @@ def _embed(args: argparse.Namespace) -> int:
         def compute():
             return model.embed(texts, batch_size=args.batch_size, progress=progress)
 
-    emb = cached_embeddings(args.cache, compute, inputs=texts, model=model.name,
-                            fingerprint=model.fingerprint, options=options, verbose=progress)
+    if args.cache is None:
+        emb = compute()
+    else:
+        computed = []
+
+        def compute_once():
+            computed.append(compute())
+            return computed[0]
+
+        try:
+            emb = cached_embeddings(args.cache, compute_once, inputs=texts, model=model.name,
+                                    fingerprint=model.fingerprint, options=options,
+                                    verbose=progress)
+        except OSError as e:
+            if not computed:  # reading the cache, or the model, failed
+                raise
+            raise BadInput(f"--cache: cannot write {args.cache}: {_first_line(e)}") from e
     emb = np.asarray(emb, dtype=np.float32)
-    try:
-        if args.out.endswith(".npz"):
-            np.savez(args.out, pool=emb)
-        else:
-            np.save(args.out, emb)
-    except OSError as e:
-        raise BadInput(f"--out: cannot write {args.out}: {e.strerror}") from e
+    if args.out.endswith(".npz"):
+        _write_file(args.out, lambda f: np.savez(f, pool=emb))
+    else:
+        _write_file(args.out, lambda f: np.save(f, emb))
     return 0
 
 
 def _score(args: argparse.Namespace) -> int:
-    if args.batch_size < 1:
-        raise BadInput(f"--batch-size must be >= 1; got {args.batch_size}")
-    if args.window is not None and args.window < 2:
-        raise BadInput(f"--window must be >= 2 tokens; got {args.window}")
+    _check_numbers(args, {}, ("batch_size", "window"))
+    _check_paths({"--input": args.input} if args.input != "-" else {}, {"--out": args.out})
     texts = _read_texts(args.input)
     for i, t in enumerate(texts, 1):
         if not t:
@@ -472,8 +582,12 @@ def _score(args: argparse.Namespace) -> int:
     model = load_smollm2()
     if args.window is not None and args.window > model.context_length:
         raise BadInput(f"--window {args.window} exceeds the model's context length {model.context_length}")
+    # Long runs show progress by default, a bar on a terminal and a line per batch of
+    # windows otherwise (--no-progress: none): many texts, or long ones (~4 bytes a token).
+    long_run = len(texts) >= 32 or sum(len(t) for t in texts) >= 4 * 2 * (args.window or 8192)
+    progress = args.progress if args.progress is not None else long_run
     scores = model.score(texts, window=args.window, batch_size=args.batch_size,
-                         progress=_auto_progress(args.progress, len(texts), 32))
+                         progress=progress)
     out = [{"tokens": int(s["tokens"]), "nll": float(s["nll"]), "bpb": float(s["bpb"])} for s in scores]
     return _write(out, args.out)
 
@@ -483,12 +597,19 @@ def _write(out, path: Optional[str]) -> int:
     if path in (None, "-"):
         print(text)
     else:
-        try:
-            with open(path, "w") as f:
-                f.write(text + "\n")
-        except OSError as e:
-            raise BadInput(f"--out: cannot write {path}: {e.strerror}") from e
+        data = (text + "\n").encode("utf-8")
+        _write_file(path, lambda f: f.write(data))
     return 0
+
+
+def _write_file(path: str, write, flag: str = "--out") -> None:
+    """`write(f)` to a temporary file renamed to `path`: never a partial file, one line on error."""
+    from activeft_jax._io import atomic_write
+
+    try:
+        atomic_write(path, write)
+    except OSError as e:
+        raise BadInput(f"{flag}: cannot write {path}: {_first_line(e)}") from e
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

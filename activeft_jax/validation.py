@@ -10,6 +10,7 @@ Every error is a `ValueError` that names the argument and its shape.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Optional
 
 import jax
@@ -26,11 +27,15 @@ __all__ = [
     "check_key",
     "check_available",
     "check_noise_std",
+    "check_number",
+    "check_options",
     "check_observed",
     "check_positive",
     "check_target",
     "count_true",
     "is_traced",
+    "NUMERIC_OPTIONS",
+    "NumberRange",
 ]
 
 
@@ -141,39 +146,13 @@ def check_target(target: Any, d: int) -> jax.Array:
 
 
 def check_noise_std(noise_std: Any) -> None:
-    """A concrete `noise_std` must be a finite scalar > 0 (skipped for tracers)."""
-    if is_traced(noise_std):
-        if jnp.ndim(noise_std) != 0:
-            raise ValueError(
-                f"`noise_std` must be a scalar; got shape {_shape(noise_std)} (use jax.vmap to sweep)."
-            )
-        return
-    if noise_std is None:
-        raise ValueError("`noise_std` must be a positive number; got None.")
-    arr = np.asarray(noise_std)
-    if arr.ndim != 0:
-        raise ValueError(f"`noise_std` must be a scalar; got shape {arr.shape} (use jax.vmap to sweep).")
-    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-        raise ValueError(f"`noise_std` must be a real number; got {noise_std!r}.")
-    if not np.isfinite(arr) or arr <= 0:
-        raise ValueError(f"`noise_std` must be finite and > 0; got {float(arr)}.")
+    """A concrete `noise_std` must be a finite scalar > 0 (only the rank is checked for tracers)."""
+    check_number(noise_std, "noise_std")
 
 
 def check_positive(value: Any, name: str) -> None:
     """A concrete `value` must be a finite real scalar > 0 (only the rank is checked for tracers)."""
-    if is_traced(value):
-        if jnp.ndim(value) != 0:
-            raise ValueError(f"`{name}` must be a scalar; got shape {_shape(value)} (use jax.vmap to sweep).")
-        return
-    if value is None:
-        raise ValueError(f"`{name}` must be a positive number; got None.")
-    arr = np.asarray(value)
-    if arr.ndim != 0:
-        raise ValueError(f"`{name}` must be a scalar; got shape {arr.shape} (use jax.vmap to sweep).")
-    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-        raise ValueError(f"`{name}` must be a real number; got {value!r}.")
-    if not np.isfinite(arr) or arr <= 0:
-        raise ValueError(f"`{name}` must be finite and > 0; got {float(arr)}.")
+    check_number(value, name, _POSITIVE)
 
 
 def check_key(key: Optional[Any], strategy: str) -> jax.Array:
@@ -274,3 +253,141 @@ def _count_true(mask: jax.Array) -> jax.Array:
 def count_true(mask: jax.Array) -> int:
     """The number of True entries of a concrete mask, on every process (a jitted reduction)."""
     return _scalar(concrete(_count_true, mask))
+
+
+# ------------------------------------------------------------------ numeric options, in one place
+
+
+_BIG = {2**31 - 1: "2^31 - 1", 2**63 - 1: "2^63 - 1", -(2**63): "-2^63"}
+
+
+class NumberRange:
+    """The values a numeric option may take: an int or a finite real, within bounds.
+
+    `low`/`high` are inclusive unless `low_open`/`high_open`; None: unbounded.
+    Integers are also bounded by int32 (they size arrays and loop counts).
+    """
+
+    __slots__ = ("integer", "low", "high", "low_open", "high_open")
+
+    def __init__(self, integer: bool = False, low: Optional[float] = None,
+                 high: Optional[float] = None, low_open: bool = False, high_open: bool = False):
+        self.integer, self.low, self.high = integer, low, high
+        self.low_open, self.high_open = low_open, high_open
+        if integer and high is None:
+            self.high = 2**31 - 1
+
+    def describe(self, cap: bool = False) -> str:
+        """E.g. 'finite and > 0', 'finite and in (0, 1]', 'an int >= 1' (`cap`: with the int32 bound)."""
+        if not self.integer and self.low is not None and self.high is not None:
+            lo = "(" if self.low_open else "["
+            hi = ")" if self.high_open else "]"
+            return f"finite and in {lo}{self.low}, {self.high}{hi}"
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>' if self.low_open else '>='} {_BIG.get(self.low, self.low)}")
+        if self.high is not None and not (self.integer and self.high == 2**31 - 1 and not cap):
+            high = _BIG.get(self.high, str(self.high))
+            parts.append(f"{'<' if self.high_open else '<='} {high}")
+        if self.integer:
+            return "an int " + " and ".join(parts) if parts else "an int"
+        return "finite and " + " and ".join(parts) if parts else "finite"
+
+    def contains(self, x) -> bool:
+        if self.low is not None and (x < self.low or (self.low_open and x == self.low)):
+            return False
+        if self.high is not None and (x > self.high or (self.high_open and x == self.high)):
+            return False
+        return True
+
+
+_POSITIVE = NumberRange(low=0, low_open=True)
+_COUNT = NumberRange(integer=True, low=1)
+_COUNT0 = NumberRange(integer=True, low=0)
+_FRACTION = NumberRange(low=0, high=1, low_open=True)
+
+#: Every numeric option of the strategies, the kernels and the command line, and its range.
+#: `check_number` / `check_options` read this table: `select`, the command line and the
+#: studies share it, so an option is checked the same way wherever it is given.
+NUMERIC_OPTIONS: dict = {
+    "noise_std": _POSITIVE,
+    "lengthscale": _POSITIVE,
+    "target_fraction": _FRACTION,
+    "max_target_size": _COUNT,
+    "beta": NumberRange(low=0),
+    "step_size": _POSITIVE,
+    "iters": _COUNT0,
+    "max_clusters": _COUNT,
+    "min_cluster_size": _COUNT0,
+    "num_neighbors": _COUNT,
+    "delta": _POSITIVE,
+    "temperature": _POSITIVE,
+    "steps": _COUNT0,
+    "learning_rate": _POSITIVE,
+    "balance": _POSITIVE,
+    "batch_size": _COUNT,
+    "chunk_rows": _COUNT,
+    "refresh": NumberRange(low=0, high=1),
+    "num_fast": _COUNT0,
+    "prefilter": _COUNT,
+    "lambda_": _POSITIVE,
+    "adaptive": _POSITIVE,
+    "max_observed": _COUNT0,
+    "k": _COUNT,
+    "seed": NumberRange(integer=True, low=-(2**63), high=2**63 - 1),
+    "window": NumberRange(integer=True, low=2),
+}
+
+
+def check_number(value: Any, name: str, allowed: Optional[NumberRange] = None,
+                 label: Optional[str] = None) -> Any:
+    """A concrete scalar option must be a real number (an int if so declared) in its range.
+
+    `allowed` defaults to `NUMERIC_OPTIONS[name]`; `label` is how the message names it
+    (default: `name` in backticks). Tracers are left alone (only their rank is checked).
+    Returns the value unchanged.
+    """
+    allowed = allowed if allowed is not None else NUMERIC_OPTIONS[name]
+    label = label or f"`{name}`"
+    if is_traced(value):
+        if jnp.ndim(value) != 0:
+            raise ValueError(f"{label} must be a scalar; got shape {_shape(value)} "
+                             f"(use jax.vmap to sweep).")
+        return value
+    if value is None:
+        raise ValueError(f"{label} must be {allowed.describe()}; got None.")
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{label} must be {allowed.describe()}; got {value!r}.")
+    if allowed.integer:
+        if isinstance(value, (int, np.integer)):
+            x = int(value)
+        elif (isinstance(value, (float, np.floating)) and math.isfinite(value)
+              and float(value).is_integer()):
+            raise ValueError(f"{label} must be {allowed.describe()}; got the float {value!r}.")
+        else:
+            raise ValueError(f"{label} must be {allowed.describe()}; got {value!r}.")
+    else:
+        arr = np.asarray(value) if not isinstance(value, (int, float)) else None
+        if arr is not None:
+            if arr.ndim != 0:
+                raise ValueError(f"{label} must be a scalar; got shape {arr.shape} "
+                                 f"(use jax.vmap to sweep).")
+            if arr.dtype == bool or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+                raise ValueError(f"{label} must be {allowed.describe()}; got {value!r}.")
+        try:
+            x = float(value)
+        except OverflowError:  # a Python int beyond float range
+            x = math.inf
+        if not math.isfinite(x):
+            raise ValueError(f"{label} must be {allowed.describe()}; got {x}.")
+    if not allowed.contains(x):
+        cap = allowed.high is not None and x > allowed.high
+        raise ValueError(f"{label} must be {allowed.describe(cap=cap)}; got {x}.")
+    return value
+
+
+def check_options(options: dict) -> None:
+    """`check_number` for every option of `options` named in `NUMERIC_OPTIONS` (None: not given)."""
+    for name, value in options.items():
+        if name in NUMERIC_OPTIONS and value is not None:
+            check_number(value, name)

@@ -75,7 +75,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from experiments.common import CACHE, RESULTS as _RESULTS, OneLineParser, ci, read_config
+from experiments.common import (RESULTS as _RESULTS, OneLineParser, check_fields, ci, output_dirs,
+                                read_config, save_figure, write_text)
 
 RESULTS = _RESULTS / "sift_study"
 CORPORA = ("code", "news")
@@ -237,10 +238,15 @@ def main(argv=None):
                     help="the accelerator configuration: " + ", ".join(
                         f"{k}={v}" for k, v in LARGE.items()))
     ap.add_argument("--config", help="JSON object of Config fields (applied after --large)")
-    ap.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    ap.add_argument("--out", type=Path, default=None, help=f"results folder (default {RESULTS})")
+    ap.add_argument("--cache-dir", type=Path, default=None,
+                    help="embedding cache folder (default: <out>/cache with --out, else "
+                    "experiments/results/cache)")
     ap.add_argument("--replot", action="store_true",
                     help="rewrite tables and plots from <out>/<corpus>/results.json")
     args = ap.parse_args(argv)
+    out_given = args.out is not None
+    args.out = args.out if out_given else RESULTS
     corpora = CORPORA if args.corpus == "all" else (args.corpus,)
     if args.replot:
         done = {}
@@ -262,11 +268,20 @@ def main(argv=None):
         if getattr(args, name) is not None:
             over[name] = getattr(args, name)
     cfg = Config(**over)
-    bad = [f"{f.name}={getattr(cfg, f.name)!r}" for f in dataclasses.fields(cfg)
-           if f.name not in ("learning_rate", "lambda_", "adaptive_threshold")
-           and not (isinstance(getattr(cfg, f.name), int) and getattr(cfg, f.name) >= 1)]
-    bad += [f"{n}={getattr(cfg, n)!r}" for n in ("learning_rate", "lambda_", "adaptive_threshold")
-            if not (isinstance(getattr(cfg, n), (int, float)) and getattr(cfg, n) > 0)]
+    from activeft_jax.validation import NumberRange
+
+    rates = ("learning_rate", "lambda_", "adaptive_threshold")
+    bad = []
+    for f in dataclasses.fields(cfg):
+        kind = (("float", NumberRange(low=0, low_open=True)) if f.name in rates
+                else ("int", NumberRange(integer=True, low=1)))
+        try:
+            check_fields(cfg, {f.name: kind})
+        except ValueError:
+            bad.append(f"{f.name}={getattr(cfg, f.name)!r}")
+    if bad:
+        ap.error("bad configuration: " + ", ".join(bad) + " (counts are integers >= 1, "
+                 "rates and thresholds finite and > 0)")
     if cfg.docs < 2:
         bad.append(f"docs={cfg.docs} (at least 2, for an interval)")
     if cfg.prefilter < cfg.k:
@@ -274,18 +289,22 @@ def main(argv=None):
     if bad:
         ap.error("bad configuration: " + ", ".join(bad) + " (counts are integers >= 1, "
                  "rates and thresholds > 0)")
+    try:
+        args.out, cache = output_dirs(args.out if out_given else None, args.cache_dir, RESULTS)
+    except ValueError as e:
+        ap.error(str(e))
     t0 = time.time()
     from activeft_jax.models import load_minilm, load_smollm2
     enc, lm = load_minilm(), load_smollm2()
     done = {}
     for c in corpora:
-        done[c] = run_corpus(cfg, c, enc, lm, t0)
+        done[c] = run_corpus(cfg, c, enc, lm, t0, cache)
         write_corpus(done[c], cfg, args.out / c)
     write_summary(done, args.out)
     print(f"total {time.time() - t0:.0f} s", flush=True)
 
 
-def run_corpus(cfg: Config, corpus: str, enc, lm, t0: float) -> dict:
+def run_corpus(cfg: Config, corpus: str, enc, lm, t0: float, cache: Path) -> dict:
     import jax
     from activeft_jax import sift
     from activeft_jax.embeddings import cached_embeddings
@@ -306,13 +325,13 @@ def run_corpus(cfg: Config, corpus: str, enc, lm, t0: float) -> dict:
                          f"asked for {cfg.docs}")
     assert not {n.split('#')[0] for n in names} & set(pool_src)
 
-    CACHE.mkdir(parents=True, exist_ok=True)
+    cache.mkdir(parents=True, exist_ok=True)
     prefix = {"code": "stdlib", "news": "bbc_news"}[corpus]
     opts = {"normalize": True, "chunk_chars": cfg.chunk_chars}
-    pool_emb = cached_embeddings(CACHE / f"{prefix}_pool_minilm.npz", lambda: enc.encode(pool),
+    pool_emb = cached_embeddings(cache / f"{prefix}_pool_minilm.npz", lambda: enc.encode(pool),
                                  inputs=pool, model=enc.name, fingerprint=enc.fingerprint,
                                  options=opts, verbose=True)
-    q_emb = cached_embeddings(CACHE / f"{prefix}_prompts_minilm.npz",
+    q_emb = cached_embeddings(cache / f"{prefix}_prompts_minilm.npz",
                               lambda: enc.encode(prompts), inputs=prompts, model=enc.name,
                               fingerprint=enc.fingerprint, options={"normalize": True},
                               verbose=True)
@@ -462,7 +481,7 @@ def _spearman(a, b) -> float:
 
 def write_corpus(res: dict, cfg: Config, out: Path):
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(res, indent=1))
+    write_text(out / "results.json", json.dumps(res, indent=1))
     rows = _rows(res, cfg)
     base = rows[0][1]
     n = len(base)
@@ -473,7 +492,7 @@ def write_corpus(res: dict, cfg: Config, out: Path):
     lines += [f"| {name} | " + " | ".join(_cell(v, base)) + " |" for name, v in rows]
     lines += [""] + _facts(res, cfg)
     table = "\n".join(lines)
-    (out / "table.md").write_text(table + "\n")
+    write_text(out / "table.md", table + "\n")
     print(table, flush=True)
 
     import matplotlib
@@ -505,7 +524,7 @@ def write_corpus(res: dict, cfg: Config, out: Path):
     fig.suptitle(f"SmolLM2-135M on {n} {LABEL[res['corpus']]}, k = {cfg.k}, "
                  f"Adam lr {cfg.learning_rate:g}")
     fig.tight_layout()
-    fig.savefig(out / "bpb_vs_steps.png", dpi=120)
+    save_figure(fig, out / "bpb_vs_steps.png", dpi=120)
     plt.close(fig)
 
 
@@ -528,7 +547,7 @@ def write_summary(done: dict, out: Path):
     for c in cols:
         lines += ["", f"**{c}** ({len(done[c]['bpb_base'])} documents): "
                   + " ".join(_facts(done[c], cfgs[c]))]
-    (out / "table.md").write_text("\n".join(lines) + "\n")
+    write_text(out / "table.md", "\n".join(lines) + "\n")
 
     import matplotlib
     matplotlib.use("Agg")
@@ -581,7 +600,7 @@ def write_summary(done: dict, out: Path):
         ax.set_ylabel(f"bpb gained after {cfg.k} steps")
         ax.set_title(f"{c}: Spearman ρ = {_spearman(post[:, -1], g_k):+.2f}")
     fig.tight_layout()
-    fig.savefig(out / "adaptive.png", dpi=110)
+    save_figure(fig, out / "adaptive.png", dpi=110)
     plt.close(fig)
     print("\n".join(lines), flush=True)
 

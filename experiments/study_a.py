@@ -11,6 +11,11 @@ and learning curves with bands.
 
     python -m experiments.study_a                      # default configuration
     python -m experiments.study_a --seeds 10 --rounds 8 --strategies itl,vtl,random
+
+Writes under `--out` (default experiments/results/study_a/<setting>/); the bbc setting's
+embedding cache goes to `--cache-dir` (default: experiments/results/cache/ without
+`--out`, <out>/cache/ with it), nowhere else. Every field of the configuration is checked
+by type and range before any work; a bad one is one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -20,10 +25,12 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
-from experiments.common import RESULTS as _RESULTS, OneLineParser, ci, read_config
+from experiments.common import (CACHE, RESULTS as _RESULTS, OneLineParser, check_fields, ci,
+                                output_dirs, read_config, save_figure, write_text)
 
 RESULTS = _RESULTS / "study_a"
 
@@ -80,7 +87,7 @@ def _pretrain(cfg: Config, model, variables, x, y, lr: float):
     return state.full_params()
 
 
-def setting_digits(cfg: Config) -> dict:
+def setting_digits(cfg: Config, cache_dir: Optional[Path] = None) -> dict:
     """sklearn digits as 8x8x1 images in [0, 1]; a small CNN."""
     import jax
 
@@ -94,7 +101,7 @@ def setting_digits(cfg: Config) -> dict:
                 names=list(train.class_names), what="a digits CNN (2 conv + 2 dense layers)")
 
 
-def setting_bbc(cfg: Config) -> dict:
+def setting_bbc(cfg: Config, cache_dir: Optional[Path] = None) -> dict:
     """BBC News articles embedded once by frozen all-MiniLM-L6-v2 (cached); a linear head."""
     import flax.linen as nn
     import jax
@@ -106,7 +113,8 @@ def setting_bbc(cfg: Config) -> dict:
     train, test = load("bbc_news", "train"), load("bbc_news", "test")
     texts = [str(t) for t in train.text] + [str(t) for t in test.text]
     encoder = load_minilm()
-    emb = cached_embeddings(RESULTS.parent / "cache" / "bbc_news_minilm.npz",
+    cache_dir = CACHE if cache_dir is None else Path(cache_dir)
+    emb = cached_embeddings(cache_dir / "bbc_news_minilm.npz",
                             lambda: encoder.encode(texts, progress=True), inputs=texts,
                             model=encoder.name, fingerprint=encoder.fingerprint,
                             options={"normalize": True}, verbose=True)
@@ -119,19 +127,22 @@ def setting_bbc(cfg: Config) -> dict:
 
 SETTINGS = {"digits": setting_digits, "bbc": setting_bbc}
 DEFAULT_CLASSES = {"digits": ((0, 1, 2, 3, 4), (5, 7, 9)), "bbc": ((0, 1), (2, 3, 4))}
+# Classes of each setting.
+NUM_CLASSES = {"digits": 10, "bbc": 5}
 # Training examples (the pool) of each setting's train split (activeft_jax.data).
 POOL_SIZE = {"digits": 1423, "bbc": 1794}
 # Adam's step size for the head: MiniLM's unit-norm inputs need larger steps than the CNN's.
 DEFAULT_LR = {"digits": 1e-2, "bbc": 1e-1}
 
 
-def run(cfg: Config, out_dir: Path = RESULTS, progress: bool = True) -> dict:
+def run(cfg: Config, out_dir: Path = RESULTS, progress: bool = True,
+        cache_dir: Optional[Path] = None) -> dict:
     import optax
 
     from activeft_jax.training import active_finetune, evaluate, make_eval_step
 
     t0 = time.perf_counter()
-    st = SETTINGS[cfg.setting](cfg)
+    st = SETTINGS[cfg.setting](cfg, cache_dir=cache_dir)
     model, params, x, y, xt, yt = (st[k] for k in ("model", "params", "x", "y", "xt", "yt"))
     target = np.isin(yt, cfg.target_classes)
     held = np.isin(yt, cfg.pretrain_classes)
@@ -224,11 +235,24 @@ def plot(result: dict, path: Path) -> None:
                  f"new target classes (mean, 95% CI over {result['config']['seeds']} seeds)",
                  fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
-def config_from_args(argv=None) -> tuple[Config, Path]:
+def _spec(setting: str) -> dict:
+    from activeft_jax.validation import NumberRange
+
+    count = ("int", NumberRange(integer=True, low=1))
+    classes = ("ints", NumberRange(integer=True, low=0, high=NUM_CLASSES[setting] - 1))
+    return {"setting": "str", "strategies": "strs", "seeds": count, "rounds": count, "k": count,
+            "pretrain_classes": classes, "target_classes": classes,
+            "noise_std": ("float", NumberRange(low=0, low_open=True)),
+            "epochs": count, "batch_size": count,
+            "learning_rate": ("float", NumberRange(low=0)),  # 0: the setting's default
+            "pretrain_epochs": count}
+
+
+def config_from_args(argv=None) -> tuple:
     """The configuration from flags and/or a JSON file; every check runs before any work."""
     p = OneLineParser(prog="study A", description=__doc__.splitlines()[0])
     p.add_argument("--config", help="JSON file with Config fields (flags given explicitly win)")
@@ -237,7 +261,10 @@ def config_from_args(argv=None) -> tuple[Config, Path]:
     p.add_argument("--seeds", type=int)
     p.add_argument("--rounds", type=int)
     p.add_argument("--k", type=int, help="picks per round")
-    p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--out", default=None, help=f"results folder (default {RESULTS})")
+    p.add_argument("--cache-dir", default=None,
+                   help="embedding cache folder (default: <out>/cache with --out, else "
+                   "experiments/results/cache)")
     args = p.parse_args(argv)
     values = read_config(args.config, Config)
     for name in ("setting", "seeds", "rounds", "k"):
@@ -246,6 +273,8 @@ def config_from_args(argv=None) -> tuple[Config, Path]:
     if args.strategies is not None:
         values["strategies"] = [s for s in args.strategies.split(",") if s]
     setting = values.get("setting", Config.setting)
+    if not isinstance(setting, str):
+        raise ValueError(f"setting must be a string, one of {sorted(SETTINGS)}; got {setting!r}")
     if setting not in SETTINGS:
         raise ValueError(f"unknown setting {setting!r}; choose one of {sorted(SETTINGS)}")
     pre, tgt = DEFAULT_CLASSES[setting]
@@ -255,30 +284,33 @@ def config_from_args(argv=None) -> tuple[Config, Path]:
     cfg = Config(**values)
     from activeft_jax.selection import STRATEGIES as KNOWN
 
+    check_fields(cfg, _spec(setting))
     bad = [s for s in cfg.strategies if s not in KNOWN]
     if bad or not cfg.strategies:
         raise ValueError(f"unknown strategies {bad}; choose from {', '.join(KNOWN)}")
-    for name in ("seeds", "rounds", "k", "epochs", "batch_size"):
-        if int(getattr(cfg, name)) < 1:
-            raise ValueError(f"{name} must be >= 1; got {getattr(cfg, name)}")
+    if set(cfg.pretrain_classes) & set(cfg.target_classes):
+        raise ValueError(f"pretrain_classes {list(cfg.pretrain_classes)} and target_classes "
+                         f"{list(cfg.target_classes)} overlap")
     pool = POOL_SIZE[setting]
     if cfg.rounds * cfg.k > pool:
         raise ValueError(f"the budget rounds * k = {cfg.rounds * cfg.k} "
                          f"exceeds the pool ({pool} training examples of {setting})")
-    return cfg, Path(args.out) / setting
+    return cfg, args
 
 
 def main(argv=None) -> int:
     try:
-        cfg, out = config_from_args(argv)
-    except ValueError as e:
-        print(f"study A: error: {e}", file=sys.stderr)
+        cfg, args = config_from_args(argv)
+        out, cache = output_dirs(args.out, args.cache_dir, RESULTS)
+        out = out / cfg.setting
+        out.mkdir(exist_ok=True)
+    except (ValueError, OSError) as e:
+        print(f"study A: error: {getattr(e, 'strerror', None) or e}", file=sys.stderr)
         return 2
-    out.mkdir(parents=True, exist_ok=True)
-    result = run(cfg, out)
-    (out / "study_a.json").write_text(json.dumps(result, indent=1))
+    result = run(cfg, out, cache_dir=cache)
+    write_text(out / "study_a.json", json.dumps(result, indent=1))
     md = table(result)
-    (out / "study_a.md").write_text(md + "\n")
+    write_text(out / "study_a.md", md + "\n")
     plot(result, out / "study_a.png")
     print(md)
     print(f"\nwrote {out / 'study_a.md'}, {out / 'study_a.png'} ({result['seconds']:.0f} s)")

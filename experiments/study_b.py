@@ -7,7 +7,8 @@ classes), mean and 95% t-interval over seeds (seed s: selection key `key(s)`, he
 init and batch order from `fold_in(key(s), ·)`). Settings:
 
 * ``bbc``: BBC News, frozen all-MiniLM-L6-v2 sentence embeddings (the cache Study A
-  writes, experiments/results/cache/bbc_news_minilm.npz), 5 classes.
+  writes, experiments/results/cache/bbc_news_minilm.npz; with ``--out X``,
+  X/cache/, or ``--cache-dir``), 5 classes.
 * ``digits``: sklearn digits, the 64-d penultimate features of Study A's CNN, which was
   trained *with labels* on the train-split images of classes 0-4 only (a backbone from
   a related task, not a self-supervised one), 10 classes.
@@ -29,10 +30,12 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
-from experiments.common import CACHE, RESULTS as _RESULTS, OneLineParser, ci, read_config
+from experiments.common import (CACHE, RESULTS as _RESULTS, OneLineParser, check_fields, ci,
+                                output_dirs, read_config, save_figure, write_text)
 
 RESULTS = _RESULTS / "study_b"
 
@@ -60,7 +63,7 @@ class Config:
 # settings: pool features x [N, d], labels y, test features xt, yt
 
 
-def setting_bbc() -> dict:
+def setting_bbc(cache_dir: Optional[Path] = None) -> dict:
     """Frozen MiniLM embeddings of BBC News, computed and cached exactly as Study A does."""
     from activeft_jax.data import load
     from activeft_jax.embeddings import cached_embeddings
@@ -69,7 +72,8 @@ def setting_bbc() -> dict:
     train, test = load("bbc_news", "train"), load("bbc_news", "test")
     texts = [str(t) for t in train.text] + [str(t) for t in test.text]
     encoder = load_minilm()
-    emb = cached_embeddings(CACHE / "bbc_news_minilm.npz",
+    cache_dir = CACHE if cache_dir is None else Path(cache_dir)
+    emb = cached_embeddings(cache_dir / "bbc_news_minilm.npz",
                             lambda: encoder.encode(texts, progress=True), inputs=texts,
                             model=encoder.name, fingerprint=encoder.fingerprint,
                             options={"normalize": True}, verbose=True)
@@ -79,7 +83,7 @@ def setting_bbc() -> dict:
                 what="BBC News, frozen all-MiniLM-L6-v2 embeddings (384-d, unit norm)")
 
 
-def setting_digits() -> dict:
+def setting_digits(cache_dir: Optional[Path] = None) -> dict:
     """Penultimate features of Study A's CNN (pretrained with labels on classes 0-4)."""
     from experiments.study_a import Config as ConfigA
     from experiments.study_a import DEFAULT_CLASSES
@@ -96,7 +100,7 @@ def setting_digits() -> dict:
                       f"labels on the train-split images of classes {list(pre)} only"))
 
 
-def setting_digits_pixels() -> dict:
+def setting_digits_pixels(cache_dir: Optional[Path] = None) -> dict:
     """Raw pixels / 16 (no pretraining at all)."""
     from activeft_jax.data import load
 
@@ -183,9 +187,9 @@ class _Head:
         return float(evaluate(self.eval_step, state.full_params(), xt, yt)["accuracy"])
 
 
-def run(cfg: Config, progress: bool = True) -> dict:
+def run(cfg: Config, progress: bool = True, cache_dir: Optional[Path] = None) -> dict:
     t0 = time.perf_counter()
-    st = SETTINGS[cfg.setting]()
+    st = SETTINGS[cfg.setting](cache_dir=cache_dir)
     x, y, xt, yt = (st[k] for k in ("x", "y", "xt", "yt"))
     n, c = len(x), len(st["names"])
     budgets = [max(1, int(round(f * n))) for f in cfg.budgets]
@@ -345,8 +349,20 @@ def plot(result: dict, path: Path) -> None:
     fig.suptitle(f"Study B ({result['config']['setting']}): one-shot selection without labels, "
                  f"linear head (mean, 95% CI over {result['config']['seeds']} seeds)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
+
+
+def _SPEC() -> dict:
+    from activeft_jax.validation import NumberRange
+
+    count = ("int", NumberRange(integer=True, low=1))
+    return {"strategies": "strs", "seeds": count,
+            "budgets": ("floats", NumberRange(low=0, high=1, low_open=True)),  # of the pool
+            "steps": count, "learning_rate": ("float", NumberRange(low=0)),  # 0: the default
+            "delta": ("float", NumberRange(low=0, low_open=True)),
+            "purity": ("float", NumberRange(low=0, high=1, low_open=True)),
+            "full_steps": count}
 
 
 def main(argv=None) -> int:
@@ -360,14 +376,21 @@ def main(argv=None) -> int:
     p.add_argument("--budgets", help="fractions of the pool, comma-separated (default: "
                    + ",".join(str(b) for b in Config.budgets) + ")")
     p.add_argument("--steps", type=int)
-    p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--out", default=None, help=f"results folder (default {RESULTS})")
+    p.add_argument("--cache-dir", default=None,
+                   help="embedding cache folder (default: <out>/cache with --out, else "
+                   "experiments/results/cache)")
     args = p.parse_args(argv)
     try:
         values = read_config(args.config, Config)
     except ValueError as e:
         p.error(str(e))
     settings = values.pop("setting", list(DEFAULT_SETTINGS))
-    settings = [settings] if isinstance(settings, str) else list(settings)
+    if isinstance(settings, str):
+        settings = [settings]
+    elif not isinstance(settings, list) or not all(isinstance(x, str) for x in settings):
+        p.error(f"setting must be a string or a list of strings, of {sorted(SETTINGS)}; "
+                f"got {settings!r}")
     if args.setting is not None:
         settings = [s for s in args.setting.split(",") if s]
     if args.strategies is not None:
@@ -388,23 +411,27 @@ def main(argv=None) -> int:
     from activeft_jax.selection import STRATEGIES as KNOWN
 
     base = Config(**values)
+    try:
+        check_fields(base, _SPEC())
+    except ValueError as e:
+        p.error(str(e))
     unknown = [s for s in base.strategies if s not in KNOWN and s != "probcover_purity"]
     if unknown or not base.strategies:
         p.error(f"unknown strategies {unknown}; choose from {', '.join(KNOWN)}, probcover_purity")
-    if not base.budgets or not all(0 < float(b) <= 1 for b in base.budgets):
-        p.error(f"budgets must be fractions of the pool in (0, 1]; got {list(base.budgets)}")
-    if base.seeds < 1 or base.steps < 1:
-        p.error(f"seeds and steps must be >= 1; got {base.seeds}, {base.steps}")
+    try:
+        out_root, cache = output_dirs(args.out, args.cache_dir, RESULTS)
+    except ValueError as e:
+        p.error(str(e))
     t0 = time.perf_counter()
     mds = []
     for setting in settings:
         cfg = dataclasses.replace(base, setting=setting)
-        out = Path(args.out) / setting
+        out = out_root / setting
         out.mkdir(parents=True, exist_ok=True)
-        result = run(cfg)
-        (out / "study_b.json").write_text(json.dumps(result, indent=1))
+        result = run(cfg, cache_dir=cache)
+        write_text(out / "study_b.json", json.dumps(result, indent=1))
         md = table(result)
-        (out / "study_b.md").write_text(md + "\n")
+        write_text(out / "study_b.md", md + "\n")
         plot(result, out / "study_b.png")
         mds.append((setting, out, md, result["seconds"]))
     for setting, out, md, secs in mds:

@@ -2,8 +2,10 @@
 the CLI turns each into one line on stderr and exit status 2."""
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -62,6 +64,14 @@ BAD = [
     ("unknown kernel", lambda: aft.select("vtl", POOL, TARGET, k=2, kernel="poly"), r"unknown kernel"),
     ("bad formulation", lambda: aft.select("itl", POOL, TARGET, k=2, formulation="x"), r"`formulation`"),
     ("bad space", lambda: aft.select("vtl", POOL, TARGET, k=2, space="x"), r"`space`"),
+    # numeric options: validation.NUMERIC_OPTIONS, checked by select before the rule runs
+    ("beta NaN", lambda: aft.select("information_density", POOL, TARGET, probs=np.full((20, 2), 0.5), k=2, beta=float("nan")), r"`beta` must be finite and >= 0; got nan"),
+    ("beta inf", lambda: aft.select("information_density", POOL, TARGET, probs=np.full((20, 2), 0.5), k=2, beta=np.inf), r"`beta` must be finite"),
+    ("target_fraction 2", lambda: aft.select("vtl", POOL, TARGET, k=2, target_fraction=2.0), r"`target_fraction` must be finite and in \(0, 1\]"),
+    ("iters huge", lambda: aft.select("kmeans", POOL, k=2, key=KEY, iters=2**40), r"`iters` must be an int >= 0 and <= 2\^31 - 1"),
+    ("iters bool", lambda: aft.select("kmeans", POOL, k=2, key=KEY, iters=True), r"`iters` must be an int"),
+    ("delta inf", lambda: aft.select("probcover", POOL, k=2, delta=np.inf), r"`delta` must be finite and > 0; got inf"),
+    ("lengthscale 0", lambda: aft.select("vtl", POOL, TARGET, k=2, kernel=aft.kernels.get_kernel("rbf", 0.0)), r"`lengthscale`"),
 ]
 
 
@@ -104,6 +114,12 @@ def files(tmp_path):
     np.save(tmp_path / "text.npy", np.array([["a", "b"]]))
     (tmp_path / "pool.csv").write_text("1,2\n")
     np.save(tmp_path / "init2.npy", np.array([0, 1]))
+    with open(tmp_path / "archive.npy", "wb") as f:  # an .npz under a .npy name
+        np.savez(f, pool=POOL)
+    np.save(tmp_path / "single.npy", POOL)
+    (tmp_path / "single.npy").rename(tmp_path / "single.npz")  # a .npy under an .npz name
+    probs = np.random.default_rng(2).random((20, 3))
+    np.save(tmp_path / "probs.npy", probs / probs.sum(1, keepdims=True))
     return tmp_path
 
 
@@ -133,6 +149,26 @@ CLI_BAD = [
     ("activeft batch", "--strategy activeft --pool {d}/pool.npy --k 3 --batch-size 50", "`batch_size` must be an int in [1, N=20]"),
     ("probcover delta", "--strategy probcover --pool {d}/pool.npy --k 3 --delta -1", "`delta` must be finite and > 0"),
     ("kmeans iters", "--strategy kmeans --pool {d}/pool.npy --k 3 --iters -2", "`iters` must be"),
+    ("npz named .npy", "--strategy vtl --pool {d}/archive.npy --target {d}/target.npy --k 2", "is an .npz archive (arrays: pool), not a .npy array"),
+    ("npz named .npy target", "--strategy vtl --pool {d}/pool.npy --target {d}/archive.npy --k 2", "--target: "),
+    ("npy named .npz", "--strategy vtl --pool {d}/single.npz --target {d}/target.npy --k 2", "holds a single .npy array"),
+    ("seed 2**70", "--strategy random --pool {d}/pool.npy --k 2 --seed 1180591620717411303424", "--seed must be an int >= -2^63 and <= 2^63 - 1"),
+    ("seed -2**70", "--strategy maxdist --pool {d}/pool.npy --k 2 --seed -1180591620717411303424", "--seed must be an int"),
+    ("lengthscale 0", "--strategy vtl --kernel rbf --lengthscale 0 --pool {d}/pool.npy --target {d}/target.npy --k 2", "--lengthscale must be finite and > 0; got 0.0"),
+    ("lengthscale < 0", "--strategy maxdist --kernel rbf --lengthscale -1 --pool {d}/pool.npy --k 2", "--lengthscale must be finite and > 0"),
+    ("lengthscale NaN", "--strategy itl --kernel rbf --lengthscale nan --pool {d}/pool.npy --target {d}/target.npy --k 2", "--lengthscale must be finite and > 0; got nan"),
+    ("lengthscale inf", "--strategy ctl --kernel rbf --lengthscale inf --pool {d}/pool.npy --target {d}/target.npy --k 2", "--lengthscale must be finite and > 0; got inf"),
+    ("beta NaN", "--strategy information_density --beta nan --pool {d}/pool.npy --target {d}/target.npy --probs {d}/probs.npy --k 2", "`beta` must be finite and >= 0; got nan"),
+    ("beta inf", "--strategy information_density --beta inf --pool {d}/pool.npy --target {d}/target.npy --probs {d}/probs.npy --k 2", "`beta` must be finite"),
+    ("beta < 0", "--strategy information_density --beta -1 --pool {d}/pool.npy --target {d}/target.npy --probs {d}/probs.npy --k 2", "`beta` must be finite and >= 0"),
+    ("noise inf", "--strategy vtl --pool {d}/pool.npy --target {d}/target.npy --k 2 --noise-std inf", "`noise_std` must be finite and > 0; got inf"),
+    ("steps huge", "--strategy activeft --pool {d}/pool.npy --k 3 --steps 99999999999", "`steps` must be an int >= 0 and <= 2^31 - 1"),
+    ("refresh > 1", "--strategy activeft --pool {d}/pool.npy --k 3 --refresh 2", "`refresh` must be finite and in [0, 1]"),
+    ("target fraction", "--strategy vtl --pool {d}/pool.npy --target {d}/target.npy --k 2 --target-fraction 0", "`target_fraction` must be finite and in (0, 1]"),
+    ("out is a directory", "--strategy vtl --pool {d}/pool.npy --target {d}/target.npy --k 2 --out {d}", "it is a directory"),
+    ("out is the pool", "--strategy vtl --pool {d}/pool.npy --target {d}/target.npy --k 2 --out {d}/pool.npy", "is also the input --pool"),
+    ("out is the target", "--strategy vtl --pool {d}/pool.npy --target {d}/target.npy --k 2 --out {d}/./target.npy", "is also the input --target"),
+    ("out is the init file", "--strategy activeft --pool {d}/pool.npy --k 2 --init-indices {d}/init2.npy --out {d}/init2.npy", "is also the input --init-indices"),
 ]
 
 
@@ -143,6 +179,116 @@ def test_cli_bad_input_is_one_line_and_exit_2(files, capsys, desc, args, message
     assert code == 2
     assert message in err
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def _listing(d):
+    return sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in d.iterdir())
+
+
+@pytest.mark.parametrize("argv,message", [
+    ("select --strategy vtl --pool {d}/archive.npy --target {d}/target.npy --k 2", "--pool: "),
+    ("sift --pool {d}/archive.npy --prompts {d}/target.npy --k 2", "is an .npz archive"),
+    ("sift --pool {d}/pool.npy --prompts {d}/single.npz --k 2", "--prompts: "),
+    ("sift --pool {d}/pool.npy --prompts {d}/target.npy --k 2 --lambda nan", "--lambda must be finite and > 0; got nan"),
+    ("sift --pool {d}/pool.npy --prompts {d}/target.npy --k 2 --prefilter 0", "--prefilter must be an int >= 1"),
+    ("sift --pool {d}/pool.npy --prompts {d}/target.npy --k 2 --adaptive inf", "--adaptive must be finite and > 0"),
+    ("sift --pool {d}/pool.npy --prompts {d}/target.npy --k 2 --out {d}/pool.npy", "is also the input --pool"),
+    ("sift --pool {d}/pool.npy --prompts {d}/target.npy --k 2 --out {d}/target.npy", "is also the input --prompts"),
+])
+def test_cli_select_and_sift_refuse_and_write_nothing(files, capsys, argv, message):
+    """Bad input: one line, exit 2, and the folder (inputs included) exactly as before."""
+    before = _listing(files)
+    code = cli.main(argv.format(d=files).split())
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert _listing(files) == before
+
+
+def test_cli_output_written_atomically_and_nothing_left_on_a_full_disk(files, capsys, monkeypatch):
+    """ENOSPC while writing: one line, exit 2, no output file and no temporary file; an old
+    output is left as it was."""
+    import errno
+    import os
+
+    argv = ["select", "--strategy", "vtl", "--pool", str(files / "pool.npy"), "--target",
+            str(files / "target.npy"), "--k", "2", "--out", str(files / "sel.json")]
+    before = _listing(files)
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--out: cannot write" in err and "No space left" in err, err
+    assert _listing(files) == before
+    monkeypatch.undo()
+    assert cli.main(argv) == 0  # and a good run writes it, with no temporary file beside it
+    assert json.loads((files / "sel.json").read_text())["indices"]
+    assert sorted(p.name for p in files.iterdir()) == sorted([b[0] for b in before] + ["sel.json"])
+    old = (files / "sel.json").read_bytes()
+    monkeypatch.setattr(os, "fsync", full)
+    assert cli.main(argv[:-4] + ["--k", "3", "--out", str(files / "sel.json")]) == 2
+    assert (files / "sel.json").read_bytes() == old
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_cli_out_on_a_full_device_is_one_line(files, capsys):
+    code = cli.main(["select", "--strategy", "vtl", "--pool", str(files / "pool.npy"), "--target",
+                     str(files / "target.npy"), "--k", "2", "--out", "/dev/full"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "No space left" in err, err
+
+
+def _read_only_dir(tmp_path):
+    """A directory this process cannot create files in: chmod 0o500, or /proc for root."""
+    d = tmp_path / "ro"
+    d.mkdir()
+    d.chmod(0o500)
+    probe = d / "probe"
+    try:
+        probe.write_text("x")
+    except OSError:
+        return d
+    probe.unlink()
+    return Path("/proc") if Path("/proc/self").exists() else pytest.skip("no read-only directory")
+
+
+def test_cli_out_in_a_read_only_directory_is_one_line(files, tmp_path, capsys):
+    ro = _read_only_dir(tmp_path)
+    code = cli.main(["select", "--strategy", "vtl", "--pool", str(files / "pool.npy"), "--target",
+                     str(files / "target.npy"), "--k", "2", "--out", str(ro / "sel.json")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "--out: cannot write" in err, err
+    assert not (ro / "sel.json").exists()
+
+
+def test_numeric_options_are_checked_in_one_place():
+    """Every numeric option of every strategy has a range in validation.NUMERIC_OPTIONS."""
+    from activeft_jax.selection import OPTION_HELP
+    from activeft_jax.validation import NUMERIC_OPTIONS
+
+    numeric = {n for n, h in OPTION_HELP.items() if h.type in (int, float)}
+    assert numeric <= set(NUMERIC_OPTIONS), numeric - set(NUMERIC_OPTIONS)
+
+
+@pytest.mark.parametrize("weight_file", ["/etc/passwd", "../model.safetensors", "sub/model.safetensors",
+                                         "..", "", 3, "a\\b.safetensors"])
+def test_load_hf_llama_reads_only_files_beside_the_index(tmp_path, weight_file):
+    import shutil
+
+    from activeft_jax.models import llama
+
+    src = Path(__file__).parent / "data" / "tiny_llama"
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(src, ckpt)
+    (ckpt / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {"model.embed_tokens.weight": weight_file}}))
+    with pytest.raises(ValueError, match="not a plain file name beside the index"):
+        llama.load_hf_llama(ckpt)
+    (ckpt / "model.safetensors.index.json").write_text(json.dumps({"weight_map": [1]}))
+    with pytest.raises(ValueError, match="not a safetensors index"):
+        llama.load_hf_llama(ckpt)
 
 
 def test_cli_as_a_subprocess_one_line_no_traceback(files):
@@ -204,3 +350,25 @@ def test_cli_x64_normalize_seed_and_stdout(files, capsys):
     assert got["indices"] == [int(i) for i in ref.indices]
     assert got["values"][0] is None  # +inf (distance to no center) is written as null
     np.testing.assert_allclose(got["values"][1:], np.asarray(ref.values[1:]), rtol=1e-12)
+
+
+def test_stale_temporary_outputs_of_killed_writes_are_removed(files, capsys):
+    """A write killed mid-way leaves `.<name>.<pid>.<hex>.tmp`; the next write to the same
+    output removes it once its process is gone, and leaves a live writer's and other files."""
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead_pid = int(dead.stdout)
+    stale = files / f".sel.json.{dead_pid}.0badc0de.tmp"
+    live = files / f".sel.json.{os.getpid()}.00c0ffee.tmp"
+    other = files / ".sel.json.notours.tmp"
+    for p in (stale, live, other):
+        p.write_bytes(b"partial")
+    code = cli.main(["select", "--strategy", "vtl", "--pool", str(files / "pool.npy"), "--target",
+                     str(files / "target.npy"), "--k", "2", "--out", str(files / "sel.json")])
+    assert code == 0, capsys.readouterr().err
+    assert not stale.exists()
+    assert live.exists() and other.exists()
+    assert json.loads((files / "sel.json").read_text())["indices"]

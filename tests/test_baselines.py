@@ -172,9 +172,9 @@ def test_probcover_vmaps_over_delta():
 
 @pytest.mark.parametrize("name, kwargs, match", [
     ("kmeans", dict(key=None), "needs `key`"),
-    ("kmeans", dict(iters=-1), r"`iters` must be a Python int >= 0"),
+    ("kmeans", dict(iters=-1), r"`iters` must be an int >= 0; got -1"),  # validation.NUMERIC_OPTIONS
     ("kmeans_pp", dict(k=31), r"1 <= k <= N=30"),
-    ("typiclust", dict(max_clusters=0), r"`max_clusters` must be a positive"),
+    ("typiclust", dict(max_clusters=0), r"`max_clusters` must be an int >= 1; got 0"),
     ("probcover", dict(delta=0.0), r"`delta` must be finite and > 0"),
     ("probcover", dict(delta=float("nan")), r"`delta` must be finite and > 0"),
     ("kmeans", dict(space="weight"), r"does not take option"),

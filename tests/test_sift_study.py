@@ -95,6 +95,25 @@ def test_sift_study_bad_flags_fail_before_any_work(tmp_path, capsys, options, me
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("fields, message", [
+    ({"k": True}, "k=True"),
+    ({"k": "5"}, "k='5'"),
+    ({"batch": 2.0}, "batch=2.0"),
+    ({"learning_rate": float("inf")}, "learning_rate=inf"),
+    ({"learning_rate": float("nan")}, "learning_rate=nan"),
+    ({"lambda_": -0.01}, "lambda_=-0.01"),
+    ({"adaptive_threshold": None}, "adaptive_threshold=None"),
+])
+def test_sift_study_config_checked_by_type_before_any_work(tmp_path, capsys, fields, message):
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(__import__("json").dumps(fields))
+    with pytest.raises(SystemExit) as e:
+        sift_study.main(["--config", str(cfg), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "o").exists()
+
+
 def test_sift_study_unknown_config_field(tmp_path, capsys):
     cfg = tmp_path / "cfg.json"
     cfg.write_text('{"k": 3, "steps": 9}')

@@ -317,12 +317,37 @@ def config_from_hf(cfg: Mapping[str, Any]) -> LlamaConfig:
     )
 
 
+def _index_files(index: Path) -> list:
+    """The weight files a `model.safetensors.index.json` names: plain file names beside it.
+
+    An absolute path, a `..`, a subfolder or anything but a string is refused (ValueError),
+    so an index cannot make us read files outside the checkpoint directory.
+    """
+    try:
+        with open(index) as f:
+            weight_map = json.load(f)["weight_map"]
+        if not isinstance(weight_map, dict):
+            raise TypeError(f"weight_map is a {type(weight_map).__name__}")
+        files = set(weight_map.values())
+    except (ValueError, KeyError, TypeError, RecursionError) as e:
+        raise ValueError(f"{index}: not a safetensors index (a JSON object with a 'weight_map' "
+                         f"object of file names): {type(e).__name__}: {e}") from e
+    for name in files:
+        if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name
+                or "\\" in name or "\0" in name or Path(name).is_absolute()
+                or Path(name).name != name):
+            raise ValueError(f"{index}: weight file {name!r} is not a plain file name beside the "
+                             f"index (no folders, no absolute paths, no '..')")
+    return sorted(files)
+
+
 def load_hf_llama(path: Union[str, Path]) -> tuple[dict, LlamaConfig]:
     """Loads a Hugging Face Llama-family checkpoint directory (config.json plus
     model.safetensors, or sharded safetensors with model.safetensors.index.json).
 
     Returns (params, config); params are float32 jax arrays whatever the stored dtype.
-    A checkpoint without `lm_head.weight` is treated as tied.
+    A checkpoint without `lm_head.weight` is treated as tied. The index may only name
+    files in the same directory (ValueError otherwise).
     """
     from safetensors import safe_open
 
@@ -331,8 +356,7 @@ def load_hf_llama(path: Union[str, Path]) -> tuple[dict, LlamaConfig]:
         cfg = json.load(f)
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        with open(index) as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
+        files = _index_files(index)
     else:
         files = ["model.safetensors"]
     tensors = {}

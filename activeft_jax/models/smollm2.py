@@ -278,12 +278,33 @@ def _pad(seqs: Iterable[Sequence[int]], rows: int, length: int, pad_id: int):
     return tokens, mask
 
 
-def _progress(batches: list, enabled: bool):
+def _progress(batches: list, enabled: bool, every_s: float = 5.0):
+    """A tqdm bar on a terminal; otherwise a line on stderr per batch, at most every `every_s`
+    seconds (and after the last), so a long run into a log file still shows it is moving."""
     if not enabled:
         return batches
     import sys
 
-    from tqdm.auto import tqdm
+    if sys.stderr.isatty():
+        from tqdm.auto import tqdm
 
-    return tqdm(batches, total=len(batches), desc="SmolLM2", unit="batch", file=sys.stderr,
-                leave=False)
+        return tqdm(batches, total=len(batches), desc="SmolLM2", unit="batch", file=sys.stderr,
+                    leave=False)
+    return _progress_lines(batches, every_s)
+
+
+def _progress_lines(batches: list, every_s: float):
+    import sys
+    import time
+
+    t0 = last = time.perf_counter()
+    rows = sum(len(b) for b, _ in batches)
+    done = 0
+    for i, batch in enumerate(batches, 1):
+        yield batch
+        done += len(batch[0])
+        now = time.perf_counter()
+        if now - last >= every_s or i == len(batches):
+            last = now
+            print(f"SmolLM2: batch {i}/{len(batches)} ({done}/{rows} sequences, "
+                  f"{now - t0:.0f} s)", file=sys.stderr, flush=True)

@@ -12,6 +12,7 @@ from activeft_jax.selection.registry import (
     get_strategy,
 )
 from activeft_jax.selection.result import Selection
+from activeft_jax.validation import check_options
 
 __all__ = ["STRATEGIES", "TARGETED", "select"]
 
@@ -98,6 +99,7 @@ def select(name: str, pool: Any = None, target: Any = None, *, k: int, noise_std
             raise ValueError(
                 f"`probs` must have one row per pool point: {n_pool} rows; got shape {probs.shape}."
             )
+    check_options(kwargs)  # every numeric option: finite and in range (validation.NUMERIC_OPTIONS)
     return rec.fn(*(data[arg] for arg in rec.data), k=k, **kwargs)
 
 
@@ -116,5 +118,6 @@ def _select_sift(pool: Any, prompts: Any, *, k: int, noise_std: Any, normalize: 
 
         check_noise_std(noise_std)
         options["lambda_"] = noise_std * noise_std
+    check_options(options)
     return rec.fn(pool, prompts, k=k, normalize=bool(normalize), observed=observed,
                   candidates=candidates, **options)
