@@ -313,7 +313,17 @@ def test_active_finetune_improves_and_reruns_identically(tmp_path, caplog):
     for name in ("Dense_0", "Dense_1"):
         assert _leaves_equal(res.params["params"][name], problem()[1]["params"][name])
 
+    # temporary files of writes killed before their rename (this version's and the old names)
+    from activeft_jax._tmpfiles import tmp_name
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True).stdout)
+    stale = [tmp_name(wd / "metrics.jsonl").replace(f"-{os.getpid()}-", f"-{dead}-"),
+             f"{wd / 'config.json'}.tmp-{dead}"]
+    for p in stale:
+        open(p, "w").close()
     again = _job(wd)  # finished workdir: the stored result, no training
+    assert not any(os.path.exists(p) for p in stale)
     assert again.indices.tolist() == picks and again.metrics == res.metrics
     assert _leaves_equal(again.params, res.params)
     assert (wd / "metrics.jsonl").read_text().splitlines() == lines

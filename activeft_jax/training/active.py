@@ -50,6 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from activeft_jax._tmpfiles import atomic_file
 from activeft_jax.embeddings import ParamSelection, is_linen_module, last_layer
 from activeft_jax.selection import COMMON_OPTIONS, STRATEGIES, TARGETED, get_strategy
 from activeft_jax.training._fingerprint import config_hash, fingerprint, tree_digest
@@ -172,13 +173,12 @@ def _check_select_kwargs(strategy: str, select_kwargs: Optional[Mapping[str, Any
 
 
 def _atomic_write(path: str, text: str) -> None:
-    """Writes `text` to `path` so that a reader sees the old or the new file, never a mix."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
+    """Writes `text` to `path` so that a reader sees the old or the new file, never a mix.
+
+    A killed write's temporary file is removed by the next write of `path`.
+    """
+    with atomic_file(path, "w", encoding="utf-8") as f:
         f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
     try:  # make the rename itself durable
         fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
         try:
