@@ -151,10 +151,12 @@ def _chunk_rows(row_bytes: int, chunk_bytes: int) -> int:
 def _fill(shape: tuple, dtype: Any, chunks) -> Any:
     """A device array of `shape` / `dtype` filled in place from (start row, host chunk) pairs."""
     global _WRITE
+    import jax
     import jax.numpy as jnp
 
     if _WRITE is None:
         _WRITE = _writer()
+    dtype = jax.dtypes.canonicalize_dtype(dtype)  # float64 is float32 unless x64 is on
     buf = jnp.zeros(shape, dtype)
     for start, chunk in chunks:
         buf = _WRITE(buf, np.ascontiguousarray(chunk, dtype=dtype), np.int32(start))

@@ -288,6 +288,8 @@ def _select_memory(args: argparse.Namespace, target: Optional[np.ndarray], strat
             or (getattr(args, "space", None) in (None, "auto") and d > n)
         pool, state = select_estimate(strategy, n, d, m, max(int(args.k), 0), itemsize,
                                       kernel_space=kernel_space)
+        if getattr(args, "normalize", None):
+            state += pool  # the rules normalize a copy of the pool
         check_fits(f"{strategy} on a {n} x {d} pool", pool, state)
 
     return check
