@@ -275,7 +275,7 @@ def _as_float(x: Optional[np.ndarray], dtype, flag: str) -> Optional[np.ndarray]
 
 def _select_memory(args: argparse.Namespace, target: Optional[np.ndarray], strategy=None):
     """check(shape, itemsize): refuses, in one line, a pool whose `select` would not fit in memory."""
-    from activeft_jax._memory import check_fits, select_estimate
+    from activeft_jax.memory import check_fits, select_estimate
 
     strategy = strategy or args.strategy
     m = int(target.shape[0]) if target is not None and target.ndim >= 1 else 1
@@ -303,7 +303,7 @@ def _load_pool(path: Optional[str], name: str, flag: str, dtype, check) -> Optio
     """
     import zipfile
 
-    from activeft_jax._memory import read_npy_header, stream_npy, to_device
+    from activeft_jax.memory import read_npy_header, stream_npy, to_device
 
     if path is None:
         return None

@@ -121,7 +121,7 @@ def test_meta_is_plain_json(tmp_path):
 
 _KILLED_WRITE = """
 import importlib.util, os, signal, sys
-spec = importlib.util.spec_from_file_location("_tmpfiles", sys.argv[1])
+spec = importlib.util.spec_from_file_location("atomic", sys.argv[1])
 mod = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(mod)
 with mod.atomic_file(sys.argv[2], "wb") as f:
@@ -137,7 +137,7 @@ def test_a_killed_writes_temporary_file_is_removed_by_the_next_run(tmp_path):
     import sys
     import time
 
-    import activeft_jax._tmpfiles as tmpfiles
+    import activeft_jax.atomic as tmpfiles
 
     path = tmp_path / "c.npz"
     proc = subprocess.run([sys.executable, "-c", _KILLED_WRITE, tmpfiles.__file__, str(path)])

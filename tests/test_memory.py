@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import activeft_jax as aft
-from activeft_jax import _memory, cli
+from activeft_jax import cli, memory as _memory
 
 RNG = np.random.default_rng(0)
 POOL = RNG.standard_normal((1000, 8))  # float64 on disk

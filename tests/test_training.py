@@ -314,7 +314,7 @@ def test_active_finetune_improves_and_reruns_identically(tmp_path, caplog):
         assert _leaves_equal(res.params["params"][name], problem()[1]["params"][name])
 
     # temporary files of writes killed before their rename (this version's and the old names)
-    from activeft_jax._tmpfiles import tmp_name
+    from activeft_jax.atomic import tmp_name
 
     dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                               capture_output=True, text=True).stdout)

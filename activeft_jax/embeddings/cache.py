@@ -13,7 +13,7 @@ cache stale, and it is recomputed and rewritten (or, with `on_stale="error"`, a
 `StaleCacheError` says what changed). Files are written to a temporary name and
 renamed, so an interrupted run never leaves a half-written cache behind; the
 temporary file of a write that was killed is deleted by the next call for the
-same path (`activeft_jax._tmpfiles.remove_stale`: only ``<name>.tmp-<host>-<pid>-<hex>``
+same path (`activeft_jax.atomic.remove_stale`: only ``<name>.tmp-<host>-<pid>-<hex>``
 files of processes that no longer run).
 """
 
@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping, Optional, Union
 
 import numpy as np
 
-from activeft_jax._tmpfiles import atomic_file, remove_stale
+from activeft_jax.atomic import atomic_file, remove_stale
 
 __all__ = [
     "StaleCacheError",

@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from activeft_jax._tmpfiles import atomic_file
+from activeft_jax.atomic import atomic_file
 from activeft_jax.embeddings import ParamSelection, is_linen_module, last_layer
 from activeft_jax.selection import COMMON_OPTIONS, STRATEGIES, TARGETED, get_strategy
 from activeft_jax.training._fingerprint import config_hash, fingerprint, tree_digest

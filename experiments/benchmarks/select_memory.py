@@ -10,7 +10,7 @@ from ``os.wait4``):
   copy stays alive, so the floor is two pools);
 
 and compares it with the bound pool + state + 1 GB (state: N x (min(m, d) + 4)
-floats, `activeft_jax._memory.select_estimate`).
+floats, `activeft_jax.memory.select_estimate`).
 
     .venv/bin/python -m experiments.benchmarks.select_memory [--n 1000000] [--d 384]
         [--m 10] [--k 20] [--cases cli,api-mmap,api-array] [--dir /tmp/x] [--code OLD_CHECKOUT]
@@ -94,7 +94,7 @@ def main() -> None:
     if a.code:
         env["PYTHONPATH"] = a.code
 
-    from activeft_jax._memory import RUNTIME_BYTES, select_estimate
+    from activeft_jax.memory import RUNTIME_BYTES, select_estimate
 
     pool_bytes, state_bytes = select_estimate("vtl", a.n, a.d, a.m, a.k, 4)
     bound = pool_bytes + state_bytes + RUNTIME_BYTES

@@ -45,6 +45,7 @@ class InsufficientMemoryError(MemoryError, ValueError):
 
 
 def gb(n: float) -> str:
+    """Bytes as '1.54 GB'."""
     return f"{n / 1e9:.2f} GB"
 
 
@@ -223,6 +224,8 @@ def _releaser(x: np.ndarray, row_bytes: int):
 
 
 class NpyHeader(NamedTuple):
+    """What a ``.npy`` header says: the array's shape, dtype and memory order."""
+
     shape: tuple
     dtype: np.dtype
     fortran_order: bool
