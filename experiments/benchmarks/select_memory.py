@@ -16,17 +16,17 @@ floats, `activeft_jax.memory.select_estimate`).
         [--m 10] [--k 20] [--cases cli,api-mmap,api-array] [--dir /tmp/x] [--code OLD_CHECKOUT]
 
 Measured on the 24 GB, 2-core development machine (N = 10⁶, d = 384, m = 10,
-k = 20: a 1.54 GB pool), peak RSS:
+k = 20: a 1.54 GB pool; bound pool + state + 1 GB = 2.59 GB), peak RSS:
 
-    case        before (bc595b3)   after
-    cli         4.77 GB            2.14 GB   (bound 2.59 GB)
-    api-mmap    4.7 GB             2.14 GB
-    api-array   4.7 GB             3.64 GB   (the caller's array + the device copy)
+    case        before (bc595b3, --code)   after
+    cli         4.86 GB (3.16x)            2.20 GB (1.43x)
+    api-mmap    3.72 GB (2.42x)            2.19 GB (1.42x)
+    api-array   4.86 GB (3.17x)            3.72 GB (2.42x: the caller's array + the device copy)
 
 Before, `np.load` held the pool on the host and `jnp.asarray` staged a second and a
 third copy; now the pool is streamed from its file into one preallocated device
 buffer in 64 MB chunks. A pool whose estimate exceeds MemAvailable is refused in
-one line before anything is read (N = 5·10⁷: "needs about 80.67 GB ... but this
+one line before anything is read (N = 5·10⁷: "needs about 80.60 GB ... but this
 machine has 19.80 GB of memory available").
 
 Writes experiments/results/select_memory.json.
@@ -40,6 +40,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import numpy as np
 
@@ -66,9 +67,10 @@ def _write_problem(directory: str, n: int, d: int, m: int) -> tuple[str, str]:
     return pool_path, target_path
 
 
-def _peak_rss(cmd: list[str], env: dict) -> tuple[int, float]:
+def _peak_rss(cmd: list[str], env: dict, cwd: str) -> tuple[int, float]:
     """(exit status, peak RSS in bytes) of `cmd` in its own process."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+                            cwd=cwd)
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
@@ -90,9 +92,8 @@ def main() -> None:
                     help="PYTHONPATH of the measured processes (e.g. an older checkout's root, "
                     "for the 'before' numbers); default: this one")
     a = ap.parse_args()
-    env = dict(os.environ)
-    if a.code:
-        env["PYTHONPATH"] = a.code
+    env = dict(os.environ)  # the measured code: --code, else this checkout
+    env["PYTHONPATH"] = a.code or str(Path(__file__).resolve().parents[2])
 
     from activeft_jax.memory import RUNTIME_BYTES, select_estimate
 
@@ -109,7 +110,7 @@ def main() -> None:
             else:
                 cmd = [sys.executable, "-c", _API, pool_path, target_path, case.split("-")[1],
                        str(a.k)]
-            code, peak = _peak_rss(cmd, env)
+            code, peak = _peak_rss(cmd, env, tmp)  # not run from a checkout
             rows.append({"case": case, "exit": code, "peak_rss_gb": round(peak / 1e9, 3),
                          "peak_over_pool": round(peak / pool_bytes, 2)})
             print(f"{case:10s} exit {code}  peak RSS {peak / 1e9:.2f} GB  "
