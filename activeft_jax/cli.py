@@ -423,7 +423,8 @@ def _sift(args: argparse.Namespace) -> int:
     if "candidates" in options:
         options["candidates"] = _load_mask(options["candidates"], "candidates", "--candidates")
     dtype = np.float64 if args.x64 else np.float32
-    pool = _load_pool(args.pool, "pool", "--pool", dtype, _select_memory(args, None, "sift"))
+    with jax.enable_x64(bool(args.x64)):  # a float64 device pool needs x64 on
+        pool = _load_pool(args.pool, "pool", "--pool", dtype, _select_memory(args, None, "sift"))
     prompts = _as_float(_load_array(args.prompts, "prompts", "--prompts"), dtype, "--prompts")
     with jax.enable_x64(bool(args.x64)):
         try:

@@ -134,10 +134,12 @@ def host_to_device(x: np.ndarray, name: str) -> Any:
 
 def _writer():
     import jax
+    import jax.numpy as jnp
     from jax import lax
 
     def write(buf, chunk, start):
-        return lax.dynamic_update_slice(buf, chunk, (start,) + (0,) * (buf.ndim - 1))
+        zero = jnp.zeros((), start.dtype)  # one index type, with or without x64
+        return lax.dynamic_update_slice(buf, chunk, (start,) + (zero,) * (buf.ndim - 1))
 
     return jax.jit(write, donate_argnums=0)
 

@@ -53,6 +53,11 @@ def test_the_cli_reads_pools_in_chunks_and_selects_as_the_library(tmp_path, caps
     np.save(tmp_path / "t.npy", TARGET)
     ref = aft.select("vtl", POOL.astype(np.float32), TARGET, k=5, noise_std=0.5)
     writes.clear()
+    code = cli.main(["select", "--strategy", "vtl", "--pool", str(tmp_path / "p.npy"), "--x64",
+                     "--target", str(tmp_path / "t.npy"), "--k", "5", "--noise-std", "0.5"])
+    assert code == 0, capsys.readouterr().err  # float64 chunks, int64 indices
+    assert len(capsys.readouterr().out) > 0 and len(writes) == 67
+    writes.clear()
     for pool in ("p.npy", "pf.npy", "p.npz"):
         code = cli.main(["select", "--strategy", "vtl", "--pool", str(tmp_path / pool),
                          "--target", str(tmp_path / "t.npy"), "--k", "5", "--noise-std", "0.5"])
@@ -100,3 +105,18 @@ def test_a_request_that_cannot_fit_is_refused_up_front_in_one_line(tmp_path, cap
                        match=r"`pool` \(float64\[1000, 8\]\) on the device needs about") as e:
         aft.select("vtl", POOL, TARGET, k=5)
     assert isinstance(e.value, ValueError) and "\n" not in str(e.value)
+
+
+def test_sift_x64_reads_the_pool_in_float64(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(_memory, "CHUNK_BYTES", 960)
+    np.save(tmp_path / "p.npy", POOL)
+    np.save(tmp_path / "q.npy", TARGET.astype(np.float64))
+    seen = []
+    import activeft_jax.selection as selection
+
+    sift = selection.sift
+    monkeypatch.setattr(selection, "sift", lambda pool, *a, **k: seen.append(pool.dtype) or sift(
+        pool, *a, **k))
+    assert cli.main(["sift", "--pool", str(tmp_path / "p.npy"), "--prompts",
+                     str(tmp_path / "q.npy"), "--k", "3", "--x64"]) == 0, capsys.readouterr().err
+    assert seen == [np.dtype(np.float64)]

@@ -5,6 +5,8 @@ each case in its own process and reads that process's peak RSS (``ru_maxrss``
 from ``os.wait4``):
 
 * ``cli``: ``activeft-jax select --strategy vtl --pool pool.npy --target ...``;
+* ``cli-normalize``: the same with ``--normalize`` (the rule normalizes a copy of
+  the pool: two pools);
 * ``api-mmap``: ``aft.select("vtl", np.load(pool, mmap_mode="r"), target, ...)``;
 * ``api-array``: the same with the pool read into a NumPy array first (the caller's
   copy stays alive, so the floor is two pools);
@@ -13,7 +15,7 @@ and compares it with the bound pool + state + 1 GB (state: N x (min(m, d) + 4)
 floats, `activeft_jax.memory.select_estimate`).
 
     .venv/bin/python -m experiments.benchmarks.select_memory [--n 1000000] [--d 384]
-        [--m 10] [--k 20] [--cases cli,api-mmap,api-array] [--dir /tmp/x] [--code OLD_CHECKOUT]
+        [--m 10] [--k 20] [--cases cli,cli-normalize,api-mmap,api-array] [--dir /tmp/x] [--code OLD_CHECKOUT]
 
 Measured on the 24 GB, 2-core development machine (N = 10⁶, d = 384, m = 10,
 k = 20: a 1.54 GB pool; bound pool + state + 1 GB = 2.59 GB), peak RSS:
@@ -103,10 +105,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=a.dir) as tmp:
         pool_path, target_path = _write_problem(tmp, a.n, a.d, a.m)
         for case in a.cases.split(","):
-            if case == "cli":
+            if case.startswith("cli"):
                 cmd = [sys.executable, "-m", "activeft_jax.cli", "select", "--strategy", "vtl",
                        "--pool", pool_path, "--target", target_path, "--k", str(a.k),
                        "--noise-std", "1.0", "--out", os.path.join(tmp, "sel.json")]
+                cmd += ["--normalize"] if case == "cli-normalize" else []
             else:
                 cmd = [sys.executable, "-c", _API, pool_path, target_path, case.split("-")[1],
                        str(a.k)]
