@@ -24,6 +24,7 @@ k = 20: a 1.54 GB pool; bound pool + state + 1 GB = 2.59 GB), peak RSS:
     cli         4.86 GB (3.16x)            2.20 GB (1.43x)
     api-mmap    3.72 GB (2.42x)            2.19 GB (1.42x)
     api-array   4.86 GB (3.17x)            3.72 GB (2.42x: the caller's array + the device copy)
+    cli-normalize                          3.48 GB (2.26x: the rule normalizes a copy of the pool)
 
 Before, `np.load` held the pool on the host and `jnp.asarray` staged a second and a
 third copy; now the pool is streamed from its file into one preallocated device
