@@ -19,6 +19,11 @@ uninterrupted run (the same picks, the same metrics, bit for bit). How:
   with every round's metrics as its metadata.
   Orbax writes a step into a temporary directory and renames it when
   complete; unfinished ones are ignored and deleted on restart.
+* A committed checkpoint damaged afterwards (a metadata file truncated, emptied,
+  overwritten or deleted, a data file missing) is skipped: the run resumes from
+  the newest one that restores cleanly and passes the consistency checks (one
+  warning line names the damaged step, which is deleted and redone), and fails
+  with one line (`CheckpointError`, a ValueError) only when none does.
 * ``metrics.jsonl`` is derived data: after every checkpoint, and at every
   start, it is rewritten (atomically: write a temporary file, then rename)
   from the checkpointed metrics, so it always holds exactly one line per

@@ -206,7 +206,13 @@ class Checkpointer:
                 continue
             if damaged:
                 for bad, _ in damaged:
-                    self._manager.delete(bad)
+                    try:
+                        self._manager.delete(bad)
+                    except Exception as e:
+                        raise CheckpointError(
+                            f"checkpoint step {bad} in {self._directory} cannot be restored and "
+                            f"cannot be deleted ({_one_line(e)}); delete it to resume from step "
+                            f"{step}") from e
                 steps = ", ".join(str(s) for s, _ in damaged)
                 _log.warning(
                     "checkpoint step%s %s in %s cannot be restored (step %d: %s); deleted it, "
