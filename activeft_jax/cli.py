@@ -297,6 +297,86 @@ def _as_float(x: Optional[np.ndarray], dtype, flag: str) -> Optional[np.ndarray]
     return x.astype(dtype, copy=False)
 
 
+def _select_memory(args: argparse.Namespace, target: Optional[np.ndarray], strategy=None):
+    """check(shape, itemsize): refuses, in one line, a pool whose `select` would not fit in memory."""
+    from activeft_jax.memory import check_fits, select_estimate
+
+    strategy = strategy or args.strategy
+    m = int(target.shape[0]) if target is not None and target.ndim >= 1 else 1
+
+    def check(shape: tuple, itemsize: int) -> None:
+        if len(shape) != 2:
+            return  # the strategy reports the bad shape
+        n, d = shape
+        kernel_space = getattr(args, "kernel", None) == "rbf" or getattr(args, "space", None) == "kernel" \
+            or (getattr(args, "space", None) in (None, "auto") and d > n)
+        pool, state = select_estimate(strategy, n, d, m, max(int(args.k), 0), itemsize,
+                                      kernel_space=kernel_space)
+        if getattr(args, "normalize", None):
+            state += pool  # the rules normalize a copy of the pool
+        check_fits(f"{strategy} on a {n} x {d} pool", pool, state)
+
+    return check
+
+
+def _load_pool(path: Optional[str], name: str, flag: str, dtype, check) -> Optional[object]:
+    """The pool, read from its file straight onto the device in chunks (never whole on the host).
+
+    `check(shape, itemsize)` runs on the file's header, before anything is read.
+    A Fortran-ordered or non-numeric array falls back to `_load_array`.
+    """
+    import zipfile
+
+    from activeft_jax.memory import read_npy_header, stream_npy, to_device
+
+    if path is None:
+        return None
+    if not os.path.exists(path):
+        raise BadInput(f"{flag}: no such file: {path}")
+    if not (path.endswith(".npy") or path.endswith(".npz")):
+        raise BadInput(f"{flag}: expected a .npy or .npz file; got {path}")
+    try:
+        with open(path, "rb") as raw:
+            is_zip = raw.read(4) == b"PK\x03\x04"
+    except OSError as e:
+        raise BadInput(f"{flag}: cannot read {path}: {e.strerror}") from e
+    if is_zip != path.endswith(".npz"):
+        kind = "an .npz archive" if is_zip else "not an .npz archive"
+        raise BadInput(f"{flag}: {path} is {kind}; name a .npy file .npy and an .npz file .npz")
+    dtype = np.dtype(dtype)
+    try:
+        if is_zip:
+            with zipfile.ZipFile(path) as z:
+                names = [n[:-4] for n in z.namelist() if n.endswith(".npy")]
+                if name not in names and name == "pool" and "features" in names:
+                    name = "features"
+                if name not in names:
+                    raise BadInput(f"{flag}: {path} has no array named '{name}' "
+                                   f"(it has: {', '.join(names) or 'none'})")
+                with z.open(name + ".npy") as f:
+                    header = read_npy_header(f)
+                    if header.fortran_order or not _real_dtype(header.dtype):
+                        return _as_float(_load_array(path, name, flag), dtype, flag)
+                    check(header.shape, dtype.itemsize)
+                    return stream_npy(f, header, dtype)
+        with open(path, "rb") as f:
+            header = read_npy_header(f)
+            if not _real_dtype(header.dtype):
+                return _as_float(_load_array(path, name, flag), dtype, flag)
+            check(header.shape, dtype.itemsize)
+            if header.fortran_order:
+                return to_device(np.load(path, mmap_mode="r"), dtype)
+            return stream_npy(f, header, dtype)
+    except (BadInput, MemoryError):
+        raise
+    except Exception as e:
+        raise BadInput(f"{flag}: cannot read {path}: {e}") from e
+
+
+def _real_dtype(dt: np.dtype) -> bool:
+    return (np.issubdtype(dt, np.number) or dt == np.bool_) and not np.issubdtype(dt, np.complexfloating)
+
+
 def _json_float(v: float) -> Optional[float]:
     return v if math.isfinite(v) else None
 
@@ -324,8 +404,8 @@ def _select_in_precision(args: argparse.Namespace) -> int:
         raise BadInput(f"--pool is required by strategy '{args.strategy}'")
     if args.strategy in TARGETED and args.target is None:
         raise BadInput(f"strategy '{args.strategy}' needs --target (target embeddings [m, d])")
-    pool = _as_float(_load_array(args.pool, "pool", "--pool"), dtype, "--pool")
     target = _as_float(_load_array(args.target, "target", "--target"), dtype, "--target")
+    pool = _load_pool(args.pool, "pool", "--pool", dtype, _select_memory(args, target))
     probs = _as_float(_load_array(args.probs, "probs", "--probs"), dtype, "--probs")
 
     if "init_indices" in options:
@@ -376,7 +456,8 @@ def _sift(args: argparse.Namespace) -> int:
     if "candidates" in options:
         options["candidates"] = _load_mask(options["candidates"], "candidates", "--candidates")
     dtype = np.float64 if args.x64 else np.float32
-    pool = _as_float(_load_array(args.pool, "pool", "--pool"), dtype, "--pool")
+    with jax.enable_x64(bool(args.x64)):  # a float64 device pool needs x64 on
+        pool = _load_pool(args.pool, "pool", "--pool", dtype, _select_memory(args, None, "sift"))
     prompts = _as_float(_load_array(args.prompts, "prompts", "--prompts"), dtype, "--prompts")
     with jax.enable_x64(bool(args.x64)):
         try:
@@ -604,7 +685,7 @@ def _write(out, path: Optional[str]) -> int:
 
 def _write_file(path: str, write, flag: str = "--out") -> None:
     """`write(f)` to a temporary file renamed to `path`: never a partial file, one line on error."""
-    from activeft_jax._io import atomic_write
+    from activeft_jax.atomic import atomic_write
 
     try:
         atomic_write(path, write)

@@ -68,6 +68,10 @@ def as_float_matrix(x: Any, name: str) -> jax.Array:
         raise ValueError(f"`{name}` must have shape [n, d] (rank 2); got shape {shape}.")
     if shape[0] < 1 or shape[1] < 1:
         raise ValueError(f"`{name}` must have at least one row and one column; got shape {shape}.")
+    if isinstance(x, np.ndarray):  # on the device once, in chunks; refused if it cannot fit
+        from activeft_jax.memory import host_to_device
+
+        return host_to_device(x, name)
     return jnp.asarray(x)
 
 

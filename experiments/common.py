@@ -84,7 +84,7 @@ def output_dirs(out, cache_dir, default_out: Path) -> tuple[Path, Path]:
 
 def write_text(path: Path, text: str) -> None:
     """`path.write_text(text)`, atomically (a temporary file renamed: never a partial file)."""
-    from activeft_jax._io import atomic_write
+    from activeft_jax.atomic import atomic_write
 
     data = text.encode("utf-8")
     atomic_write(path, lambda f: f.write(data))
@@ -92,7 +92,7 @@ def write_text(path: Path, text: str) -> None:
 
 def save_figure(fig, path: Path, **kwargs) -> None:
     """`fig.savefig(path)`, atomically."""
-    from activeft_jax._io import atomic_write
+    from activeft_jax.atomic import atomic_write
 
     atomic_write(path, lambda f: fig.savefig(f, format=Path(path).suffix[1:] or "png", **kwargs))
 

@@ -353,17 +353,20 @@ def test_cli_x64_normalize_seed_and_stdout(files, capsys):
 
 
 def test_stale_temporary_outputs_of_killed_writes_are_removed(files, capsys):
-    """A write killed mid-way leaves `.<name>.<pid>.<hex>.tmp`; the next write to the same
-    output removes it once its process is gone, and leaves a live writer's and other files."""
+    """A write killed mid-way leaves `<name>.tmp-<host>-<pid>-<hex>`; the next write to the
+    same output removes it once its process is gone, and leaves a live writer's and other
+    files."""
     import subprocess
     import sys
+
+    from activeft_jax.atomic import _host
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)
     dead_pid = int(dead.stdout)
-    stale = files / f".sel.json.{dead_pid}.0badc0de.tmp"
-    live = files / f".sel.json.{os.getpid()}.00c0ffee.tmp"
-    other = files / ".sel.json.notours.tmp"
+    stale = files / f"sel.json.tmp-{_host()}-{dead_pid}-0badc0de"
+    live = files / f"sel.json.tmp-{_host()}-{os.getpid()}-00c0ffee"
+    other = files / "sel.json.notours.tmp"
     for p in (stale, live, other):
         p.write_bytes(b"partial")
     code = cli.main(["select", "--strategy", "vtl", "--pool", str(files / "pool.npy"), "--target",

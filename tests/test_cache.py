@@ -117,3 +117,47 @@ def test_meta_is_plain_json(tmp_path):
         meta = json.loads(str(z["meta"]))
     assert meta["options"] == {"layer": "Dense_1", "normalize": False}
     assert meta["inputs_sha256"] == hash_inputs(TEXTS)
+
+
+_KILLED_WRITE = """
+import importlib.util, os, signal, sys
+spec = importlib.util.spec_from_file_location("atomic", sys.argv[1])
+mod = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(mod)
+with mod.atomic_file(sys.argv[2], "wb") as f:
+    f.write(b"half of an npz")
+    f.flush()
+    os.kill(os.getpid(), signal.SIGKILL)  # killed in the middle of the write
+"""
+
+
+def test_a_killed_writes_temporary_file_is_removed_by_the_next_run(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import activeft_jax.atomic as tmpfiles
+
+    path = tmp_path / "c.npz"
+    proc = subprocess.run([sys.executable, "-c", _KILLED_WRITE, tmpfiles.__file__, str(path)])
+    assert proc.returncode == -9
+    left = [p.name for p in tmp_path.iterdir()]
+    assert len(left) == 1 and left[0].startswith("c.npz.tmp-") and not path.exists()
+
+    # not ours, or not stale: kept
+    live = tmpfiles.tmp_name(path)  # this process is writing it
+    other_host = f"{path}.tmp-elsewhere-1-0123abcd"  # maybe alive on another machine
+    young_legacy = tmp_path / "c.npz.ab12cd_e.tmp"  # the old mkstemp name, written a moment ago
+    keep = [live, other_host, young_legacy, tmp_path / "c.npz.backup", tmp_path / "d.npz.tmp-1",
+            tmp_path / "c.npz.tmp-x-1-0123abcd-more"]
+    for p in keep:
+        open(p, "wb").close()
+    old_legacy = tmp_path / "c.npz.zz99yy_x.tmp"  # the old name, a day old: removed
+    old_legacy.write_bytes(b"")
+    os.utime(old_legacy, (time.time() - 86400,) * 2)
+
+    emb = _run(path, Counter())
+    np.testing.assert_array_equal(emb, Counter()())
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted(["c.npz"] + [os.path.basename(p) for p in keep])

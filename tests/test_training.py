@@ -19,6 +19,7 @@ from flax import linen as nn
 from _active_job import MLP, problem
 from helpers import count_traces
 from activeft_jax.training import (
+    CheckpointError,
     Checkpointer,
     TrainState,
     active_finetune,
@@ -217,6 +218,70 @@ def test_checkpointer_round_trip(tmp_path):
         assert np.array_equal(plain["selected"], tree["selected"])
 
 
+def _damage(step_dir, case):
+    """Damages one committed step the way a bad disk or a stray command would."""
+    what, how = case.split(":")
+    if what == "chunk":  # one data file of the array store
+        chunks = sorted((step_dir / "pytree" / "d").iterdir())
+        chunks[0].unlink()
+        return
+    path = step_dir / ("pytree/_METADATA" if what == "_METADATA" else "metadata/metadata")
+    data = path.read_bytes()
+    if how == "deleted":
+        path.unlink()
+    elif how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "emptied":
+        path.write_bytes(b"")
+    elif how == "flipped":
+        flipped = bytearray(data)
+        flipped[len(data) // 3] ^= 0xFF
+        path.write_bytes(bytes(flipped))
+
+
+DAMAGE = [f"{f}:{h}" for f in ("_METADATA", "metadata")
+          for h in ("truncated", "emptied", "flipped", "deleted")] + ["chunk:deleted"]
+
+
+@pytest.mark.parametrize("case", DAMAGE)
+def test_a_damaged_step_is_one_line_and_restore_newest_falls_back(tmp_path, case, caplog):
+    tree = {"w": np.arange(12, dtype=np.float32).reshape(3, 4), "n": np.arange(3, dtype=np.int32)}
+    ckpt = Checkpointer(tmp_path / "ck", max_to_keep=3)
+    for step in (1, 2):
+        ckpt.save(step, jax.tree_util.tree_map(lambda a: a + step, tree), {"round": step})
+    _damage(tmp_path / "ck" / "2", case)
+
+    with pytest.raises(CheckpointError, match=r"checkpoint step 2 in .* cannot be restored: ") as e:
+        ckpt.restore(2, target=tree)
+    assert "\n" not in str(e.value)
+
+    with caplog.at_level("WARNING", logger="activeft_jax.training.checkpoint"):
+        step, restored, meta = ckpt.restore_newest(target=tree)
+    assert step == 1 and meta == {"round": 1}
+    assert _leaves_equal(restored, jax.tree_util.tree_map(lambda a: a + 1, tree))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+    assert "step 2 in" in warnings[0] and "resuming from step 1" in warnings[0]
+    # the damaged step is gone, so that the run can write it again
+    assert ckpt.all_steps() == [1]
+    ckpt.save(2, tree, {"round": 2})
+    assert ckpt.restore(2, target=tree)[1] == {"round": 2}
+
+    # every step damaged: one line, and nothing is deleted
+    _damage(tmp_path / "ck" / "1", case)
+    _damage(tmp_path / "ck" / "2", case)
+    with pytest.raises(CheckpointError, match=r"no checkpoint in .* restores cleanly \(step 2: "
+                       r".*; step 1: ") as e:
+        ckpt.restore_newest(target=tree)
+    assert "\n" not in str(e.value) and ckpt.all_steps() == [1, 2]
+    ckpt.close()
+
+
+def test_restore_newest_of_an_empty_directory_is_none(tmp_path):
+    with Checkpointer(tmp_path / "ck") as ckpt:
+        assert ckpt.restore_newest() is None
+
+
 # ------------------------------------------------------------------------------------------------
 # active_finetune
 
@@ -232,7 +297,7 @@ def _job(workdir, **over):
     return active_finetune(*args, **kw)
 
 
-def test_active_finetune_improves_and_reruns_identically(tmp_path):
+def test_active_finetune_improves_and_reruns_identically(tmp_path, caplog):
     wd = tmp_path / "run"
     res = _job(wd)
     picks = res.indices.tolist()
@@ -248,7 +313,17 @@ def test_active_finetune_improves_and_reruns_identically(tmp_path):
     for name in ("Dense_0", "Dense_1"):
         assert _leaves_equal(res.params["params"][name], problem()[1]["params"][name])
 
+    # temporary files of writes killed before their rename (this version's and the old names)
+    from activeft_jax.atomic import tmp_name
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True).stdout)
+    stale = [tmp_name(wd / "metrics.jsonl").replace(f"-{os.getpid()}-", f"-{dead}-"),
+             f"{wd / 'config.json'}.tmp-{dead}"]
+    for p in stale:
+        open(p, "w").close()
     again = _job(wd)  # finished workdir: the stored result, no training
+    assert not any(os.path.exists(p) for p in stale)
     assert again.indices.tolist() == picks and again.metrics == res.metrics
     assert _leaves_equal(again.params, res.params)
     assert (wd / "metrics.jsonl").read_text().splitlines() == lines
@@ -265,6 +340,25 @@ def test_active_finetune_improves_and_reruns_identically(tmp_path):
         _job(wd, tx=optax.adam(1e-3))
     with pytest.raises(ValueError, match="other arguments.*pool_y:"):
         _job(wd, pool_y=np.roll(problem()[3], 1))
+
+    # A damaged latest checkpoint: the run falls back to the one before, with a warning,
+    # and redoes the last round bit for bit.
+    _damage(wd / "checkpoints" / "3", "_METADATA:truncated")
+    with caplog.at_level("WARNING", logger="activeft_jax.training.checkpoint"):
+        again = _job(wd)
+    assert any("step 3 in" in r.getMessage() and "resuming from step 2" in r.getMessage()
+               for r in caplog.records)
+    assert again.indices.tolist() == picks and again.metrics == res.metrics
+    assert _leaves_equal(again.params, res.params)
+    assert (wd / "metrics.jsonl").read_text().splitlines() == lines
+    # No checkpoint restores: one line, nothing deleted.
+    for step in (2, 3):
+        _damage(wd / "checkpoints" / str(step), "metadata:emptied")
+    with pytest.raises(CheckpointError, match=r"no checkpoint in .* restores cleanly \(step 3: "
+                       r"JSONDecodeError: .*; step 2: .*\); use another workdir") as e:
+        _job(wd)
+    assert "\n" not in str(e.value)
+    assert sorted(n for n in os.listdir(wd / "checkpoints") if n.isdigit()) == ["2", "3"]
 
 
 def test_apply_function_raw_inputs_cold_start_and_a_test_set(tmp_path):

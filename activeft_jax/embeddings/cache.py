@@ -11,7 +11,10 @@ On the next call the record is compared with the present one; any difference (ot
 texts, a different model or weights file, other options, a damaged file) makes the
 cache stale, and it is recomputed and rewritten (or, with `on_stale="error"`, a
 `StaleCacheError` says what changed). Files are written to a temporary name and
-renamed, so an interrupted run never leaves a half-written cache behind.
+renamed, so an interrupted run never leaves a half-written cache behind; the
+temporary file of a write that was killed is deleted by the next call for the
+same path (`activeft_jax.atomic.remove_stale`: only ``<name>.tmp-<host>-<pid>-<hex>``
+files of processes that no longer run).
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Union
 
 import numpy as np
+
+from activeft_jax.atomic import atomic_file, remove_stale
 
 __all__ = [
     "StaleCacheError",
@@ -87,17 +91,8 @@ def save_embeddings(path: PathLike, embeddings: Any, meta: Mapping[str, Any]) ->
     if path.suffix != ".npz":
         raise ValueError(f"cache path must end in .npz; got {str(path)!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, embeddings=np.asarray(embeddings), meta=np.array(json.dumps(dict(meta))))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path, "wb") as f:
+        np.savez(f, embeddings=np.asarray(embeddings), meta=np.array(json.dumps(dict(meta))))
 
 
 def load_embeddings(path: PathLike) -> tuple[np.ndarray, dict]:
@@ -165,6 +160,7 @@ def cached_embeddings(path: Optional[PathLike], compute: Callable[[], Any], *, i
         return np.asarray(compute())
     if Path(path).suffix != ".npz":
         raise ValueError(f"cache path must end in .npz; got {str(path)!r}")
+    remove_stale(path)  # the temporary file of a killed write
     inputs_hash = hash_inputs(inputs)
     want = _meta(None, inputs_hash, model, fingerprint, options)
     reason: Optional[str]

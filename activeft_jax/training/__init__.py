@@ -22,6 +22,7 @@ any crash (see `activeft_jax.training.active`).
 
 from activeft_jax.training.active import ActiveResult as ActiveResult
 from activeft_jax.training.active import active_finetune as active_finetune
+from activeft_jax.training.checkpoint import CheckpointError as CheckpointError
 from activeft_jax.training.checkpoint import Checkpointer as Checkpointer
 from activeft_jax.training.rounds import RoundOutput as RoundOutput
 from activeft_jax.training.rounds import RoundState as RoundState
@@ -49,6 +50,7 @@ from activeft_jax.training.ttft import ttft_inputs as ttft_inputs
 
 __all__ = [
     "ActiveResult",
+    "CheckpointError",
     "Checkpointer",
     "RoundOutput",
     "RoundState",

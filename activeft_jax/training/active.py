@@ -19,6 +19,11 @@ uninterrupted run (the same picks, the same metrics, bit for bit). How:
   with every round's metrics as its metadata.
   Orbax writes a step into a temporary directory and renames it when
   complete; unfinished ones are ignored and deleted on restart.
+* A committed checkpoint damaged afterwards (a metadata file truncated, emptied,
+  overwritten or deleted, a data file missing) is skipped: the run resumes from
+  the newest one that restores cleanly and passes the consistency checks (one
+  warning line names the damaged step, which is deleted and redone), and fails
+  with one line (`CheckpointError`, a ValueError) only when none does.
 * ``metrics.jsonl`` is derived data: after every checkpoint, and at every
   start, it is rewritten (atomically: write a temporary file, then rename)
   from the checkpointed metrics, so it always holds exactly one line per
@@ -50,10 +55,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from activeft_jax.atomic import atomic_file
 from activeft_jax.embeddings import ParamSelection, is_linen_module, last_layer
 from activeft_jax.selection import COMMON_OPTIONS, STRATEGIES, TARGETED, get_strategy
 from activeft_jax.training._fingerprint import config_hash, fingerprint, tree_digest
-from activeft_jax.training.checkpoint import Checkpointer
+from activeft_jax.training.checkpoint import CheckpointError, Checkpointer
 from activeft_jax.training.rounds import init_round_state, make_round
 from activeft_jax.training.state import (
     Trainable,
@@ -172,13 +178,12 @@ def _check_select_kwargs(strategy: str, select_kwargs: Optional[Mapping[str, Any
 
 
 def _atomic_write(path: str, text: str) -> None:
-    """Writes `text` to `path` so that a reader sees the old or the new file, never a mix."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
+    """Writes `text` to `path` so that a reader sees the old or the new file, never a mix.
+
+    A killed write's temporary file is removed by the next write of `path`.
+    """
+    with atomic_file(path, "w", encoding="utf-8") as f:
         f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
     try:  # make the rename itself durable
         fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
         try:
@@ -587,24 +592,28 @@ def _run(*, store: Optional[_Store], apply_fn, model, init_params, tx, selection
                                             state),
             "selected": jax.ShapeDtypeStruct((budget,), jnp.int32),
         }
-        latest = store.ckpt.latest_step()
-        if latest is not None:
-            if latest > rounds:
-                raise ValueError(f"{store.ckpt.directory} holds round {latest} of a run with "
-                                 f"more rounds.")
-            restored, meta = store.ckpt.restore(latest, target=template)
+        def check(step: int, restored: Any, meta: dict) -> None:
+            if step > rounds:
+                raise ValueError(f"it holds round {step} of a run with more rounds")
             if meta.get("config_hash") != store.digest:
-                raise ValueError(
-                    f"the checkpoints in {store.ckpt.directory} were written by active_finetune "
-                    f"with other arguments; use another workdir or delete this one.")
+                raise ValueError("it was written by active_finetune with other arguments")
+            selected = np.asarray(restored["selected"])[: step * k]
+            if (int(restored["state"].round) != step or not isinstance(meta.get("metrics"), list)
+                    or len(meta["metrics"]) != step
+                    or selected.tolist() != list(meta.get("indices") or [])):
+                raise ValueError("its state, picks and metrics are inconsistent")
+
+        # The newest checkpoint that restores cleanly: a damaged newer one is deleted
+        # (with a warning), and none at all that restores is an error (CheckpointError).
+        try:
+            newest = store.ckpt.restore_newest(target=template, check=check)
+        except CheckpointError as e:
+            raise CheckpointError(f"{e}; use another workdir or delete this one.") from e
+        if newest is not None:
+            start, restored, meta = newest
             state = restored["state"]
-            picked = np.asarray(restored["selected"])[: latest * k].astype(np.int32)
+            picked = np.asarray(restored["selected"])[: start * k].astype(np.int32)
             metrics = list(meta["metrics"])
-            if (int(state.round) != latest or len(metrics) != latest
-                    or picked.tolist() != list(meta["indices"])):
-                raise ValueError(f"the checkpoint {latest} in {store.ckpt.directory} is "
-                                 f"inconsistent; use another workdir or delete this one.")
-            start = latest
             _log.info("active_finetune: resuming %s after round %d of %d",
                       store.ckpt.directory, start, rounds)
         # config.json after the checks above: a refused workdir is left untouched.
