@@ -24,6 +24,7 @@ __all__ = [
     "check_finite",
     "check_k",
     "check_key",
+    "check_magnitude",
     "check_available",
     "check_noise_std",
     "check_observed",
@@ -31,6 +32,7 @@ __all__ = [
     "check_target",
     "count_true",
     "is_traced",
+    "max_sq_norm_allowed",
 ]
 
 
@@ -41,8 +43,10 @@ def _shape(x: Any) -> tuple:
 def as_float_matrix(x: Any, name: str) -> jax.Array:
     """Converts `x` to a floating [n, d] array with n, d >= 1, or raises ValueError.
 
-    Integer and boolean input is cast to the default float dtype; complex,
-    string and object input is rejected.
+    Integer and boolean input is cast to the default float dtype; float16 and
+    bfloat16 are upcast to float32 (their range, 6.5e4 for float16, overflows
+    at the squared norms every score is built from); complex, string and
+    object input is rejected.
     """
     if x is None:
         raise ValueError(f"`{name}` is required; got None.")
@@ -53,7 +57,8 @@ def as_float_matrix(x: Any, name: str) -> jax.Array:
             raise ValueError(f"`{name}` must be an array of shape [n, d]; got {type(x).__name__}.") from e
     dtype = np.dtype(x.dtype) if not is_traced(x) else x.dtype
     if jnp.issubdtype(dtype, jnp.floating):
-        pass
+        if jnp.finfo(dtype).bits < 32:  # float16 / bfloat16: computed in float32
+            x = jnp.asarray(x, dtype=jnp.float32)
     elif jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.bool_):
         x = jnp.asarray(x, dtype=jnp.result_type(float))
     else:
@@ -110,6 +115,43 @@ def check_finite(x: jax.Array, name: str) -> None:
         raise ValueError(
             f"`{name}` (shape {shape}) contains NaN or inf, first at index {tuple(int(i) for i in bad)}."
         )
+
+
+@jax.jit
+def _magnitude(x: jax.Array) -> jax.Array:
+    """(max |x|, max_i ‖x_i / max |x|‖²) over the rows (last axis) of x: the largest squared row norm is their
+    product, formed on the host (it may overflow x's dtype)."""
+    scale = jnp.max(jnp.abs(x))
+    unit = x / jnp.where(scale > 0, scale, 1)
+    return jnp.stack([scale, jnp.max(jnp.sum(unit * unit, axis=-1))])
+
+
+def max_sq_norm_allowed(dtype) -> float:
+    """The largest squared row norm an input may have in `dtype`: sqrt(finfo.max).
+
+    Scores multiply two squared norms (Cov², σ²·σ², a squared distance over a
+    variance), so each must stay below the square root of the largest float:
+    rows of norm up to ~4e9 in float32, ~1e77 in float64.
+    """
+    return float(np.sqrt(float(jnp.finfo(dtype).max)))
+
+
+def check_magnitude(x: jax.Array, name: str) -> None:
+    """Raises if a concrete, finite `x` has a row whose squared norm would overflow its dtype.
+
+    The limit is `max_sq_norm_allowed`; the check is a jitted reduction (never
+    fetches a split pool). Skipped for tracers.
+    """
+    if is_traced(x) or len(_shape(x)) < 2:
+        return
+    scale, unit = (float(np.asarray(v, np.float64)) for v in concrete(_magnitude, x))
+    sq = scale * scale * unit
+    limit = max_sq_norm_allowed(x.dtype)
+    if sq > limit:
+        raise ValueError(
+            f"`{name}` (shape {_shape(x)}) has a row of squared norm {sq:.3g}, too large for "
+            f"{jnp.dtype(x.dtype).name} (the scores multiply squared norms: each must stay below "
+            f"{limit:.3g}); rescale the embeddings or use float64.")
 
 
 def check_k(k: Any, n: int, name: str = "pool") -> int:
