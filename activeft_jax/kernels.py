@@ -47,9 +47,9 @@ def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
     """
     scale = lax.stop_gradient(jnp.max(jnp.abs(x), axis=axis, keepdims=True))
     ok = scale > 0
-    y = x / jnp.where(ok, scale, 1)
-    norm = jnp.sqrt(jnp.sum(y * y, axis=axis, keepdims=True))      # in [1, sqrt(d)] where ok
-    return jnp.where(ok, y / jnp.where(ok, norm, 1), 0)
+    y = jnp.where(ok, x / jnp.where(ok, scale, 1), 1)              # (ones: a finite gradient)
+    norm = jnp.sqrt(jnp.sum(y * y, axis=axis, keepdims=True))      # in [1, sqrt(d)]
+    return jnp.where(ok, y / norm, 0)
 
 
 class Linear(NamedTuple):

@@ -89,6 +89,13 @@ def _first_non_finite(x: jax.Array) -> jax.Array:
     return jnp.where(found, row, -1), jnp.where(found, col, -1)
 
 
+def _scalar_float(x: jax.Array) -> float:
+    """A replicated scalar as a float, on every process (never a non-addressable fetch)."""
+    if hasattr(x, "addressable_data") and not getattr(x, "is_fully_addressable", True):
+        x = x.addressable_data(0)
+    return float(np.asarray(x, np.float64))
+
+
 def _scalar(x: jax.Array) -> int:
     """A replicated scalar as an int, on every process (never a non-addressable fetch)."""
     if hasattr(x, "addressable_data") and not getattr(x, "is_fully_addressable", True):
@@ -123,7 +130,7 @@ def _magnitude(x: jax.Array) -> jax.Array:
     product, formed on the host (it may overflow x's dtype)."""
     scale = jnp.max(jnp.abs(x))
     unit = x / jnp.where(scale > 0, scale, 1)
-    return jnp.stack([scale, jnp.max(jnp.sum(unit * unit, axis=-1))])
+    return scale, jnp.max(jnp.sum(unit * unit, axis=-1))
 
 
 def max_sq_norm_allowed(dtype) -> float:
@@ -144,7 +151,7 @@ def check_magnitude(x: jax.Array, name: str) -> None:
     """
     if is_traced(x) or len(_shape(x)) < 2:
         return
-    scale, unit = (float(np.asarray(v, np.float64)) for v in concrete(_magnitude, x))
+    scale, unit = (float(_scalar_float(v)) for v in concrete(_magnitude, x))
     sq = scale * scale * unit
     limit = max_sq_norm_allowed(x.dtype)
     if sq > limit:
