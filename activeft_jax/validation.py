@@ -25,6 +25,7 @@ __all__ = [
     "check_k",
     "check_key",
     "check_magnitude",
+    "check_noise_variance",
     "check_available",
     "check_noise_std",
     "check_observed",
@@ -206,6 +207,24 @@ def check_noise_std(noise_std: Any) -> None:
         raise ValueError(f"`noise_std` must be a real number; got {noise_std!r}.")
     if not np.isfinite(arr) or arr <= 0:
         raise ValueError(f"`noise_std` must be finite and > 0; got {float(arr)}.")
+
+
+def check_noise_variance(noise_std: Any, dtype) -> None:
+    """A concrete `noise_std` whose square ρ² is a normal, finite number of `dtype`.
+
+    ρ² below `finfo.tiny` flushes to 0 on CPU (the scores divide by σ² + ρ²) and
+    above `finfo.max` it is inf. Skipped for tracers (and None: `check_noise_std`).
+    """
+    if noise_std is None or is_traced(noise_std):
+        return
+    info = jnp.finfo(dtype)
+    var = float(np.asarray(noise_std, np.float64)) ** 2
+    if not float(info.tiny) <= var <= float(info.max):
+        raise ValueError(
+            f"`noise_std`={float(np.asarray(noise_std)):g} squares to {var:.3g}, outside the "
+            f"normal range of {jnp.dtype(dtype).name} [{float(info.tiny):.3g}, "
+            f"{float(info.max):.3g}]; rescale the embeddings and noise_std together, or use "
+            f"float64.")
 
 
 def check_positive(value: Any, name: str) -> None:

@@ -187,3 +187,11 @@ def test_l2_normalize_is_scale_safe_with_a_zero_gradient_at_zero():
     grad = jax.grad(lambda z: jnp.sum(l2_normalize(z)[:, 0]))(x)
     assert np.all(np.isfinite(np.asarray(grad)))
     np.testing.assert_array_equal(np.asarray(grad[1]), [0, 0])
+
+
+@pytest.mark.parametrize("noise", [1e-30, 1e25])
+def test_noise_whose_square_leaves_the_dtype_is_rejected(noise):
+    pool, target = _problem(6)
+    with pytest.raises(ValueError, match=r"`noise_std`.*float32"):
+        aft.select("vtl", pool.astype(np.float32), target.astype(np.float32), k=3,
+                   noise_std=noise)

@@ -30,6 +30,7 @@ from activeft_jax.validation import (
     check_k,
     check_magnitude,
     check_noise_std,
+    check_noise_variance,
     check_observed,
     check_target,
     count_true,
@@ -80,6 +81,7 @@ def validate(pool: Any, target: Any = None, *, k: Any, kernel: Any = None,
         check_magnitude(target, "target")
     if check_noise:
         check_noise_std(noise_std)
+        check_noise_variance(noise_std, pool.dtype)
     if prior_cov is not None:
         dim = d if isinstance(kernel, (Linear, Cosine)) else None
         kernel = with_prior_cov(kernel, prior_cov, dim)
