@@ -190,7 +190,7 @@ def run_local(spec: RuleSpec, inputs: RuleInputs, k: int, allow_repeats: bool,
 
 
 def _run_flagged(spec, inputs, k, allow_repeats, shards):
-    """`run_local` and, per step, whether the available scores were all tied ([k] bool)."""
+    """`run_local` and, per step, whether the pick was unresolved ([k] bool, `_unresolved`)."""
     rule = spec.build(inputs, k, shards)
     _, (indices, values, tied) = _scan(rule, _init_carry(rule, inputs), k, allow_repeats, shards)
     return Selection(indices, values), tied
@@ -205,9 +205,11 @@ def _greedy_full(spec, inputs, *, k, allow_repeats, layout):
 
 
 def _warn_unresolved(tied, dtype, desc: str) -> None:
-    """One warning per call when a low-precision run had steps whose scores were all tied."""
+    """One warning per call when a low-precision run had unresolved picks (`_unresolved`)."""
     if jnp.finfo(dtype).bits >= 64:
         return  # float64: a tie is the data's (e.g. identical points), not the precision's
+    if hasattr(tied, "addressable_data") and not getattr(tied, "is_fully_addressable", True):
+        tied = tied.addressable_data(0)  # replicated: every process holds the whole flag
     tied = np.asarray(tied)
     if not tied.any():
         return
@@ -255,9 +257,10 @@ def greedy(spec: RuleSpec, inputs: RuleInputs, *, k: int, allow_repeats: bool = 
       desc: label of the progress bar.
       layout: where the pool lives; default `layout_of(inputs.pool)`.
       warn_ties: in float32 (or lower), warn (RuntimeWarning, once per call,
-        outside of jit only) when at some step the scores of all available
-        points were equal within round-off, so the pick was arbitrary (the GP
-        rules: their variances run out of digits at a small noise).
+        outside of jit only) when some pick was not resolved by the precision:
+        all available scores equal within round-off, or the runner-up within
+        the rule's `GreedyRule.roundoff` once that exceeds √ε (the GP rules:
+        their variances run out of digits at a small noise).
 
     Returns:
       `Selection` with [k] int32 indices in pick order and the acquisition
