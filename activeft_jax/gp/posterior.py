@@ -207,19 +207,24 @@ def precision_factor_rows(rows: jax.Array, extra: Optional[jax.Array] = None) ->
     noise). The Gram matrix rowsᵀrows squares their condition number: in
     float32, over a small ρ², its round-off (ε‖rows‖²) swamps the unit prior
     in the directions the rows do not span, and `precision_factor` then loses
-    every digit of the variance left there. Here G = diag(1/√(1 + s²)) Vᵀ from
-    the SVD rows = U diag(s) Vᵀ (V square, s padded with zeros): each weight
-    1/√(1 + s²) is computed without cancellation (`hypot`, no overflow), so
-    ‖G φ(x)‖² is accurate to a few ε relative, whatever the ρ. O((r + d) d²);
-    an `extra` [d, d] precision joins as the rows √λ qᵀ of its eigenpairs.
+    every digit of the variance left there. Here, from the thin SVD
+    rows = U diag(s) Vᵀ and the weights w = 1/√(1 + s²) (computed without
+    cancellation, `hypot`: no overflow), G = diag(w) Vᵀ when the rows span
+    R^d, else the symmetric G = I − V diag(1 − w) Vᵀ (GᵀG = I − VVᵀ +
+    V diag(w²) Vᵀ). ‖G φ(x)‖² then carries round-off ε‖φ‖ on the scale of the
+    posterior standard deviation, like the Potter factor, whatever the ρ.
+    O(min(r, d)·r·d + d² min(r, d)); an `extra` [d, d] precision joins as the
+    rows √λ qᵀ of its eigenpairs.
     """
     d = rows.shape[-1]
     if extra is not None:
         evals, evecs = jnp.linalg.eigh((extra + extra.T) / 2)
         rows = jnp.concatenate([rows, jnp.sqrt(jnp.maximum(evals, 0))[:, None] * evecs.T])
-    _, s, vt = jnp.linalg.svd(rows, full_matrices=True)
-    s = jnp.pad(s, (0, d - s.shape[0]))
-    return vt / jnp.hypot(jnp.ones((), s.dtype), s)[:, None]
+    _, s, vt = jnp.linalg.svd(rows, full_matrices=False)          # vt [min(r, d), d]
+    w = 1 / jnp.hypot(jnp.ones((), s.dtype), s)
+    if vt.shape[0] == d:
+        return vt * w[:, None]
+    return jnp.eye(d, dtype=rows.dtype) - matmul(vt.T, (1 - w)[:, None] * vt)
 
 
 def observation_precision(features: jax.Array, mask: jax.Array, noise_var: jax.Array,
