@@ -127,8 +127,10 @@ def check_finite(x: jax.Array, name: str) -> None:
 
 @jax.jit
 def _magnitude(x: jax.Array) -> jax.Array:
-    """(max |x|, max_i ‖x_i / max |x|‖²) over the rows (last axis) of x: the largest squared row norm is their
-    product, formed on the host (it may overflow x's dtype)."""
+    """(max |x|, max_i ‖x_i / max |x|‖²) over the rows (last axis) of x.
+
+    The largest squared row norm is their product, formed on the host (it may
+    overflow x's dtype)."""
     scale = jnp.max(jnp.abs(x))
     unit = x / jnp.where(scale > 0, scale, 1)
     return scale, jnp.max(jnp.sum(unit * unit, axis=-1))

@@ -134,19 +134,21 @@ TIE_ULPS = 16
 
 
 def _unresolved(rule: GreedyRule, state, scores: jax.Array, available: jax.Array,
-                index: jax.Array, best: jax.Array, shards: Shards) -> jax.Array:
+                index: jax.Array, best: jax.Array, step: jax.Array, shards: Shards) -> jax.Array:
     """[] bool: the pick `index` (score `best`) was not resolved by the precision.
 
-    Either every available finite score equals `best` within TIE_ULPS·ε of its
-    magnitude (all tied), or the rule's relative round-off at the pick exceeds
-    √ε (half the digits are gone) and the runner-up is within that round-off.
+    Either, after the first pick, every available finite score equals `best`
+    within TIE_ULPS·ε of its magnitude (all tied; at the first pick such a tie
+    is the prior's own, e.g. unit-norm embeddings under undirected ITL), or the
+    rule's relative round-off at the pick exceeds √ε (half the digits are gone)
+    and the runner-up is within that round-off.
     """
     ok = available & jnp.isfinite(scores)
     lo = -shards.max(jnp.where(ok, -scores, -jnp.inf))
     count = shards.sum(ok.astype(jnp.int32))
     eps = jnp.finfo(scores.dtype).eps
     scale = jnp.maximum(jnp.abs(best), jnp.abs(lo))
-    flat = (count >= 2) & (best - lo <= TIE_ULPS * eps * scale)
+    flat = (step > 0) & (count >= 2) & (best - lo <= TIE_ULPS * eps * scale)
     if rule.roundoff is None:
         return flat
     rel = rule.roundoff(state, index)
@@ -155,26 +157,27 @@ def _unresolved(rule: GreedyRule, state, scores: jax.Array, available: jax.Array
     return flat | ((count >= 2) & close)
 
 
-def _scan(rule: GreedyRule, carry, num_steps: int, allow_repeats: bool, shards: Shards):
+def _scan(rule: GreedyRule, carry, num_steps: int, allow_repeats: bool, shards: Shards,
+          start: Any = 0):
     # The carry holds the current scores, computed right after each update:
     # reading the state for the score and updating it in the same iteration
     # lets XLA update the [N, m'] state in place (scoring at the top of the
     # next iteration made it copy the whole state every step).
-    def body(carry, _):
+    def body(carry, step):
         state, available, scores = carry
         rank = _rank(scores, available)
         index = shards.argmax(rank)
         shown = jnp.where(jnp.isnan(scores), -jnp.inf, scores)
         best, value = shards.values_at(index, rank, shown)
         valid = best > -jnp.inf
-        tied = _unresolved(rule, state, scores, available, index, value, shards)
+        tied = _unresolved(rule, state, scores, available, index, value, step, shards)
         state = rule.update(state, index, valid)
         if not allow_repeats:
             available = shards.mark(available, index, False)
         out = (jnp.where(valid, index, -1), jnp.where(valid, value, -jnp.inf), tied & valid)
         return (state, available, rule.score(state)), out
 
-    return lax.scan(body, carry, length=num_steps)
+    return lax.scan(body, carry, start + jnp.arange(num_steps, dtype=jnp.int32))
 
 
 def _init_carry(rule: GreedyRule, inputs: RuleInputs):
@@ -231,9 +234,9 @@ def _greedy_init(spec, inputs, *, k):
     static_argnames=("spec", "k", "allow_repeats", "num_steps"),
     donate_argnames=("carry",),
 )
-def _greedy_chunk(spec, inputs, carry, *, k, allow_repeats, num_steps):
+def _greedy_chunk(spec, inputs, carry, start, *, k, allow_repeats, num_steps):
     shards = Shards(PLAIN, inputs.pool.shape[0])
-    return _scan(spec.build(inputs, k, shards), carry, num_steps, allow_repeats, shards)
+    return _scan(spec.build(inputs, k, shards), carry, num_steps, allow_repeats, shards, start)
 
 
 def _any_traced(tree) -> bool:
@@ -283,7 +286,7 @@ def greedy(spec: RuleSpec, inputs: RuleInputs, *, k: int, allow_repeats: bool = 
         done = 0
         while done < k:
             n = min(chunk, k - done)
-            carry, (idx, val, tie) = _greedy_chunk(spec, inputs, carry, k=k,
+            carry, (idx, val, tie) = _greedy_chunk(spec, inputs, carry, jnp.int32(done), k=k,
                                                    allow_repeats=allow_repeats, num_steps=n)
             jax.block_until_ready(idx)
             indices.append(idx)
