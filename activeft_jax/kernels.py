@@ -28,6 +28,7 @@ from typing import Any, NamedTuple, Optional, Union
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from activeft_jax._core import matmul
 from activeft_jax.validation import check_positive
@@ -37,10 +38,18 @@ __all__ = ["Cosine", "Custom", "Kernel", "LatentCovariance", "Linear", "RBF", "g
 
 
 def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
-    """Rows divided by their L2 norm; a zero row stays zero (no NaN)."""
-    norm = jnp.linalg.norm(x, axis=axis, keepdims=True)
-    tiny = jnp.finfo(x.dtype).tiny
-    return x / jnp.maximum(norm, tiny)
+    """Rows divided by their L2 norm; a zero row stays zero (no NaN, zero gradient).
+
+    Every nonzero row becomes a unit vector however small or large it is: the
+    row is first divided by its largest |entry| (a constant for the gradient:
+    the result does not depend on it), so the squared norm neither underflows
+    (a row of norm 1e-20 in float32) nor overflows.
+    """
+    scale = lax.stop_gradient(jnp.max(jnp.abs(x), axis=axis, keepdims=True))
+    ok = scale > 0
+    y = jnp.where(ok, x / jnp.where(ok, scale, 1), 1)              # (ones: a finite gradient)
+    norm = jnp.sqrt(jnp.sum(y * y, axis=axis, keepdims=True))      # in [1, sqrt(d)]
+    return jnp.where(ok, y / norm, 0)
 
 
 class Linear(NamedTuple):

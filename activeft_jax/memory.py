@@ -117,12 +117,12 @@ def check_fits(what: str, pool: int, state: int = 0, *, runtime: int = RUNTIME_B
             f"{where}; use a smaller pool or a machine with more memory")
 
 
-def host_to_device(x: np.ndarray, name: str) -> Any:
-    """A host array on the default device (its default float dtype), in chunks; refused up
-    front, in one line, if the device copy cannot fit."""
+def host_to_device(x: np.ndarray, name: str, dtype: Any = None) -> Any:
+    """A host array on the default device (as `dtype`, else its default float dtype), in
+    chunks; refused up front, in one line, if the device copy cannot fit."""
     import jax
 
-    dtype = jax.dtypes.canonicalize_dtype(x.dtype)
+    dtype = jax.dtypes.canonicalize_dtype(x.dtype if dtype is None else dtype)
     check_fits(f"`{name}` ({x.dtype}{list(x.shape)}) on the device", x.size * dtype.itemsize,
                runtime=0)
     return to_device(x, dtype)

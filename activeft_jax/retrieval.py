@@ -35,7 +35,12 @@ import numpy as np
 from jax import lax
 
 from activeft_jax._core import Shards, layout_of, matmul, on_shards, plan
-from activeft_jax.validation import as_float_matrix, check_candidates, check_finite
+from activeft_jax.validation import (
+    as_float_matrix,
+    check_candidates,
+    check_finite,
+    check_magnitude,
+)
 
 __all__ = ["METRICS", "TopK", "sharded_top_k", "top_k"]
 
@@ -151,6 +156,8 @@ def check_query_pool(queries: Any, pool: Any, k: Any, *, queries_name: str = "qu
                          f"got {k_name}={k}.")
     check_finite(pool, "pool")
     check_finite(queries, queries_name)
+    check_magnitude(pool, "pool")
+    check_magnitude(queries, queries_name)
     dtype = jnp.result_type(pool.dtype, queries.dtype)
     return queries.astype(dtype), pool.astype(dtype), int(k)
 

@@ -25,6 +25,8 @@ __all__ = [
     "check_finite",
     "check_k",
     "check_key",
+    "check_magnitude",
+    "check_noise_variance",
     "check_available",
     "check_noise_std",
     "check_number",
@@ -36,6 +38,7 @@ __all__ = [
     "is_traced",
     "NUMERIC_OPTIONS",
     "NumberRange",
+    "max_sq_norm_allowed",
 ]
 
 
@@ -46,8 +49,10 @@ def _shape(x: Any) -> tuple:
 def as_float_matrix(x: Any, name: str) -> jax.Array:
     """Converts `x` to a floating [n, d] array with n, d >= 1, or raises ValueError.
 
-    Integer and boolean input is cast to the default float dtype; complex,
-    string and object input is rejected.
+    Integer and boolean input is cast to the default float dtype; float16 and
+    bfloat16 are upcast to float32 (their range, 6.5e4 for float16, overflows
+    at the squared norms every score is built from); complex, string and
+    object input is rejected.
     """
     if x is None:
         raise ValueError(f"`{name}` is required; got None.")
@@ -57,8 +62,12 @@ def as_float_matrix(x: Any, name: str) -> jax.Array:
         except Exception as e:  # ragged lists and the like
             raise ValueError(f"`{name}` must be an array of shape [n, d]; got {type(x).__name__}.") from e
     dtype = np.dtype(x.dtype) if not is_traced(x) else x.dtype
+    upcast = None
     if jnp.issubdtype(dtype, jnp.floating):
-        pass
+        if jnp.finfo(dtype).bits < 32:  # float16 / bfloat16: computed in float32
+            upcast = jnp.float32
+            if not isinstance(x, np.ndarray):
+                x = jnp.asarray(x, dtype=upcast)
     elif jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.bool_):
         x = jnp.asarray(x, dtype=jnp.result_type(float))
     else:
@@ -71,7 +80,7 @@ def as_float_matrix(x: Any, name: str) -> jax.Array:
     if isinstance(x, np.ndarray):  # on the device once, in chunks; refused if it cannot fit
         from activeft_jax.memory import host_to_device
 
-        return host_to_device(x, name)
+        return host_to_device(x, name, upcast)
     return jnp.asarray(x)
 
 
@@ -91,6 +100,13 @@ def _first_non_finite(x: jax.Array) -> jax.Array:
     col = jnp.sum(jnp.where(rows == row, first_col, 0))
     found = row < x.shape[0]
     return jnp.where(found, row, -1), jnp.where(found, col, -1)
+
+
+def _scalar_float(x: jax.Array) -> float:
+    """A replicated scalar as a float, on every process (never a non-addressable fetch)."""
+    if hasattr(x, "addressable_data") and not getattr(x, "is_fully_addressable", True):
+        x = x.addressable_data(0)
+    return float(np.asarray(x, np.float64))
 
 
 def _scalar(x: jax.Array) -> int:
@@ -119,6 +135,45 @@ def check_finite(x: jax.Array, name: str) -> None:
         raise ValueError(
             f"`{name}` (shape {shape}) contains NaN or inf, first at index {tuple(int(i) for i in bad)}."
         )
+
+
+@jax.jit
+def _magnitude(x: jax.Array) -> jax.Array:
+    """(max |x|, max_i ‖x_i / max |x|‖²) over the rows (last axis) of x.
+
+    The largest squared row norm is their product, formed on the host (it may
+    overflow x's dtype)."""
+    scale = jnp.max(jnp.abs(x))
+    unit = x / jnp.where(scale > 0, scale, 1)
+    return scale, jnp.max(jnp.sum(unit * unit, axis=-1))
+
+
+def max_sq_norm_allowed(dtype) -> float:
+    """The largest squared row norm an input may have in `dtype`: sqrt(finfo.max).
+
+    Scores multiply two squared norms (Cov², σ²·σ², a squared distance over a
+    variance), so each must stay below the square root of the largest float:
+    rows of norm up to ~4e9 in float32, ~1e77 in float64.
+    """
+    return float(np.sqrt(float(jnp.finfo(dtype).max)))
+
+
+def check_magnitude(x: jax.Array, name: str) -> None:
+    """Raises if a concrete, finite `x` has a row whose squared norm would overflow its dtype.
+
+    The limit is `max_sq_norm_allowed`; the check is a jitted reduction (never
+    fetches a split pool). Skipped for tracers.
+    """
+    if is_traced(x) or len(_shape(x)) < 2:
+        return
+    scale, unit = (float(_scalar_float(v)) for v in concrete(_magnitude, x))
+    sq = scale * scale * unit
+    limit = max_sq_norm_allowed(x.dtype)
+    if sq > limit:
+        raise ValueError(
+            f"`{name}` (shape {_shape(x)}) has a row of squared norm {sq:.3g}, too large for "
+            f"{jnp.dtype(x.dtype).name} (the scores multiply squared norms: each must stay below "
+            f"{limit:.3g}); rescale the embeddings or use float64.")
 
 
 def check_k(k: Any, n: int, name: str = "pool") -> int:
@@ -152,6 +207,24 @@ def check_target(target: Any, d: int) -> jax.Array:
 def check_noise_std(noise_std: Any) -> None:
     """A concrete `noise_std` must be a finite scalar > 0 (only the rank is checked for tracers)."""
     check_number(noise_std, "noise_std")
+
+
+def check_noise_variance(noise_std: Any, dtype) -> None:
+    """A concrete `noise_std` whose square ρ² is a normal, finite number of `dtype`.
+
+    ρ² below `finfo.tiny` flushes to 0 on CPU (the scores divide by σ² + ρ²) and
+    above `finfo.max` it is inf. Skipped for tracers (and None: `check_noise_std`).
+    """
+    if noise_std is None or is_traced(noise_std):
+        return
+    info = jnp.finfo(dtype)
+    var = float(np.asarray(noise_std, np.float64)) ** 2
+    if not float(info.tiny) <= var <= float(info.max):
+        raise ValueError(
+            f"`noise_std`={float(np.asarray(noise_std)):g} squares to {var:.3g}, outside the "
+            f"normal range of {jnp.dtype(dtype).name} [{float(info.tiny):.3g}, "
+            f"{float(info.max):.3g}]; rescale the embeddings and noise_std together, or use "
+            f"float64.")
 
 
 def check_positive(value: Any, name: str) -> None:

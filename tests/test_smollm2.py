@@ -160,7 +160,9 @@ def test_embed_is_mean_of_final_hidden_states(lm, golden):
     ref = g["hidden_states_first_prompt"][-1].mean(0)        # index 30: after the final norm
     assert np.max(np.abs(emb[0] - ref)) < 1e-5 * np.max(np.abs(g["hidden_states_first_prompt"][-1]))
     # Order is kept, and a text's embedding does not depend on its batch-mates.
-    np.testing.assert_allclose(lm.embed(meta["prompts"][2:]), emb[2:], atol=1e-4)
+    # Batch-mates change the summation order: a tolerance relative to the values' size.
+    np.testing.assert_allclose(lm.embed(meta["prompts"][2:]), emb[2:],
+                               atol=2e-5 * max(1.0, float(np.abs(emb[2:]).max())))
 
 
 # --------------------------------------------------------------------- unseen texts
@@ -341,7 +343,7 @@ def test_tiny_hf_llama_matches_transformers(tiny):
     assert "lm_head" in params and params["layers"]["k_proj"].shape == (2, 32, 64)
     z = np.asarray(llama.logits(params, e["input_ids"], e["attention_mask"], config))
     real = e["attention_mask"].astype(bool)
-    assert np.max(np.abs(z - e["logits"])[real]) < 1e-5
+    assert np.max(np.abs(z - e["logits"])[real]) < 1e-5 * max(1.0, np.abs(e["logits"]).max())
 
 
 def test_tiny_llama_nll_and_chunked_paths(tiny, monkeypatch):
@@ -359,8 +361,9 @@ def test_tiny_llama_nll_and_chunked_paths(tiny, monkeypatch):
     monkeypatch.setattr(llama, "_ATTN_CHUNK_ABOVE", 10**9)
     z_plain = jax.jit(lambda p, t, m: llama.logits(p, t, m, config))(params, tokens, mask)
     real = mask.astype(bool)
-    np.testing.assert_allclose(np.asarray(z)[real], np.asarray(z_plain)[real], atol=1e-5)
+    np.testing.assert_allclose(np.asarray(z)[real], np.asarray(z_plain)[real],
+                               atol=1e-5 * max(1.0, float(np.abs(np.asarray(z_plain)).max())))
     logp = jax.nn.log_softmax(np.asarray(z_plain, np.float64)[:, :-1], axis=-1)
     ref = -np.take_along_axis(np.asarray(logp), tokens[:, 1:, None], -1)[..., 0]
     ref = ref * (mask[:, 1:] * mask[:, :-1])
-    np.testing.assert_allclose(np.asarray(nll), ref, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(nll), ref, atol=1e-5 * max(1.0, float(np.abs(ref).max())))

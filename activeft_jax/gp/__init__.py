@@ -11,6 +11,7 @@ from activeft_jax.gp.posterior import init_kernel_space as init_kernel_space
 from activeft_jax.gp.posterior import init_weight_space as init_weight_space
 from activeft_jax.gp.posterior import observation_precision as observation_precision
 from activeft_jax.gp.posterior import precision_factor as precision_factor
+from activeft_jax.gp.posterior import precision_factor_rows as precision_factor_rows
 from activeft_jax.gp.posterior import rowwise_sq_norm as rowwise_sq_norm
 from activeft_jax.gp.posterior import target_observation_rows as target_observation_rows
 
@@ -26,6 +27,7 @@ __all__ = [
     "init_weight_space",
     "observation_precision",
     "precision_factor",
+    "precision_factor_rows",
     "rowwise_sq_norm",
     "target_observation_rows",
 ]

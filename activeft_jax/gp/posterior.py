@@ -64,6 +64,7 @@ __all__ = [
     "init_weight_space",
     "observation_precision",
     "precision_factor",
+    "precision_factor_rows",
     "refine_scores",
     "rowwise_sq_norm",
     "target_observation_rows",
@@ -183,11 +184,47 @@ def precision_factor(extra: jax.Array) -> jax.Array:
     `extra` [d, d] is a sum of observation precisions Φᵀ Φ / ρ². Then the
     posterior variance of f(x) is ‖G φ(x)‖²: a squared norm, with no
     cancellation even when the observations explain almost all of the variance.
+    Where the Cholesky factorization fails (`extra` not positive semidefinite
+    after round-off, e.g. a float32 Gram matrix over a tiny ρ²), G comes from
+    the eigendecomposition with the eigenvalues clamped at 0 instead of NaN.
     """
     d = extra.shape[-1]
     eye = jnp.eye(d, dtype=extra.dtype)
     chol = jnp.linalg.cholesky(eye + extra)
-    return jax.scipy.linalg.solve_triangular(chol, eye, lower=True)
+    g = jax.scipy.linalg.solve_triangular(chol, eye, lower=True)
+
+    def from_eigh(_):
+        evals, evecs = jnp.linalg.eigh((extra + extra.T) / 2)
+        return evecs.T * lax.rsqrt(1 + jnp.maximum(evals, 0))[:, None]
+
+    return lax.cond(jnp.all(jnp.isfinite(g)), lambda _: g, from_eigh, None)
+
+
+def precision_factor_rows(rows: jax.Array, extra: Optional[jax.Array] = None) -> jax.Array:
+    """G with GᵀG = (I + rowsᵀrows + extra)⁻¹, from the rows (no Gram matrix of them).
+
+    `rows` [r, d] are scaled observations φ/ρ (e.g. ITL's targets over their
+    noise). The Gram matrix rowsᵀrows squares their condition number: in
+    float32, over a small ρ², its round-off (ε‖rows‖²) swamps the unit prior
+    in the directions the rows do not span, and `precision_factor` then loses
+    every digit of the variance left there. Here, from the thin SVD
+    rows = U diag(s) Vᵀ and the weights w = 1/√(1 + s²) (computed without
+    cancellation, `hypot`: no overflow), G = diag(w) Vᵀ when the rows span
+    R^d, else the symmetric G = I − V diag(1 − w) Vᵀ (GᵀG = I − VVᵀ +
+    V diag(w²) Vᵀ). ‖G φ(x)‖² then carries round-off ε‖φ‖ on the scale of the
+    posterior standard deviation, like the Potter factor, whatever the ρ.
+    O(min(r, d)·r·d + d² min(r, d)); an `extra` [d, d] precision joins as the
+    rows √λ qᵀ of its eigenpairs.
+    """
+    d = rows.shape[-1]
+    if extra is not None:
+        evals, evecs = jnp.linalg.eigh((extra + extra.T) / 2)
+        rows = jnp.concatenate([rows, jnp.sqrt(jnp.maximum(evals, 0))[:, None] * evecs.T])
+    _, s, vt = jnp.linalg.svd(rows, full_matrices=False)          # vt [min(r, d), d]
+    w = 1 / jnp.hypot(jnp.ones((), s.dtype), s)
+    if vt.shape[0] == d:
+        return vt * w[:, None]
+    return jnp.eye(d, dtype=rows.dtype) - matmul(vt.T, (1 - w)[:, None] * vt)
 
 
 def observation_precision(features: jax.Array, mask: jax.Array, noise_var: jax.Array,
@@ -208,7 +245,7 @@ def conditioned_precision_factor(target_features: jax.Array, noise_var: jax.Arra
     cancellation even when the targets explain almost all of the variance
     (m ≥ d), unlike the kernel-space difference k(x,x) − k(x,A)(K_AA+ρ²I)⁻¹k(A,x).
     """
-    return precision_factor(matmul(target_features.T, target_features) / noise_var)
+    return precision_factor_rows(target_features * lax.rsqrt(noise_var))
 
 
 def init_weight_space(features: jax.Array, target_features: Optional[jax.Array], *,

@@ -28,7 +28,9 @@ from activeft_jax.validation import (
     check_candidates,
     check_finite,
     check_k,
+    check_magnitude,
     check_noise_std,
+    check_noise_variance,
     check_observed,
     check_target,
     count_true,
@@ -73,10 +75,13 @@ def validate(pool: Any, target: Any = None, *, k: Any, kernel: Any = None,
     else:
         target = None
     check_finite(pool, "pool")
+    check_magnitude(pool, "pool")
     if target is not None:
         check_finite(target, "target")
+        check_magnitude(target, "target")
     if check_noise:
         check_noise_std(noise_std)
+        check_noise_variance(noise_std, pool.dtype)
     if prior_cov is not None:
         dim = d if isinstance(kernel, (Linear, Cosine)) else None
         kernel = with_prior_cov(kernel, prior_cov, dim)
@@ -231,24 +236,30 @@ def geometry(inputs: RuleInputs, *, space: str, normalize: bool, compress: bool)
 
 
 def init_posterior(geo: Geometry, target: Optional[jax.Array], k: int, inputs: RuleInputs,
-                   shards: Shards, *, extra_precision: Optional[jax.Array] = None,
+                   shards: Shards, *, extra_rows: Optional[jax.Array] = None,
                    prior_rows: Optional[jax.Array] = None) -> gp.Posterior:
     """The prior over the pool (and `target`), conditioned on the observed points.
 
-    Weight space: the observed points (and `extra_precision`, another [d, d]
-    observation precision) enter as a factor of the prior weight covariance,
-    (I + Σ_obs φφᵀ/ρ² + extra)⁻¹, for any number of them, in O(N d²).
+    Weight space: the observed points (and `extra_rows` R, more observations
+    given as scaled rows φ/ρ) enter as a factor of the prior weight covariance,
+    (I + Σ_obs φφᵀ/ρ² + RᵀR)⁻¹, for any number of them, in O(N d²). R is never
+    squared into a Gram matrix (`gp.precision_factor_rows`): ITL's targets over
+    a small noise would lose the unobserved directions in float32.
     Kernel space: the buffers get room for k rows plus one per observed point
     (after any `prior_rows`); `condition_on_observed` fills them.
     """
     if isinstance(geo.space, gp.WeightSpace):
-        terms = [] if extra_precision is None else [extra_precision]
+        terms = []
         if inputs.prior_precision is not None:
             terms.append(inputs.prior_precision)
         if inputs.observed is not None:
             terms.append(gp.observation_precision(geo.points, inputs.observed, inputs.noise_var,
                                                   shards))
-        base = gp.precision_factor(sum(terms[1:], terms[0])) if terms else None
+        extra = sum(terms[1:], terms[0]) if terms else None
+        if extra_rows is not None:
+            base = gp.precision_factor_rows(extra_rows, extra)
+        else:
+            base = None if extra is None else gp.precision_factor(extra)
         return gp.init_weight_space(geo.points, target, num_rows=k, base=base)
     extra = 0 if inputs.observed_index is None else inputs.observed_index.shape[0]
     return gp.init_kernel_space(geo.kernel, geo.points, target, num_rows=k + extra,

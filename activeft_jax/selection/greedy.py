@@ -29,10 +29,12 @@ from __future__ import annotations
 import functools
 import math
 import sys
+import warnings
 from typing import Any, Callable, NamedTuple, Optional, Protocol
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from activeft_jax._core import PLAIN, Layout, Shards, is_traced, layout_of, on_shards
@@ -89,12 +91,17 @@ class GreedyRule(NamedTuple):
       score: state -> [num_points] acquisition values (larger is better).
       update: (state, index, valid) -> state after observing the pool point
         `index` (global); with `valid` False it must leave the state as it is.
+      roundoff: optional (state, index) -> [] the relative round-off of the
+        scores near the pool point `index` (global), e.g. ε·σ_0(x)/σ_n(x) for
+        a GP rule; the driver flags a step whose top two scores are closer
+        than that (see `greedy`'s `warn_ties`). None: exact ties only.
     """
 
     num_points: int
     init: Callable[[], Any]
     score: Callable[[Any], jax.Array]
     update: Callable[[Any, jax.Array, jax.Array], Any]
+    roundoff: Optional[Callable[[Any, jax.Array], jax.Array]] = None
 
 
 class RuleSpec(Protocol):
@@ -122,25 +129,55 @@ def _rank(scores: jax.Array, available: jax.Array) -> jax.Array:
     return jnp.where(available, clean, -jnp.inf)
 
 
-def _scan(rule: GreedyRule, carry, num_steps: int, allow_repeats: bool, shards: Shards):
+#: `_unresolved`: scores within this many units of round-off (ε) count as tied.
+TIE_ULPS = 16
+
+
+def _unresolved(rule: GreedyRule, state, scores: jax.Array, available: jax.Array,
+                index: jax.Array, best: jax.Array, step: jax.Array, shards: Shards) -> jax.Array:
+    """[] bool: the pick `index` (score `best`) was not resolved by the precision.
+
+    Either, after the first pick, every available finite score equals `best`
+    within TIE_ULPS·ε of its magnitude (all tied; at the first pick such a tie
+    is the prior's own, e.g. unit-norm embeddings under undirected ITL), or the
+    rule's relative round-off at the pick exceeds √ε (half the digits are gone)
+    and the runner-up is within that round-off.
+    """
+    ok = available & jnp.isfinite(scores)
+    lo = -shards.max(jnp.where(ok, -scores, -jnp.inf))
+    count = shards.sum(ok.astype(jnp.int32))
+    eps = jnp.finfo(scores.dtype).eps
+    scale = jnp.maximum(jnp.abs(best), jnp.abs(lo))
+    flat = (step > 0) & (count >= 2) & (best - lo <= TIE_ULPS * eps * scale)
+    if rule.roundoff is None:
+        return flat
+    rel = rule.roundoff(state, index)
+    second = shards.max(jnp.where(shards.mark(ok, index, False), scores, -jnp.inf))
+    close = (rel > jnp.sqrt(eps)) & (best - second <= rel * jnp.abs(best))
+    return flat | ((count >= 2) & close)
+
+
+def _scan(rule: GreedyRule, carry, num_steps: int, allow_repeats: bool, shards: Shards,
+          start: Any = 0):
     # The carry holds the current scores, computed right after each update:
     # reading the state for the score and updating it in the same iteration
     # lets XLA update the [N, m'] state in place (scoring at the top of the
     # next iteration made it copy the whole state every step).
-    def body(carry, _):
+    def body(carry, step):
         state, available, scores = carry
         rank = _rank(scores, available)
         index = shards.argmax(rank)
         shown = jnp.where(jnp.isnan(scores), -jnp.inf, scores)
         best, value = shards.values_at(index, rank, shown)
         valid = best > -jnp.inf
+        tied = _unresolved(rule, state, scores, available, index, value, step, shards)
         state = rule.update(state, index, valid)
         if not allow_repeats:
             available = shards.mark(available, index, False)
-        out = (jnp.where(valid, index, -1), jnp.where(valid, value, -jnp.inf))
+        out = (jnp.where(valid, index, -1), jnp.where(valid, value, -jnp.inf), tied & valid)
         return (state, available, rule.score(state)), out
 
-    return lax.scan(body, carry, length=num_steps)
+    return lax.scan(body, carry, start + jnp.arange(num_steps, dtype=jnp.int32))
 
 
 def _init_carry(rule: GreedyRule, inputs: RuleInputs):
@@ -152,17 +189,39 @@ def _init_carry(rule: GreedyRule, inputs: RuleInputs):
 def run_local(spec: RuleSpec, inputs: RuleInputs, k: int, allow_repeats: bool,
               shards: Shards) -> Selection:
     """The greedy scan on this device's block, for code already inside `on_shards`."""
+    return _run_flagged(spec, inputs, k, allow_repeats, shards)[0]
+
+
+def _run_flagged(spec, inputs, k, allow_repeats, shards):
+    """`run_local` and, per step, whether the pick was unresolved ([k] bool, `_unresolved`)."""
     rule = spec.build(inputs, k, shards)
-    _, (indices, values) = _scan(rule, _init_carry(rule, inputs), k, allow_repeats, shards)
-    return Selection(indices, values)
+    _, (indices, values, tied) = _scan(rule, _init_carry(rule, inputs), k, allow_repeats, shards)
+    return Selection(indices, values), tied
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "k", "allow_repeats", "layout"))
 def _greedy_full(spec, inputs, *, k, allow_repeats, layout):
     def local(inputs):
-        return run_local(spec, inputs, k, allow_repeats, Shards(layout, inputs.pool.shape[0]))
+        return _run_flagged(spec, inputs, k, allow_repeats, Shards(layout, inputs.pool.shape[0]))
 
     return on_shards(layout, local, (INPUT_SPECS,), inputs)
+
+
+def _warn_unresolved(tied, dtype, desc: str) -> None:
+    """One warning per call when a low-precision run had unresolved picks (`_unresolved`)."""
+    if jnp.finfo(dtype).bits >= 64:
+        return  # float64: a tie is the data's (e.g. identical points), not the precision's
+    if hasattr(tied, "addressable_data") and not getattr(tied, "is_fully_addressable", True):
+        tied = tied.addressable_data(0)  # replicated: every process holds the whole flag
+    tied = np.asarray(tied)
+    if not tied.any():
+        return
+    first = int(np.argmax(tied))
+    warnings.warn(
+        f"{desc}: {jnp.dtype(dtype).name} could not resolve the best score from the next "
+        f"(equal within round-off) at {int(tied.sum())} of {tied.size} picks (first at pick "
+        f"{first}), so those picks may differ from an exact greedy; use float64 inputs "
+        f"(jax_enable_x64) or a larger noise_std.", RuntimeWarning, stacklevel=3)
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "k"))
@@ -175,9 +234,9 @@ def _greedy_init(spec, inputs, *, k):
     static_argnames=("spec", "k", "allow_repeats", "num_steps"),
     donate_argnames=("carry",),
 )
-def _greedy_chunk(spec, inputs, carry, *, k, allow_repeats, num_steps):
+def _greedy_chunk(spec, inputs, carry, start, *, k, allow_repeats, num_steps):
     shards = Shards(PLAIN, inputs.pool.shape[0])
-    return _scan(spec.build(inputs, k, shards), carry, num_steps, allow_repeats, shards)
+    return _scan(spec.build(inputs, k, shards), carry, num_steps, allow_repeats, shards, start)
 
 
 def _any_traced(tree) -> bool:
@@ -186,7 +245,7 @@ def _any_traced(tree) -> bool:
 
 def greedy(spec: RuleSpec, inputs: RuleInputs, *, k: int, allow_repeats: bool = False,
            progress: bool = False, desc: str = "select",
-           layout: Optional[Layout] = None) -> Selection:
+           layout: Optional[Layout] = None, warn_ties: bool = False) -> Selection:
     """Runs k greedy steps of the rule `spec.build(inputs, k, shards)`.
 
     Args:
@@ -200,6 +259,11 @@ def greedy(spec: RuleSpec, inputs: RuleInputs, *, k: int, allow_repeats: bool = 
         pool that is not split over devices).
       desc: label of the progress bar.
       layout: where the pool lives; default `layout_of(inputs.pool)`.
+      warn_ties: in float32 (or lower), warn (RuntimeWarning, once per call,
+        outside of jit only) when some pick was not resolved by the precision:
+        all available scores equal within round-off, or the runner-up within
+        the rule's `GreedyRule.roundoff` once that exceeds √ε (the GP rules:
+        their variances run out of digits at a small noise).
 
     Returns:
       `Selection` with [k] int32 indices in pick order and the acquisition
@@ -208,24 +272,30 @@ def greedy(spec: RuleSpec, inputs: RuleInputs, *, k: int, allow_repeats: bool = 
     """
     layout = layout_of(inputs.pool) if layout is None else layout
     if not progress or layout.sharded or _any_traced(inputs):
-        return _greedy_full(spec, inputs, k=k, allow_repeats=allow_repeats, layout=layout)
+        sel, tied = _greedy_full(spec, inputs, k=k, allow_repeats=allow_repeats, layout=layout)
+        if warn_ties and not is_traced(tied):
+            _warn_unresolved(tied, inputs.pool.dtype, desc)
+        return sel
 
     from tqdm.auto import tqdm
 
     chunk = max(1, math.ceil(k / 50))
     carry = _greedy_init(spec, inputs, k=k)
-    indices, values = [], []
+    indices, values, tied = [], [], []
     with tqdm(total=k, desc=desc, unit="pick", file=sys.stderr, leave=False) as bar:
         done = 0
         while done < k:
             n = min(chunk, k - done)
-            carry, (idx, val) = _greedy_chunk(spec, inputs, carry, k=k,
-                                              allow_repeats=allow_repeats, num_steps=n)
+            carry, (idx, val, tie) = _greedy_chunk(spec, inputs, carry, jnp.int32(done), k=k,
+                                                   allow_repeats=allow_repeats, num_steps=n)
             jax.block_until_ready(idx)
             indices.append(idx)
             values.append(val)
+            tied.append(tie)
             done += n
             bar.update(n)
+    if warn_ties:
+        _warn_unresolved(jnp.concatenate(tied), inputs.pool.dtype, desc)
     return Selection(jnp.concatenate(indices), jnp.concatenate(values))
 
 

@@ -78,6 +78,7 @@ from activeft_jax.validation import (
     check_candidates,
     check_observed,
     check_finite,
+    check_magnitude,
     check_k,
     check_key,
     check_positive,
@@ -720,6 +721,7 @@ def _prepare(features, *, k, key, init_indices, init, temperature, steps, learni
     n, d = feats.shape
     k = check_k(k, n, name="features")
     check_finite(feats, "features")
+    check_magnitude(feats, "features")
     check_positive(temperature, "temperature")
     check_positive(learning_rate, "learning_rate")
     check_positive(balance, "balance")

@@ -66,6 +66,7 @@ from activeft_jax.validation import (
     as_float_matrix,
     check_candidates,
     check_finite,
+    check_magnitude,
     check_observed,
     check_positive,
     is_traced,
@@ -289,6 +290,8 @@ def sift(pool: Any, prompts: Any, *, k: int = 10, prefilter: Optional[int] = 200
     k = int(k)
     check_finite(pool, "pool")
     check_finite(prompts3, "prompts")
+    check_magnitude(pool, "pool")
+    check_magnitude(prompts3, "prompts")
     dtype = jnp.result_type(pool.dtype, prompts3.dtype)
     pool, prompts3 = pool.astype(dtype), prompts3.astype(dtype)
     check_positive(lambda_, "lambda_")

@@ -138,7 +138,26 @@ class GPRule:
         """A rule over one posterior."""
         update = self.updater(geo, inputs, shards)
         return GreedyRule(num_points=inputs.pool.shape[0], init=init, score=score,
-                          update=lambda state, index, valid: update((state,), index, valid)[0])
+                          update=lambda state, index, valid: update((state,), index, valid)[0],
+                          roundoff=roundoff(geo, inputs, shards, lambda state: (state,)))
+
+
+def roundoff(geo: Geometry, inputs: RuleInputs, shards: Shards, posteriors):
+    """`GreedyRule.roundoff` of a GP rule: ε·sqrt(k(x, x) / (σ²_n(x) + ρ²)) at the pick.
+
+    The tracked and refreshed variances carry round-off on the scale of the
+    prior (ε k(x, x), or ε σ_0 σ_n through the square-root factor), so once
+    the posterior variance left at the picks is that small next to the prior
+    the scores have lost their digits. `posteriors(state)` lists the
+    `gp.Posterior`s of a rule's state; the smallest variance counts.
+    """
+    def rel(state, index):
+        var = jnp.min(jnp.stack([shards.row(p.var, index) for p in posteriors(state)]))
+        x = shards.row(geo.points, index)
+        prior = geo.kernel.diag(x[None, :])[0]
+        eps = jnp.finfo(var.dtype).eps
+        return eps * jnp.sqrt(safe_divide(prior, var + inputs.noise_var))
+    return rel
 
 
 def run_gp_rule(spec_of, desc: str, pool: Any, target: Any, *, directed: bool = True, k: int,
@@ -165,7 +184,7 @@ def run_gp_rule(spec_of, desc: str, pool: Any, target: Any, *, directed: bool = 
     if nonsequential:
         return greedy_nonsequential(spec, rule_in, k=inputs.k)
     return greedy(spec, rule_in, k=inputs.k, allow_repeats=allow_repeats, progress=progress,
-                  desc=desc)
+                  desc=desc, warn_ties=True)
 
 
 # ----------------------------------------------------------------------------- VTL
@@ -277,8 +296,8 @@ class ITLRule(GPRule):
         def init():
             plain = init_posterior(geo, None, k, inputs, shards)
             if isinstance(geo.space, gp.WeightSpace):
-                extra = matmul(geo.target.T, geo.target) / target_noise
-                tilde = init_posterior(geo, None, k, inputs, shards, extra_precision=extra)
+                rows = geo.target * jax.lax.rsqrt(target_noise)      # y(A) as rows φ(a)/ρ
+                tilde = init_posterior(geo, None, k, inputs, shards, extra_rows=rows)
             else:
                 rows = gp.target_observation_rows(geo.kernel, geo.points, geo.target, target_noise)
                 tilde = init_posterior(geo, None, k, inputs, shards, prior_rows=rows)
@@ -290,6 +309,7 @@ class ITLRule(GPRule):
             score=lambda s: gp.posterior.refine_scores(
                 geo.space, s, lambda st: itl_scores(st[0].var, st[1].var, noise_var, formulation)),
             update=self.updater(geo, inputs, shards),
+            roundoff=roundoff(geo, inputs, shards, lambda s: s),
         )
 
 
@@ -378,7 +398,7 @@ class ITLNoiselessRule(GPRule):
                           score=lambda s: gp.posterior.refine_scores(
                               geo.space, s[:2],
                               lambda st: itl_scores(st[0].var, st[1].var, noise_var, "reference")),
-                          update=update)
+                          update=update, roundoff=roundoff(geo, inputs, shards, lambda s: s[:2]))
 
 
 def _drop_targets_at(target: Any, pool: Any, observed: Any) -> Any:
