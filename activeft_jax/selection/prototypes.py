@@ -30,7 +30,9 @@ Cost. The only O(N·B·d) work of a step is the forward assignment (one matmul,
 done in row chunks, so no [N, B] matrix lives at once). The loss and its
 gradient take one pass over the features: the gradient of the assigned
 similarities is a scatter-add of the N features into their prototypes, O(N·d),
-and the prototype term is O(B²·d). With pruning (the default on CPU) the
+and the prototype term is O(B²·d); the s_i come from the assignment pass
+(`_own_similarity`, one formula on every path, so dense and pruned runs agree
+bit for bit). With pruning (the default on CPU) the
 assignment stays exact and skips most of the matmul, with Elkan's bounds: one
 upper bound per (feature, prototype) pair, loosened each step by that
 prototype's own move and made exact again when recomputed; a feature whose
