@@ -214,7 +214,7 @@ def part_speed(a, tmp, log) -> dict:
     res = {"steps": steps, "d": 384, "numpy_sgemm_gflops": numpy_sgemm_gflops(),
            "repeats": a.repeats, "problems": []}
     for i, (name, n, d, b, clustered) in enumerate(SPEED_PROBLEMS):
-        if a.quick and n > 20_000:
+        if (a.quick and n > 20_000) or (a.problems and str(i) not in a.problems.split(",")):
             continue
         npz = os.path.join(tmp, f"speed{i}.npz")
         np.savez(npz, features=features(a.seed + i, n, d, clustered))
@@ -399,6 +399,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=5001)
     p.add_argument("--repeats", type=int, default=3,
                    help="rounds of official / ours alternated at N = 20 000 (best of each)")
+    p.add_argument("--problems", default="",
+                   help="comma-separated indices into SPEED_PROBLEMS (default: all)")
     p.add_argument("--repeats-no-anomaly", type=int, default=3,
                    help="how many of those rounds also run the official code without its "
                         "anomaly detection")
