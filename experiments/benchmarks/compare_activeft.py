@@ -24,7 +24,10 @@ its own venv; point --official-repo at a checkout of github.com/yichen928/Active
     .venv/bin/python experiments/benchmarks/compare_activeft.py --official-repo ../ActiveFT_official
 
 Writes experiments/results/compare_activeft.{json,md} and compare_activeft_work.png.
-Takes ~30 minutes on 2 cores, most of it the official code (--quick: N = 20 000 only).
+Takes ~40 minutes on 2 idle cores, most of it the official code (--quick: N = 20 000
+only; --repeats rounds of official / ours alternated there, best of each; --problems
+picks problems by index). On a shared machine the official code slows down far
+more than ours: record the load (the report does) and read the ratios with it.
 """
 
 from __future__ import annotations
