@@ -64,9 +64,11 @@ bench: install ref-venv
 # ActiveFT against the official code: needs a checkout of github.com/yichen928/ActiveFT
 # (see experiments/benchmarks/official/README.md); never committed here.
 OFFICIAL_REPO ?= ../ActiveFT_official
+# BENCH_ACTIVEFT_ARGS=--quick: N = 20 000 only (the official code takes ~7 min a run at N = 50 000).
+BENCH_ACTIVEFT_ARGS ?=
 bench-activeft: install ref-venv
 	$(PY) experiments/benchmarks/compare_activeft.py --ref-python $(REF_VENV)/bin/python \
-		--official-repo $(OFFICIAL_REPO)
+		--official-repo $(OFFICIAL_REPO) $(BENCH_ACTIVEFT_ARGS)
 
 # MiniLM sentences/s against sentence-transformers, same texts and batch size.
 bench-embed: install st-venv

@@ -30,7 +30,9 @@ Cost. The only O(N·B·d) work of a step is the forward assignment (one matmul,
 done in row chunks, so no [N, B] matrix lives at once). The loss and its
 gradient take one pass over the features: the gradient of the assigned
 similarities is a scatter-add of the N features into their prototypes, O(N·d),
-and the prototype term is O(B²·d). With pruning (the default on CPU) the
+and the prototype term is O(B²·d); the s_i come from the assignment pass
+(`_own_similarity`, one formula on every path, so dense and pruned runs agree
+bit for bit). With pruning (the default on CPU) the
 assignment stays exact and skips most of the matmul, with Elkan's bounds: one
 upper bound per (feature, prototype) pair, loosened each step by that
 prototype's own move and made exact again when recomputed; a feature whose
@@ -233,7 +235,7 @@ def _log_diversity(protos, temperature, balance):
     return jnp.log(balance) + jax.nn.logsumexp(gram, axis=0)
 
 
-def _loss_grad_sums(protos, feats, assign, a, temperature, rows):
+def _loss_grad_sums(protos, feats, assign, a, temperature, rows, sims=None):
     """One pass over the features: the loss and its gradients, summed over them.
 
     With s_i = f_iᵀθ̂_{c_i}, z_i = s_i / τ and a_k = log(balance · S_k), each
@@ -242,25 +244,30 @@ def _loss_grad_sums(protos, feats, assign, a, temperature, rows):
     block of features once for both (a scatter-add of O(N·d), never the dense
     backward through a similarity matrix).
 
+    `sims` [N], when given, are the s_i (`_own_similarity`, computed by the
+    assignment pass that chose c_i): the features are then read only for the
+    scatter-add.
+
     Returns (Σ loss, Σ ∂/∂θ̂ [B, d], Σ ∂/∂a [B]) over these features.
     """
     b = protos.shape[0]
 
-    def fn(acc, valid, x, c):
+    def fn(acc, valid, x, c, s=None):
         loss, grad, grad_a = acc
-        z = jnp.sum(x * protos[c], axis=-1) / temperature
+        z = (_own_similarity(x, protos, c) if s is None else s) / temperature
         ac = a[c]
         w = jnp.where(valid, jax.nn.sigmoid(ac - z), 0)
         loss = loss - jnp.sum(jnp.where(valid, z - jnp.logaddexp(z, ac), 0))
-        grad = grad - jax.ops.segment_sum((w / temperature)[:, None] * x, c, num_segments=b)
-        grad_a = grad_a + jax.ops.segment_sum(w, c, num_segments=b)
+        grad = grad.at[c].add(-(w / temperature)[:, None] * x)
+        grad_a = grad_a.at[c].add(w)
         return loss, grad, grad_a
 
     init = (jnp.zeros((), feats.dtype), jnp.zeros_like(protos), jnp.zeros((b,), feats.dtype))
-    return scan_rows(fn, init, plan(feats.shape[0], rows), feats, assign)
+    arrays = (feats, assign) if sims is None else (feats, assign, sims)
+    return scan_rows(fn, init, plan(feats.shape[0], rows), *arrays)
 
 
-def _loss_and_grad(params, feats, assign, temperature, balance, rows, shards=None):
+def _loss_and_grad(params, feats, assign, temperature, balance, rows, shards=None, sims=None):
     """The official loss and its gradient in the raw prototypes, in one pass (`_loss`'s value).
 
     With `shards`, `feats` is this device's block: the sums cross devices (a
@@ -268,13 +275,39 @@ def _loss_and_grad(params, feats, assign, temperature, balance, rows, shards=Non
     """
     protos, normalize_vjp = jax.vjp(l2_normalize, params)
     a, a_vjp = jax.vjp(lambda p: _log_diversity(p, temperature, balance), protos)
-    sums = _loss_grad_sums(protos, feats, assign, a, temperature, rows)
+    sums = _loss_grad_sums(protos, feats, assign, a, temperature, rows, sims)
     n = feats.shape[0]
     if shards is not None and shards.sharded:
         sums, n = shards.psum(sums), shards.n
     loss, grad, grad_a = (x / n for x in sums)
     grad = grad + a_vjp(grad_a)[0]
     return loss, normalize_vjp(grad)[0]
+
+
+def _own_similarity(x, protos, c):
+    """f_iᵀθ̂_{c_i} for a block of features: [C, d], [B, d], [C] -> [C].
+
+    The one formula every path uses for the loss's s_i (a gathered dot product,
+    not the matmul's value), so the dense and pruned runs agree bit for bit: the
+    sum over d is a fixed tree of elementwise adds, not a reduction, whose order
+    XLA would choose by the block's shape (it differs between a chunk of the
+    features and a block of open ones).
+    """
+    return _tree_reduce(jnp.add, x * protos[c])
+
+
+def _tree_reduce(op, v):
+    """op over the last axis as a fixed tree of elementwise ops: [..., m] -> [...].
+
+    Its order does not depend on the other axes' sizes, and it stays one loop
+    fusion with the slices feeding it (XLA:CPU hands a plain reduction to a
+    library kernel that copies a dynamic slice of its input first).
+    """
+    while v.shape[-1] > 1:
+        h = v.shape[-1] // 2
+        head = op(v[..., :h], v[..., h:2 * h])
+        v = head if v.shape[-1] % 2 == 0 else jnp.concatenate([head, v[..., 2 * h:]], axis=-1)
+    return v[..., 0]
 
 
 def _first_argmax(scores):
@@ -291,11 +324,12 @@ def _first_argmax(scores):
     return (-jnp.max(jnp.where(scores == top, -cols, -jnp.inf), axis=1)).astype(jnp.int32)
 
 
-def _dense_assignment(protos, feats, rows):
-    """argmax_k f_iᵀθ̂_k for every feature, chunked."""
+def _dense_assignment(protos, feats, rows, with_sims=False):
+    """argmax_k f_iᵀθ̂_k for every feature, chunked (and its `_own_similarity`)."""
 
     def fn(x):
-        return _first_argmax(matmul(x, protos.T))
+        c = _first_argmax(matmul(x, protos.T))
+        return (c, _own_similarity(x, protos, c)) if with_sims else c
 
     return map_rows(fn, plan(feats.shape[0], rows), feats)
 
@@ -414,7 +448,8 @@ def _pair_assignment(protos, feats, bounds: _PairBounds, step, rows: int, refres
     by the dense matmul, which is then cheaper than the blocks. `step` (the
     optimizer steps taken) re-sorts the features by prototype every `resort` steps.
 
-    Returns (bounds, number of similarities computed).
+    Returns (bounds, number of similarities computed, `_own_similarity` of the
+    new assignment [N]).
     """
     n, b = feats.shape[0], protos.shape[0]
     travel = bounds.travel + jnp.sqrt(jnp.sum((protos - bounds.last) ** 2, axis=1))   # D_k(now)
@@ -422,31 +457,33 @@ def _pair_assignment(protos, feats, bounds: _PairBounds, step, rows: int, refres
     cols = jnp.arange(b)
 
     def check(x, c, gap):
-        own = jnp.sum(x * protos[c], axis=-1)
-        num_open = jnp.sum(gap + travel[None, :] + margin >= own[:, None], axis=1,
-                           dtype=jnp.int32)
-        return own, num_open
+        # A pair is open when its bound reaches the feature's similarity to its own prototype.
+        own = _own_similarity(x, protos, c)
+        return own, jnp.any(gap + travel[None, :] + margin >= own[:, None], axis=1)
 
-    own, num_open = map_rows(check, plan(n, rows), feats, bounds.assign, bounds.gap)
+    own, fail = map_rows(check, plan(n, rows), feats, bounds.assign, bounds.gap)
 
     def whole_rows(x):
         sims = matmul(x, protos.T)
         c = _first_argmax(sims)
         return c, jnp.where(cols[None, :] == c[:, None], -jnp.inf, sims - travel[None, :])
 
+    def whole_rows_own(x):
+        c, gap = whole_rows(x)
+        return c, gap, _own_similarity(x, protos, c)
+
     def by_prototype(assign):
         return lax.sort((assign, jnp.arange(n, dtype=jnp.int32)), num_keys=1)[1]
 
     def everything(_):
-        assign, gap = map_rows(whole_rows, plan(n, rows), feats)
+        assign, gap, sims = map_rows(whole_rows_own, plan(n, rows), feats)
         return (_PairBounds(assign, gap, travel, protos, by_prototype(assign)),
-                jnp.asarray(n * b, jnp.float32))
+                jnp.asarray(n * b, jnp.float32), sims)
 
     r = min(block, n)
     width = min(b, max(8, b // 8))   # U: prototypes scored per block before a whole-row fallback
 
     def partial(_):
-        fail = num_open > 0
         order = bounds.order
         pos = jnp.nonzero(fail[order], size=n, fill_value=n)[0]
         todo = jnp.concatenate([jnp.where(pos < n, order[jnp.minimum(pos, n - 1)], n),
@@ -454,7 +491,7 @@ def _pair_assignment(protos, feats, bounds: _PairBounds, step, rows: int, refres
         total = jnp.sum(fail)
 
         def body(st):
-            i, assign, gap, work = st
+            i, assign, gap, work, sims = st
             sel = lax.dynamic_slice_in_dim(todo, i * r, r)
             valid = sel < n
             at = jnp.minimum(sel, n - 1)
@@ -491,15 +528,17 @@ def _pair_assignment(protos, feats, bounds: _PairBounds, step, rows: int, refres
             new_c, new_g = lax.cond(num_used <= width, few, lambda _: whole_rows(x), None)
             done = jnp.sum(valid).astype(jnp.float32) * jnp.where(num_used <= width, num_used, b)
             return (i + 1, assign.at[sel].set(new_c, mode="drop"),
-                    gap.at[sel].set(new_g, mode="drop"), work + done)
+                    gap.at[sel].set(new_g, mode="drop"), work + done,
+                    sims.at[sel].set(_own_similarity(x, protos, new_c), mode="drop"))
 
-        _, assign, gap, work = lax.while_loop(
+        _, assign, gap, work, sims = lax.while_loop(
             lambda st: st[0] * r < total, body,
-            (jnp.zeros((), jnp.int32), bounds.assign, bounds.gap, jnp.zeros((), jnp.float32)))
+            (jnp.zeros((), jnp.int32), bounds.assign, bounds.gap, jnp.zeros((), jnp.float32),
+             own))
         order = lax.cond(step % resort == 0, by_prototype, lambda _: bounds.order, assign)
-        return _PairBounds(assign, gap, travel, protos, order), work
+        return _PairBounds(assign, gap, travel, protos, order), work, sims
 
-    return lax.cond(jnp.sum(num_open > 0) > refresh * n, everything, partial, None)
+    return lax.cond(jnp.sum(fail) > refresh * n, everything, partial, None)
 
 
 # ----------------------------------------------------------------------------- the fit
@@ -558,23 +597,24 @@ def _run_steps(state: ActiveFTState, feats, key, hyper: _Hyper, cfg: _Config,
         protos = lax.stop_gradient(l2_normalize(carry.params))
         bounds = carry.bounds
         n, b = x.shape[0], cfg.k
+        sims = None
         if cfg.prune == "pairs":
-            bounds, work = _pair_assignment(protos, x, bounds, carry.step, cfg.chunk_rows,
-                                            cfg.refresh)
+            bounds, work, sims = _pair_assignment(protos, x, bounds, carry.step, cfg.chunk_rows,
+                                                  cfg.refresh)
         elif cfg.prune == "rows":
             bounds, count = _pruned_assignment(protos, x, bounds, cfg.chunk_rows, cfg.refresh,
                                                cfg.num_fast)
             count = count.astype(jnp.float32)
             work = count * b + (n - count) * min(cfg.num_fast, b - 1)
         if cfg.prune == "off":
-            assign = _dense_assignment(protos, x, cfg.chunk_rows)
+            assign, sims = _dense_assignment(protos, x, cfg.chunk_rows, with_sims=True)
             frac = jnp.ones((), feats.dtype)
         else:
             assign = bounds.assign
             total = shards.psum(work) if split else work
             frac = (total / (float(shards.n if split else n) * b)).astype(feats.dtype)
         loss, grad = _loss_and_grad(carry.params, x, assign, hyper.temperature, hyper.balance,
-                                    cfg.chunk_rows, shards if split else None)
+                                    cfg.chunk_rows, shards if split else None, sims)
         updates, opt_state = opt.update(grad, carry.opt_state, carry.params)
         params = optax.apply_updates(carry.params, updates)
         new = ActiveFTState(params, opt_state, bounds, carry.step + 1, carry.init_indices,
