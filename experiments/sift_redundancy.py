@@ -38,8 +38,9 @@ Parts (`--parts`, all by default):
 - ``long``: a longer run, k = `long_k` (20) steps, NN and SIFT, on one setting
   (`long_corpus`, `long_level`: news with exact duplicates, `long_docs`
   documents), the bpb after every step: the plot of bpb against steps.
-- ``lambda``: SIFT with λ in `lambdas` (0.001, 0.01, 0.1, 1; fixed in advance) on
-  `lambda_corpus` / `lambda_level` (news, exact), the grid's documents.
+- ``lambda``: SIFT with λ in `lambdas` (0.01, 0.1, 1; fixed in advance; 0.01 is
+  the grid's) on `lambda_corpus` / `lambda_level` (news, exact), the first
+  `lambda_docs` (6) of the grid's documents.
 - ``smollm2``: the prompt (and pool) embedding from SmolLM2 itself (`SmolLM2.embed`:
   the mean final hidden state, unit-normed) instead of MiniLM, on
   `smollm2_corpus` / level none, `smollm2_docs` documents. A SmolLM2 forward pass
@@ -58,12 +59,19 @@ the k = n run. The `long` part runs first, and the grid reads its k = 5 cells
 for that setting off the k = 20 curves. The results (and this cache) are written
 to <out>/ttft_cache.json, so an interrupted run resumes where it stopped.
 
-Budget: `--quick` (both corpora, 2 documents, pools cut to 400 chunks, k = 2,
-long k = 4) is the smoke test. The default is sized for <= 45 min on 2 quiet
-cores; see the estimate in docs/sift.md (it is derived from --quick's per-step
-timings and the counts of steps this configuration trains; the earlier study's
-29.5 min for 2 x 20 documents, NN and SIFT at k = 5, is the calibration).
-``--docs 20`` is the issue's 20 documents per corpus (longer: see docs/sift.md).
+Budget (2 quiet cores; `plan` prints it at the start of every run): a SmolLM2
+training step costs ~2 s and a scoring ~1.25 s here (calibrated on the first
+study's measured runs, `COSTS`), so the issue's full design (20 documents per
+corpus at three levels, and 20 for the λ grid, the k = 20 run and the SmolLM2
+embedding) would need 113-134 min.
+The default therefore takes 10 documents per corpus for the grid, 3 for the
+k = 20 run, 6 for the λ grid and 4 for the SmolLM2 embedding, and is estimated
+at 42-53 min: the low end if SIFT's pick lists at the exact level and at the
+other λ repeat earlier ones (no retraining), the high end if none do; the
+estimate's per-step costs are uncertain by some 20%. ``--docs 20`` is the
+issue's 20 documents per corpus for the grid only (63-82 min). `--quick` (both
+corpora, 2 documents, pools cut to 400 chunks by a hash, k = 2, long k = 4,
+K = 50) is the smoke test, ~9 min.
 
     python -m experiments.sift_redundancy                 # the study
     python -m experiments.sift_redundancy --quick         # smoke test, minutes
@@ -95,7 +103,7 @@ CORPORA = sift_study.CORPORA
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    docs: int = 12
+    docs: int = 10
     k: int = 5
     learning_rate: float = 5e-5
     prefilter: int = 200
@@ -108,13 +116,13 @@ class Config:
     long_k: int = 20
     long_corpus: str = "news"
     long_level: str = "exact"
-    long_docs: int = 4
-    lambdas: tuple = (0.001, 0.01, 0.1, 1.0)
+    long_docs: int = 3
+    lambdas: tuple = (0.01, 0.1, 1.0)
     lambda_corpus: str = "news"
     lambda_level: str = "exact"
-    lambda_docs: int = 12
+    lambda_docs: int = 6
     smollm2_corpus: str = "news"
-    smollm2_docs: int = 6
+    smollm2_docs: int = 4
     smollm2_tokens: int = 64
     smollm2_shortlist: int = 200
     max_example_tokens: int = 256
@@ -642,6 +650,7 @@ def run_all(cfg: Config, corpora, parts, out: Path, log=print) -> dict:
     if "smollm2" in parts and cfg.smollm2_corpus in corpora:
         res["smollm2"] = _smollm2_part(run, cfg, log)
     res["timing"] = dict(run.timing, total_s=time.time() - run.t0, cache_hits=run.cache.hits)
+    res["plan"] = plan(cfg, corpora, parts)
     return res
 
 
@@ -708,6 +717,60 @@ def _cfg_from(d: dict) -> Config:
     d = dict(d)
     d["lambdas"] = tuple(d.get("lambdas", Config.lambdas))
     return Config(**d)
+
+
+# ----------------------------------------------------------------------------- budget
+
+#: Seconds on 2 quiet cores of this machine, from the first SIFT study's measured runs
+#: (k = 5: 29.5 min for 2 x 20 documents; k = 20 on code: 2806 s, i.e. ~66 s per
+#: document and method for 20 steps and 21 scorings), split between a training step
+#: (256 tokens, forward and backward) and a scoring (<= 512 tokens, forward) in the
+#: ratio of their FLOPs (3 x 256 : 512); the others are rough (x 1.5 either way).
+COSTS = {"step": 2.0, "eval": 1.25, "in_context_doc": 4.0, "minilm_text": 0.03,
+         "smollm2_token": 0.0035, "fixed": 240.0}
+
+
+def plan(cfg: Config, corpora, parts) -> dict:
+    """What a run trains and embeds, at best (every SIFT list at another level or λ
+    repeats an earlier one) and at worst (none does), and its estimated seconds on
+    2 quiet cores (`COSTS`). Sizes of the pools are the full study's (3881 code
+    chunks, 3227 news chunks) unless `pool_limit` cuts them."""
+    pool = {"code": 3881, "news": 3227}
+    if cfg.pool_limit:
+        pool = {c: min(n, cfg.pool_limit) for c, n in pool.items()}
+    run = lambda k, curve: k * COSTS["step"] + (k + 1 if curve else 2) * COSTS["eval"]
+    lo = hi = COSTS["fixed"]
+    lines = []
+    texts = sum(pool[c] * (1 + cfg.near_fraction * (1 + cfg.max_copies) / 2) for c in corpora)
+    lo += texts * COSTS["minilm_text"]
+    hi += texts * COSTS["minilm_text"]
+    lines.append(f"MiniLM: {texts:.0f} texts")
+    long_on = "long" in parts and cfg.long_corpus in corpora
+    if long_on:
+        t = 2 * cfg.long_docs * run(cfg.long_k, True)
+        lo, hi = lo + t, hi + t
+        lines.append(f"long: {2 * cfg.long_docs} runs of {cfg.long_k} steps ({t:.0f} s)")
+    if "grid" in parts:
+        for c in corpora:
+            free = cfg.long_docs if long_on and c == cfg.long_corpus else 0
+            nn = 3 * cfg.docs - free
+            s_lo, s_hi = cfg.docs - (free if cfg.long_level == "none" else 0), 3 * cfg.docs - free
+            lo += (nn + s_lo) * run(cfg.k, False) + 3 * cfg.docs * COSTS["in_context_doc"]
+            hi += (nn + s_hi) * run(cfg.k, False) + 3 * cfg.docs * COSTS["in_context_doc"]
+            lines.append(f"grid {c}: {nn + s_lo}-{nn + s_hi} runs of {cfg.k} steps, "
+                         f"{3 * cfg.docs} in-context scorings")
+    if "lambda" in parts and cfg.lambda_corpus in corpora:
+        extra = sum(1 for x in cfg.lambdas if x != cfg.lambda_) * cfg.lambda_docs
+        hi += extra * run(cfg.k, False)
+        lines.append(f"lambda: 0-{extra} runs of {cfg.k} steps")
+    if "smollm2" in parts and cfg.smollm2_corpus in corpora:
+        chunks = min(pool[cfg.smollm2_corpus], cfg.smollm2_docs * cfg.smollm2_shortlist)
+        t = (chunks * cfg.smollm2_tokens + cfg.smollm2_docs * 130) * COSTS["smollm2_token"]
+        t += 2 * cfg.smollm2_docs * run(cfg.k, False)
+        lo, hi = lo + t, hi + t
+        lines.append(f"smollm2: <= {chunks} chunks x {cfg.smollm2_tokens} tokens, "
+                     f"{2 * cfg.smollm2_docs} runs")
+    return {"low_s": lo, "high_s": hi, "lines": lines}
 
 
 # ----------------------------------------------------------------------------- reporting
@@ -908,7 +971,6 @@ def main(argv=None):
         ap.error(str(e))
     if args.docs is not None:
         over["docs"] = args.docs
-        over.setdefault("lambda_docs", args.docs)
     if "lambdas" in over:
         over["lambdas"] = tuple(over["lambdas"])
     cfg = Config(**over)
@@ -931,6 +993,9 @@ def main(argv=None):
         ap.error("bad configuration: " + ", ".join(bad) + " (documents >= 2, counts >= 1, "
                  "fractions in (0, 1], levels none|exact|near, corpora code|news, λ > 0)")
     corpora = CORPORA if args.corpus == "all" else (args.corpus,)
+    p = plan(cfg, corpora, parts)
+    print(f"plan: {'; '.join(p['lines'])}; estimated {p['low_s'] / 60:.0f}-"
+          f"{p['high_s'] / 60:.0f} min on 2 quiet cores", flush=True)
     res = run_all(cfg, corpora, parts, out, log=lambda s: print(s, flush=True))
     write(res, out)
 

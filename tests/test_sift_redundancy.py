@@ -264,3 +264,17 @@ def test_bad_flags_fail_before_any_work(tmp_path, capsys, options, message):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err
     assert not any(tmp_path.iterdir())
+
+
+def test_docstring_states_the_plans_estimates():
+    """The module docstring's minutes are what `plan` computes for those configurations."""
+    doc = " ".join(R.__doc__.split())
+
+    def span(**over):
+        p = R.plan(R.Config(**over), R.CORPORA, R.PARTS)
+        return f"{p['low_s'] / 60:.0f}-{p['high_s'] / 60:.0f} min"
+
+    assert f"at {span()}" in doc
+    assert f"grid only ({span(docs=20)})" in doc
+    assert f"need {span(docs=20, long_docs=20, lambda_docs=20, smollm2_docs=20)}" in doc
+    assert f"~{R.plan(R.Config(**R.QUICK), R.CORPORA, R.PARTS)['high_s'] / 60:.0f} min" in doc
