@@ -504,21 +504,27 @@ class Runner:
         return nn, sel
 
     # -- TTFT with the cache
-    def ttft(self, c, pick_texts, k, curve):
-        """bpb after len(picks) steps per document (and the per-step dict)."""
+    def ttft(self, c, jobs, k, curve):
+        """TTFT of each job (document index, its k pick texts), from the cache where
+        it can be read: a {step: bpb} dict per job (0 and k; every step with `curve`).
+        New jobs are run in batches of `batch` (the last padded: one compile)."""
         from activeft_jax.training import ttft_evaluate, ttft_inputs
         names, texts, _ = self.docs[c]
         names = [f"{nm}:{TTFTCache._h(t)[:12]}" for nm, t in zip(names, texts)]
-        todo = [i for i, p in enumerate(pick_texts) if self.cache.get(names[i], p) is None]
-        self.cache.hits += len(pick_texts) - len(todo)
-        b = min(self.cfg.batch, len(todo)) if todo else 0
+        todo, seen = [], set()
+        for d, p in jobs:
+            key = (d, tuple(p))
+            if self.cache.get(names[d], p) is None and key not in seen:
+                seen.add(key)
+                todo.append((d, list(p)))
+        self.cache.hits += len(jobs) - len(todo)
+        b = self.cfg.batch
         pad_doc = self._pad_doc(c)
-        for s in range(0, len(todo), max(b, 1)):
-            idx = todo[s:s + b]
-            idx_full = idx + [idx[-1]] * (b - len(idx))      # fixed shapes: one compile
+        for s in range(0, len(todo), b):
+            part = todo[s:s + b]
+            full = part + [part[-1]] * (b - len(part))       # fixed shapes: one compile
             t = time.time()
-            inp = ttft_inputs(self.lm, [pick_texts[i] for i in idx_full],
-                              [texts[i] for i in idx_full],
+            inp = ttft_inputs(self.lm, [p for _, p in full], [texts[d] for d, _ in full],
                               max_example_tokens=self.cfg.max_example_tokens,
                               max_doc_tokens=self.cfg.max_doc_tokens, k=k,
                               pad_examples_to=self.cfg.max_example_tokens, pad_doc_to=pad_doc)
@@ -534,15 +540,14 @@ class Runner:
             self.timing["ttft_s"] += time.time() - t
             self.timing["ttft_steps"] += b * k
             self.timing["ttft_evals"] += b * (k + 1 if curve else 2)
-            for r, i in enumerate(idx):
+            for r, (d, p) in enumerate(part):
                 bpb = ({n: float(cur[r, n]) for n in range(k + 1)} if curve
                        else {0: float(cur[r, 0]), k: float(cur[r, 1])})
-                self.cache.put(names[i], pick_texts[i], bpb)
+                self.cache.put(names[d], p, bpb)
             self.cache.save()
-            self.log(f"[{c}] ttft k={k}: {s + len(idx)}/{len(todo)} new "
+            self.log(f"[{c}] ttft k={k}: {s + len(part)}/{len(todo)} new "
                      f"({time.time() - self.t0:.0f}s)")
-        got = [self.cache.get(names[i], p) for i, p in enumerate(pick_texts)]
-        return got
+        return [self.cache.get(names[d], p) for d, p in jobs]
 
     def _pad_doc(self, c):
         _, texts, _ = self.docs[c]
@@ -568,6 +573,11 @@ class Runner:
 
 def _texts(pool: Pool, idx) -> list:
     return [[pool.texts[int(i)] for i in row] for row in np.asarray(idx)]
+
+
+def _jobs(pool: Pool, idx) -> list:
+    """(document index, pick texts) for each row of `idx`."""
+    return list(enumerate(_texts(pool, idx)))
 
 
 def _level_sims(run: Runner, c: str) -> dict:
@@ -608,8 +618,8 @@ def run_all(cfg: Config, corpora, parts, out: Path, log=print) -> dict:
         nn, sel = run.select(c, lv, n, cfg.long_k)
         pool = run.pools[(c, lv)]
         r = {"corpus": c, "level": lv, "k": cfg.long_k, "documents": run.docs[c][0][:n]}
-        for m, idx in (("nn", nn), ("sift", sel)):
-            got = run.ttft(c, _texts(pool, idx), cfg.long_k, curve=True)
+        got2 = run.ttft(c, _jobs(pool, nn) + _jobs(pool, sel), cfg.long_k, curve=True)
+        for m, idx, got in (("nn", nn, got2[:n]), ("sift", sel, got2[n:])):
             r[f"curve_{m}"] = [[g[s] for s in range(cfg.long_k + 1)] for g in got]
             r[f"copies_{m}"] = copy_counts(idx, pool).tolist()
         res["long"] = r
@@ -618,16 +628,18 @@ def run_all(cfg: Config, corpora, parts, out: Path, log=print) -> dict:
         for c in corpora:
             n = cfg.docs
             res["grid"][c] = {"documents": run.docs[c][0][:n]}
-            for lv in LEVELS:
-                pool = run.pools[(c, lv)]
-                nn, sel = run.select(c, lv, n, cfg.k)
+            picks = {lv: run.select(c, lv, n, cfg.k) for lv in LEVELS}
+            jobs = [j for lv in LEVELS for idx in picks[lv] for j in _jobs(run.pools[(c, lv)], idx)]
+            got = run.ttft(c, jobs, cfg.k, curve=False)          # all levels in one go
+            for j, lv in enumerate(LEVELS):
+                pool, (nn, sel) = run.pools[(c, lv)], picks[lv]
+                g_nn, g_sift = got[2 * j * n:(2 * j + 1) * n], got[(2 * j + 1) * n:(2 * j + 2) * n]
                 cell = {"nn_indices": nn.tolist(), "sift_indices": sel.tolist(),
                         "copies_nn": copy_counts(nn, pool).tolist(),
-                        "copies_sift": copy_counts(sel, pool).tolist()}
-                for m, idx in (("nn", nn), ("sift", sel)):
-                    got = run.ttft(c, _texts(pool, idx), cfg.k, curve=False)
-                    cell[f"bpb_{m}"] = [g[cfg.k] for g in got]
-                    cell["bpb_base"] = [g[0] for g in got]
+                        "copies_sift": copy_counts(sel, pool).tolist(),
+                        "bpb_base": [g[0] for g in g_nn],
+                        "bpb_nn": [g[cfg.k] for g in g_nn],
+                        "bpb_sift": [g[cfg.k] for g in g_sift]}
                 cell["bpb_in_context"], cell["in_context_n"] = run.in_context(c, _texts(pool, nn))
                 res["grid"][c][lv] = cell
                 log(f"[{c}] grid level {lv} done ({time.time() - run.t0:.0f}s)")
@@ -635,14 +647,15 @@ def run_all(cfg: Config, corpora, parts, out: Path, log=print) -> dict:
         c, lv, n = cfg.lambda_corpus, cfg.lambda_level, cfg.lambda_docs
         pool = run.pools[(c, lv)]
         nn, _ = run.select(c, lv, n, cfg.k)
-        got = run.ttft(c, _texts(pool, nn), cfg.k, curve=False)
+        sels = [run.select(c, lv, n, cfg.k, lambda_=lam)[1] for lam in cfg.lambdas]
+        got = run.ttft(c, _jobs(pool, nn) + [j for sel in sels for j in _jobs(pool, sel)],
+                       cfg.k, curve=False)
         r = {"corpus": c, "level": lv, "documents": run.docs[c][0][:n],
-             "bpb_base": [g[0] for g in got], "bpb_nn": [g[cfg.k] for g in got],
+             "bpb_base": [g[0] for g in got[:n]], "bpb_nn": [g[cfg.k] for g in got[:n]],
              "copies_nn": copy_counts(nn, pool).tolist(), "lambdas": {}}
-        for lam in cfg.lambdas:
-            _, sel = run.select(c, lv, n, cfg.k, lambda_=lam)
-            got = run.ttft(c, _texts(pool, sel), cfg.k, curve=False)
-            r["lambdas"][repr(float(lam))] = {"bpb_sift": [g[cfg.k] for g in got],
+        for j, (lam, sel) in enumerate(zip(cfg.lambdas, sels)):
+            g = got[(j + 1) * n:(j + 2) * n]
+            r["lambdas"][repr(float(lam))] = {"bpb_sift": [x[cfg.k] for x in g],
                                               "copies_sift": copy_counts(sel, pool).tolist(),
                                               "sift_indices": sel.tolist()}
         res["lambda"] = r
@@ -695,11 +708,13 @@ def _smollm2_part(run: Runner, cfg: Config, log) -> dict:
     nn_m, sel_m = run.select(c, "none", n, cfg.k)
     r = {"corpus": c, "level": "none", "documents": run.docs[c][0][:n],
          "shortlist": int(len(short)), "tokens": cfg.smollm2_tokens}
-    for name, idx in (("minilm_nn", nn_m), ("minilm_sift", sel_m), ("smollm2_nn", nn_s),
-                      ("smollm2_sift", sel_s)):
-        got = run.ttft(c, _texts(pool, idx), cfg.k, curve=False)
-        r[f"bpb_{name}"] = [g[cfg.k] for g in got]
-        r["bpb_base"] = [g[0] for g in got]
+    named = (("minilm_nn", nn_m), ("minilm_sift", sel_m), ("smollm2_nn", nn_s),
+             ("smollm2_sift", sel_s))
+    got = run.ttft(c, [j for _, idx in named for j in _jobs(pool, idx)], cfg.k, curve=False)
+    for j, (name, idx) in enumerate(named):
+        g = got[j * n:(j + 1) * n]
+        r[f"bpb_{name}"] = [x[cfg.k] for x in g]
+        r["bpb_base"] = [x[0] for x in g]
         r[f"indices_{name}"] = np.asarray(idx).tolist()
     r["overlap_nn"] = float(np.mean([len(set(a) & set(b)) for a, b in zip(nn_m, nn_s)]))
     r["overlap_sift"] = float(np.mean([len(set(a) & set(b)) for a, b in zip(sel_m, sel_s)]))
@@ -902,8 +917,10 @@ def plot(res: dict, out: Path):
         a2.axhline(0, color="k", lw=0.5)
         a1.set_ylabel("bits per byte (mean over documents)")
         a2.set_ylabel("bpb − base (paired, mean ± 95% t-int.)")
+        from matplotlib.ticker import MaxNLocator
         for a in (a1, a2):
             a.set_xlabel("test-time steps (picks)")
+            a.xaxis.set_major_locator(MaxNLocator(integer=True))
             a.legend()
         fig.suptitle(f"{lg['corpus']}, pool with {lg['level']} copies: "
                      f"{len(lg['documents'])} documents, k = {lg['k']}")
