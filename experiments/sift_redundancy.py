@@ -63,13 +63,13 @@ Budget (2 quiet cores; `plan` prints it at the start of every run): a SmolLM2
 training step costs ~2 s and a scoring ~1.25 s here (calibrated on the first
 study's measured runs, `COSTS`), so the issue's full design (20 documents per
 corpus at three levels, and 20 for the λ grid, the k = 20 run and the SmolLM2
-embedding) would need 113-134 min.
+embedding) would need 111-132 min.
 The default therefore takes 10 documents per corpus for the grid, 3 for the
 k = 20 run, 6 for the λ grid and 4 for the SmolLM2 embedding, and is estimated
-at 42-53 min: the low end if SIFT's pick lists at the exact level and at the
+at 43-53 min: the low end if SIFT's pick lists at the exact level and at the
 other λ repeat earlier ones (no retraining), the high end if none do; the
 estimate's per-step costs are uncertain by some 20%. ``--docs 20`` is the
-issue's 20 documents per corpus for the grid only (63-82 min). `--quick` (both
+issue's 20 documents per corpus for the grid only (61-80 min). `--quick` (both
 corpora, 2 documents, pools cut to 400 chunks by a hash, k = 2, long k = 4,
 K = 50) is the smoke test, ~9 min.
 
@@ -740,8 +740,11 @@ def _cfg_from(d: dict) -> Config:
 #: (k = 5: 29.5 min for 2 x 20 documents; k = 20 on code: 2806 s, i.e. ~66 s per
 #: document and method for 20 steps and 21 scorings), split between a training step
 #: (256 tokens, forward and backward) and a scoring (<= 512 tokens, forward) in the
-#: ratio of their FLOPs (3 x 256 : 512); the others are rough (x 1.5 either way).
-COSTS = {"step": 2.0, "eval": 1.25, "in_context_doc": 4.0, "minilm_text": 0.03,
+#: ratio of their FLOPs (3 x 256 : 512). MiniLM per text: 0.03 s fits the first
+#: study's news run, ~0.05 s its code run and the --quick run (with its compiles);
+#: 0.04 is taken. In-context per document and the fixed part (loading, building
+#: the pools, compiling) are rougher (x 1.5 either way).
+COSTS = {"step": 2.0, "eval": 1.25, "in_context_doc": 2.0, "minilm_text": 0.04,
          "smollm2_token": 0.0035, "fixed": 240.0}
 
 
