@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run demo test sift-study bench bench-activeft bench-embed bench-sift bench-lazy-vtl \
+.PHONY: install run demo test sift-study sift-redundancy sift-redundancy-quick bench bench-activeft bench-embed bench-sift bench-lazy-vtl \
 	fixtures-surface ref-venv \
 	st-venv clean
 
@@ -34,6 +34,15 @@ test: install
 # SIFT study: SmolLM2 test-time fine-tuning on held-out code and news (~30 min on 2 cores).
 sift-study: install
 	$(PY) -m experiments.sift_study
+
+# SIFT vs nearest neighbours on redundant pools (issue 17): exact and near-duplicate
+# levels, a lambda grid, a k = 20 run, SmolLM2 prompt embeddings (~43-53 min on 2 cores);
+# the quick form is a ~9 min smoke test. Neither is part of `make test`.
+sift-redundancy: install
+	$(PY) -m experiments.sift_redundancy
+
+sift-redundancy-quick: install
+	$(PY) -m experiments.sift_redundancy --quick
 
 # The PyTorch reference in its own throw-away venv (never a dependency of ours).
 REF_VENV ?= .ref-venv
