@@ -267,13 +267,16 @@ def _loss_grad_sums(protos, feats, assign, a, temperature, rows, sims=None):
     return scan_rows(fn, init, plan(feats.shape[0], rows), *arrays)
 
 
-def _loss_and_grad(params, feats, assign, temperature, balance, rows, shards=None, sims=None):
+def _loss_and_grad(params, feats, assign, temperature, balance, rows, shards=None, sims=None,
+                   normalized=None):
     """The official loss and its gradient in the raw prototypes, in one pass (`_loss`'s value).
 
     With `shards`, `feats` is this device's block: the sums cross devices (a
-    scalar, [B, d] and [B]), the rest is the same on every device.
+    scalar, [B, d] and [B]), the rest is the same on every device. `normalized`:
+    `jax.vjp(l2_normalize, params)` when the caller has it (the step normalizes
+    once, so its assignment and its loss read the same bits).
     """
-    protos, normalize_vjp = jax.vjp(l2_normalize, params)
+    protos, normalize_vjp = jax.vjp(l2_normalize, params) if normalized is None else normalized
     a, a_vjp = jax.vjp(lambda p: _log_diversity(p, temperature, balance), protos)
     sums = _loss_grad_sums(protos, feats, assign, a, temperature, rows, sims)
     n = feats.shape[0]
@@ -594,7 +597,8 @@ def _run_steps(state: ActiveFTState, feats, key, hyper: _Hyper, cfg: _Config,
             pick = jax.random.choice(jax.random.fold_in(batch_key, carry.step), shards.n,
                                      (cfg.batch_size,), replace=False)
             x = shards.rows(feats, pick)
-        protos = lax.stop_gradient(l2_normalize(carry.params))
+        normalized = jax.vjp(l2_normalize, carry.params)
+        protos = lax.stop_gradient(normalized[0])
         bounds = carry.bounds
         n, b = x.shape[0], cfg.k
         sims = None
@@ -614,7 +618,8 @@ def _run_steps(state: ActiveFTState, feats, key, hyper: _Hyper, cfg: _Config,
             total = shards.psum(work) if split else work
             frac = (total / (float(shards.n if split else n) * b)).astype(feats.dtype)
         loss, grad = _loss_and_grad(carry.params, x, assign, hyper.temperature, hyper.balance,
-                                    cfg.chunk_rows, shards if split else None, sims)
+                                    cfg.chunk_rows, shards if split else None, sims,
+                                    normalized)
         updates, opt_state = opt.update(grad, carry.opt_state, carry.params)
         params = optax.apply_updates(carry.params, updates)
         new = ActiveFTState(params, opt_state, bounds, carry.step + 1, carry.init_indices,
