@@ -101,7 +101,8 @@ def atomic_file(path: PathLike, mode: str = "w", **kwargs) -> Iterator[IO]:
     """A file object whose content replaces `path` when the block ends without error.
 
     Stale temporary files of `path` are removed first; on an error the
-    temporary file is deleted and `path` is left as it was.
+    temporary file is deleted and `path` is left as it was. After the rename the
+    directory is fsynced, so the new name survives a crash too.
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"mode must be 'w' or 'wb'; got {mode!r}")
@@ -119,6 +120,21 @@ def atomic_file(path: PathLike, mode: str = "w", **kwargs) -> Iterator[IO]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    _sync_directory(path)
+
+
+def _sync_directory(path: str) -> None:
+    """Makes the rename itself durable (fsync of the directory), where the system allows it."""
+    try:
+        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> None:

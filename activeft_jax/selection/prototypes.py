@@ -267,16 +267,15 @@ def _loss_grad_sums(protos, feats, assign, a, temperature, rows, sims=None):
     return scan_rows(fn, init, plan(feats.shape[0], rows), *arrays)
 
 
-def _loss_and_grad(params, feats, assign, temperature, balance, rows, shards=None, sims=None,
-                   normalized=None):
+def _loss_and_grad(normalized, feats, assign, temperature, balance, rows, shards=None, sims=None):
     """The official loss and its gradient in the raw prototypes, in one pass (`_loss`'s value).
 
-    With `shards`, `feats` is this device's block: the sums cross devices (a
-    scalar, [B, d] and [B]), the rest is the same on every device. `normalized`:
-    `jax.vjp(l2_normalize, params)` when the caller has it (the step normalizes
-    once, so its assignment and its loss read the same bits).
+    `normalized` is `jax.vjp(l2_normalize, params)`: the step normalizes once, so its
+    assignment and its loss read the same bits. With `shards`, `feats` is this
+    device's block: the sums cross devices (a scalar, [B, d] and [B]), the rest is
+    the same on every device.
     """
-    protos, normalize_vjp = jax.vjp(l2_normalize, params) if normalized is None else normalized
+    protos, normalize_vjp = normalized
     a, a_vjp = jax.vjp(lambda p: _log_diversity(p, temperature, balance), protos)
     sums = _loss_grad_sums(protos, feats, assign, a, temperature, rows, sims)
     n = feats.shape[0]
@@ -617,9 +616,8 @@ def _run_steps(state: ActiveFTState, feats, key, hyper: _Hyper, cfg: _Config,
             assign = bounds.assign
             total = shards.psum(work) if split else work
             frac = (total / (float(shards.n if split else n) * b)).astype(feats.dtype)
-        loss, grad = _loss_and_grad(carry.params, x, assign, hyper.temperature, hyper.balance,
-                                    cfg.chunk_rows, shards if split else None, sims,
-                                    normalized)
+        loss, grad = _loss_and_grad(normalized, x, assign, hyper.temperature, hyper.balance,
+                                    cfg.chunk_rows, shards if split else None, sims)
         updates, opt_state = opt.update(grad, carry.opt_state, carry.params)
         params = optax.apply_updates(carry.params, updates)
         new = ActiveFTState(params, opt_state, bounds, carry.step + 1, carry.init_indices,

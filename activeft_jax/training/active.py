@@ -184,14 +184,6 @@ def _atomic_write(path: str, text: str) -> None:
     """
     with atomic_file(path, "w", encoding="utf-8") as f:
         f.write(text)
-    try:  # make the rename itself durable
-        fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
 
 
 def _write_metrics_file(path: str, metrics: Sequence[Mapping[str, Any]]) -> None:
