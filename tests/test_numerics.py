@@ -119,6 +119,26 @@ def test_float32_warns_when_it_cannot_resolve_the_scores():
             _run("vtl", pool.astype(np.float64), target.astype(np.float64), K_MAX, 1e-5)
 
 
+def test_undirected_itl_float32_warns_where_its_picks_leave_float64():
+    """Undirected ITL scores the variance itself, so its round-off is ε·k(x, x) / σ²_n(x)
+    (not the square root the other GP rules use): past k = d at a small noise float32 leaves
+    the float64 picks, and it now says so (it used to stay silent); with k = d it does not."""
+    pool = np.random.default_rng(0).standard_normal((300, 16))
+    for noise in (1e-2, 1e-3, 1e-4):
+        with jax.enable_x64(True), warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            ref = np.asarray(aft.select("undirected_itl", pool, k=48, noise_std=noise).indices)
+        with pytest.warns(RuntimeWarning, match=r"undirected_itl: float32.*float64"):
+            got = aft.select("undirected_itl", pool.astype(np.float32), k=48, noise_std=noise)
+        assert np.any(np.asarray(got.indices) != ref), f"float32 follows float64 at {noise}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        got = aft.select("undirected_itl", pool.astype(np.float32), k=16, noise_std=0.1)
+        with jax.enable_x64(True):
+            ref = aft.select("undirected_itl", pool, k=16, noise_std=0.1)
+    np.testing.assert_array_equal(np.asarray(got.indices), np.asarray(ref.indices))
+
+
 @pytest.mark.parametrize("low", ["float16", "bfloat16"])
 def test_half_precision_inputs_are_computed_in_float32(low):
     """float16 / bfloat16 inputs of norm ~300 (squares overflow float16) are upcast."""

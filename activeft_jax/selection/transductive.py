@@ -142,7 +142,8 @@ class GPRule:
                           roundoff=roundoff(geo, inputs, shards, lambda state: (state,)))
 
 
-def roundoff(geo: Geometry, inputs: RuleInputs, shards: Shards, posteriors):
+def roundoff(geo: Geometry, inputs: RuleInputs, shards: Shards, posteriors,
+             variance_scores: bool = False):
     """`GreedyRule.roundoff` of a GP rule: ε·sqrt(k(x, x) / (σ²_n(x) + ρ²)) at the pick.
 
     The tracked and refreshed variances carry round-off on the scale of the
@@ -150,13 +151,18 @@ def roundoff(geo: Geometry, inputs: RuleInputs, shards: Shards, posteriors):
     the posterior variance left at the picks is that small next to the prior
     the scores have lost their digits. `posteriors(state)` lists the
     `gp.Posterior`s of a rule's state; the smallest variance counts.
+
+    With `variance_scores` (undirected ITL, whose score is σ²_n(x) itself) the
+    score's relative round-off is ε·k(x, x) / (σ²_n(x) + ρ²), without the square
+    root: a variance ε·k(x, x) away from another is not resolved.
     """
     def rel(state, index):
         var = jnp.min(jnp.stack([shards.row(p.var, index) for p in posteriors(state)]))
         x = shards.row(geo.points, index)
         prior = geo.kernel.diag(x[None, :])[0]
         eps = jnp.finfo(var.dtype).eps
-        return eps * jnp.sqrt(safe_divide(prior, var + inputs.noise_var))
+        ratio = safe_divide(prior, var + inputs.noise_var)
+        return eps * (ratio if variance_scores else jnp.sqrt(ratio))
     return rel
 
 

@@ -47,7 +47,13 @@ from activeft_jax.selection.greedy import (
     masked_top_k,
 )
 from activeft_jax.selection.result import Selection
-from activeft_jax.selection.transductive import GPRule, VTLRule, _common_args, run_gp_rule
+from activeft_jax.selection.transductive import (
+    GPRule,
+    VTLRule,
+    _common_args,
+    roundoff,
+    run_gp_rule,
+)
 
 __all__ = ["UndirectedITLRule", "UndirectedVTLKernelRule", "uncertainty", "undirected_itl",
            "undirected_vtl"]
@@ -60,10 +66,13 @@ class UndirectedITLRule(GPRule):
     def build(self, inputs: RuleInputs, k: int, shards: Shards) -> GreedyRule:
         """The undirected ITL rule on `inputs` with room for k picks."""
         geo = self.geometry(inputs, compress=False)
-        return self.single(geo, inputs, shards,
+        rule = self.single(geo, inputs, shards,
                            init=lambda: self.prior(geo, None, k, inputs, shards),
                            score=lambda state: gp.posterior.refine_scores(geo.space, (state,),
                                                                 lambda st: st[0].var))
+        # The score is the variance itself: its round-off is ε·k(x, x) in absolute terms.
+        return rule._replace(roundoff=roundoff(geo, inputs, shards, lambda state: (state,),
+                                               variance_scores=True))
 
 
 class _StreamedVTL(NamedTuple):
