@@ -41,6 +41,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import activeft_jax as aft  # noqa: E402
+from experiments.common import save_figure, write_text  # noqa: E402
 
 STRATEGIES = ("activeft", "random", "kmeans", "kmeans_pp", "maxdist", "typiclust", "probcover")
 DETERMINISTIC = frozenset({"probcover"})
@@ -154,9 +155,9 @@ def main(argv=None):
     axes[1].legend(loc="lower right")
     fig.suptitle(f"scikit-learn digits, N = {n}, unit-norm pixels: subsets picked without labels")
     fig.tight_layout()
-    fig.savefig(a.out_dir / "activeft_quality.png", dpi=120)
-    (a.out_dir / "activeft_quality.md").write_text(md)
-    (a.out_dir / "activeft_quality.json").write_text(json.dumps({"delta": delta, "results": results}, indent=1))
+    save_figure(fig, a.out_dir / "activeft_quality.png", dpi=120)
+    write_text(a.out_dir / "activeft_quality.md", md)
+    write_text(a.out_dir / "activeft_quality.json", json.dumps({"delta": delta, "results": results}, indent=1))
     print(f"wrote {a.out_dir / 'activeft_quality.png'}, .md and .json")
 
 

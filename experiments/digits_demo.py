@@ -40,6 +40,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
 import activeft_jax as aft  # noqa: E402
+from experiments.common import save_figure, write_text  # noqa: E402
 
 RULES: tuple[str, ...] = (
     "itl", "vtl", "ctl", "mmitl", "undirected_itl", "undirected_vtl",
@@ -210,7 +211,7 @@ def plot(results: list[dict], base_rate: float, args: argparse.Namespace, path: 
     fig.suptitle(f"scikit-learn digits: pool = train split (10 classes), "
                  f"target = test images of classes {classes}; noise_std={args.noise_std}")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -257,9 +258,9 @@ def main(argv: list[str] | None = None) -> None:
     md = args.out_dir / "digits_demo.md"
     js = args.out_dir / "digits_demo.json"
     plot(results, base_rate, args, png)
-    md.write_text("\n".join(table + [""] + [f"- {n}" for n in notes]) + "\n")
+    write_text(md, "\n".join(table + [""] + [f"- {n}" for n in notes]) + "\n")
     settings = {k: v for k, v in vars(args).items() if k != "out_dir"}
-    js.write_text(json.dumps({"settings": settings, "pool_size": len(pool_np),
+    write_text(js, json.dumps({"settings": settings, "pool_size": len(pool_np),
                               "target_size": len(target_np), "base_rate_pct": base_rate,
                               "results": results}, indent=1) + "\n")
     print("wrote:")

@@ -93,7 +93,15 @@ from pathlib import Path
 import numpy as np
 
 from experiments import sift_study
-from experiments.common import CACHE, RESULTS as _RESULTS, OneLineParser, ci, read_config
+from experiments.common import (
+    CACHE,
+    OneLineParser,
+    ci,
+    read_config,
+    save_figure,
+    write_text,
+)
+from experiments.common import RESULTS as _RESULTS
 
 RESULTS = _RESULTS / "sift_redundancy"
 LEVELS = ("none", "exact", "near")
@@ -411,9 +419,7 @@ class TTFTCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         rows = [{"doc": d, "picks": list(p), "bpb": {str(s): v for s, v in b.items()}}
                 for d, es in self.entries.items() for p, b in es]
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"settings": self.settings, "entries": rows}))
-        tmp.replace(self.path)
+        write_text(self.path, json.dumps({"settings": self.settings, "entries": rows}))
 
 
 # ----------------------------------------------------------------------------- running
@@ -928,7 +934,7 @@ def plot(res: dict, out: Path):
         fig.suptitle(f"{lg['corpus']}, pool with {lg['level']} copies: "
                      f"{len(lg['documents'])} documents, k = {lg['k']}")
         fig.tight_layout()
-        fig.savefig(out / "long_bpb_vs_steps.png", dpi=110)
+        save_figure(fig, out / "long_bpb_vs_steps.png", dpi=110)
         plt.close(fig)
     grid = res.get("grid") or {}
     if grid:
@@ -950,15 +956,15 @@ def plot(res: dict, out: Path):
             ax.set_title(f"{c}: {len(g['documents'])} documents")
             ax.legend()
         fig.tight_layout()
-        fig.savefig(out / "redundancy.png", dpi=110)
+        save_figure(fig, out / "redundancy.png", dpi=110)
         plt.close(fig)
 
 
 def write(res: dict, out: Path):
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(res, indent=1))
+    write_text(out / "results.json", json.dumps(res, indent=1))
     text = report(res)
-    (out / "table.md").write_text(text + "\n")
+    write_text(out / "table.md", text + "\n")
     plot(res, out)
     print(text, flush=True)
 
