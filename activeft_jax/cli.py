@@ -312,8 +312,6 @@ def _select_memory(args: argparse.Namespace, target: Optional[np.ndarray], strat
             or (getattr(args, "space", None) in (None, "auto") and d > n)
         pool, state = select_estimate(strategy, n, d, m, max(int(args.k), 0), itemsize,
                                       kernel_space=kernel_space)
-        if getattr(args, "normalize", None):
-            state += pool  # the rules normalize a copy of the pool
         check_fits(f"{strategy} on a {n} x {d} pool", pool, state)
 
     return check
@@ -373,6 +371,31 @@ def _load_pool(path: Optional[str], name: str, flag: str, dtype, check) -> Optio
         raise BadInput(f"{flag}: cannot read {path}: {e}") from e
 
 
+def _normalized(pool, target, flag: str):
+    """`--normalize`: the pool's rows L2-normalized in place (the rules would normalize a
+    copy: a second pool in memory), and the target's or prompts' rows. Both are checked
+    first as the rules check them unnormalized (finite; squared norms that fit the dtype)."""
+    import jax
+    import jax.numpy as jnp
+
+    from activeft_jax.kernels import l2_normalize
+    from activeft_jax.memory import normalize_rows_in_place
+    from activeft_jax.validation import check_finite, check_magnitude
+
+    if not isinstance(pool, jax.Array) or pool.ndim != 2 or pool.shape[0] == 0:
+        return pool, target  # the strategy normalizes (or reports the bad shape)
+    check_finite(pool, "pool")
+    check_magnitude(pool, "pool")
+    if target is not None and target.size > 0 and target.ndim >= 1:
+        name = flag.lstrip("-")
+        t = jnp.asarray(target, dtype=pool.dtype)
+        check_finite(t, name)
+        if t.ndim == 2:
+            check_magnitude(t, name)
+        target = l2_normalize(t)
+    return normalize_rows_in_place(pool), target
+
+
 def _real_dtype(dt: np.dtype) -> bool:
     return (np.issubdtype(dt, np.number) or dt == np.bool_) and not np.issubdtype(dt, np.complexfloating)
 
@@ -428,6 +451,9 @@ def _select_in_precision(args: argparse.Namespace) -> int:
                 work, threshold = work * max(options.get("steps", 300), 0), 10**9
             progress = sys.stderr.isatty() and work >= threshold
         options["progress"] = progress
+    if options.get("normalize"):
+        pool, target = _normalized(pool, target, "--target")
+        options["normalize"] = False
     key = jax.random.key(args.seed)
     if args.strategy == "activeft":
         return _write(_activeft(pool, args.k, key, options), args.out)
@@ -460,6 +486,9 @@ def _sift(args: argparse.Namespace) -> int:
         pool = _load_pool(args.pool, "pool", "--pool", dtype, _select_memory(args, None, "sift"))
     prompts = _as_float(_load_array(args.prompts, "prompts", "--prompts"), dtype, "--prompts")
     with jax.enable_x64(bool(args.x64)):
+        if options.get("normalize"):
+            pool, prompts = _normalized(pool, prompts, "--prompts")
+            options["normalize"] = False
         try:
             sel = sift(pool, prompts, k=args.k, **options)
         except ValueError as e:  # name the flag, not the Python argument

@@ -26,6 +26,7 @@ __all__ = [
     "check_fits",
     "gb",
     "host_to_device",
+    "normalize_rows_in_place",
     "read_npy_header",
     "select_estimate",
     "stream_npy",
@@ -191,6 +192,45 @@ def to_device(x: np.ndarray, dtype: Any = None, chunk_bytes: Optional[int] = Non
             release(start, min(start + step, x.shape[0]))
 
     return _fill(x.shape, dtype, chunks())
+
+
+def normalize_rows_in_place(x: Any, chunk_bytes: Optional[int] = None) -> Any:
+    """`kernels.l2_normalize(x)` for a 2-D device array, written over `x` (donated: do not
+    use `x` afterwards), one row chunk at a time, so no second pool-sized buffer exists.
+
+    Each row is normalized exactly once, by the same formula the rules apply for
+    ``normalize=True``.
+    """
+    global _NORMALIZE
+    import jax
+
+    if _NORMALIZE is None:
+        _NORMALIZE = jax.jit(_normalize_chunks, static_argnames="rows", donate_argnums=0)
+    chunk_bytes = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
+    rows = min(x.shape[0], _chunk_rows(x.shape[1] * x.dtype.itemsize, chunk_bytes))
+    return _NORMALIZE(x, rows=max(rows, 1))
+
+
+_NORMALIZE = None
+
+
+def _normalize_chunks(x, *, rows: int):
+    from jax import lax
+
+    from activeft_jax.kernels import l2_normalize
+
+    n = x.shape[0]
+    full = n // rows
+
+    def body(i, x):
+        start = i * rows
+        blk = lax.dynamic_slice_in_dim(x, start, rows)
+        return lax.dynamic_update_slice_in_dim(x, l2_normalize(blk), start, 0)
+
+    x = lax.fori_loop(0, full, body, x)
+    if full * rows < n:  # the tail (static), never a row twice
+        x = x.at[full * rows:].set(l2_normalize(x[full * rows:]))
+    return x
 
 
 def _releaser(x: np.ndarray, row_bytes: int):

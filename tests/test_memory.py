@@ -120,3 +120,58 @@ def test_sift_x64_reads_the_pool_in_float64(tmp_path, capsys, monkeypatch):
     assert cli.main(["sift", "--pool", str(tmp_path / "p.npy"), "--prompts",
                      str(tmp_path / "q.npy"), "--k", "3", "--x64"]) == 0, capsys.readouterr().err
     assert seen == [np.dtype(np.float64)]
+
+
+def test_normalize_rows_in_place_is_l2_normalize_without_a_second_pool():
+    import jax
+    import jax.numpy as jnp
+
+    from activeft_jax.kernels import l2_normalize
+
+    x = np.random.default_rng(3).standard_normal((1003, 37)).astype(np.float32)
+    x[5], x[7], x[1002] = 0, x[7] * 1e-20, x[1002] * 1e20
+    want = np.asarray(jax.jit(l2_normalize)(jnp.asarray(x)))
+    a = jnp.asarray(x)
+    got = _memory.normalize_rows_in_place(a, chunk_bytes=100 * 37 * 4)  # 10 chunks and a tail
+    assert a.is_deleted()  # the buffer was donated: written over, not copied
+    # The same formula in another fusion: equal up to the last bit or two of a unit row.
+    np.testing.assert_allclose(np.asarray(got), want, rtol=0, atol=4 * np.finfo(np.float32).eps)
+    np.testing.assert_array_equal(np.asarray(got)[5], 0)
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(got)[[7, 1002]], axis=1), 1, rtol=1e-6)
+
+
+@pytest.mark.parametrize("strategy", ["vtl", "itl", "sift"])
+def test_cli_normalize_gives_the_api_picks(tmp_path, capsys, strategy):
+    """`--normalize` normalizes the pool in place (no second pool); the picks are the API's
+    with normalize=True and the values agree to float32 round-off."""
+    import jax
+
+    pool = (POOL * np.random.default_rng(4).uniform(0.1, 10, (len(POOL), 1))).astype(np.float32)
+    np.save(tmp_path / "pool.npy", pool)
+    np.save(tmp_path / "t.npy", TARGET * 3)
+    if strategy == "sift":
+        args = ["sift", "--prompts", str(tmp_path / "t.npy"), "--k", "6", "--lambda", "0.1"]
+        ref = aft.selection.sift(pool, TARGET * 3, k=6, lambda_=0.1, normalize=True)
+    else:
+        args = ["select", "--strategy", strategy, "--target", str(tmp_path / "t.npy"), "--k", "6",
+                "--noise-std", "0.3"]
+        ref = aft.select(strategy, pool, TARGET * 3, k=6, noise_std=0.3, normalize=True,
+                         key=jax.random.key(0))
+    assert cli.main(args + ["--pool", str(tmp_path / "pool.npy"), "--normalize"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["indices"] == np.asarray(ref.indices).tolist()
+    np.testing.assert_allclose(np.asarray(got["values"], float), np.asarray(ref.values), rtol=1e-4,
+                               atol=1e-5 * float(np.max(np.abs(np.asarray(ref.values)))))
+
+
+def test_cli_normalize_refuses_what_the_api_refuses(tmp_path, capsys):
+    pool = POOL.astype(np.float32)
+    pool[3] *= 1e30  # squared norm overflows float32, although its unit row would not
+    np.save(tmp_path / "pool.npy", pool)
+    np.save(tmp_path / "t.npy", TARGET)
+    assert cli.main(["select", "--strategy", "vtl", "--pool", str(tmp_path / "pool.npy"),
+                     "--target", str(tmp_path / "t.npy"), "--k", "3", "--normalize"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pool" in err, err
+    with pytest.raises(ValueError, match="pool"):
+        aft.select("vtl", pool, TARGET, k=3, normalize=True)
