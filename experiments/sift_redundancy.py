@@ -63,13 +63,14 @@ Budget (2 quiet cores; `plan` prints it at the start of every run): a SmolLM2
 training step costs ~2 s and a scoring ~1.25 s here (calibrated on the first
 study's measured runs, `COSTS`), so the issue's full design (20 documents per
 corpus at three levels, and 20 for the λ grid, the k = 20 run and the SmolLM2
-embedding) would need 111-132 min.
+embedding) would need 113-134 min.
 The default therefore takes 10 documents per corpus for the grid, 3 for the
-k = 20 run, 6 for the λ grid and 4 for the SmolLM2 embedding, and is estimated
-at 43-53 min: the low end if SIFT's pick lists at the exact level and at the
-other λ repeat earlier ones (no retraining), the high end if none do; the
-estimate's per-step costs are uncertain by some 20%. ``--docs 20`` is the
-issue's 20 documents per corpus for the grid only (61-80 min). `--quick` (both
+k = 20 run, 6 for the λ grid and 4 for the SmolLM2 embedding: estimated at
+46-56 min (the low end if SIFT's pick lists at the exact level and at the other
+λ repeat earlier ones, the high end if none do), measured at 57 min from fresh
+caches (3 Dec 2026: 3419 s, 12.4 min of it MiniLM embeddings, which later runs
+read from their cache). ``--docs 20`` is the issue's 20 documents per corpus
+for the grid (63-81 min with the other parts). `--quick` (both
 corpora, 2 documents, pools cut to 400 chunks by a hash, k = 2, long k = 4,
 K = 50) is the smoke test, ~9 min.
 
@@ -747,11 +748,14 @@ def _cfg_from(d: dict) -> Config:
 #: document and method for 20 steps and 21 scorings), split between a training step
 #: (256 tokens, forward and backward) and a scoring (<= 512 tokens, forward) in the
 #: ratio of their FLOPs (3 x 256 : 512). MiniLM per text: 0.03 s fits the first
-#: study's news run, ~0.05 s its code run and the --quick run (with its compiles);
-#: 0.04 is taken. In-context per document and the fixed part (loading, building
-#: the pools, compiling) are rougher (x 1.5 either way).
-COSTS = {"step": 2.0, "eval": 1.25, "in_context_doc": 2.0, "minilm_text": 0.04,
-         "smollm2_token": 0.0035, "fixed": 240.0}
+#: study's news run, ~0.05 s its code run and the --quick run (with its compiles).
+#: The first full run of this study (3 Dec 2026, fresh caches: 3419 s, of it MiniLM
+#: 745 s for 14 223 texts, TTFT 2215 s for 800 steps and 424 scorings, i.e. 2.10 s per
+#: step-equivalent) set MiniLM at 0.052 s per text, in-context at 0.1 s per document
+#: (its scorings share the TTFT batches) and the fixed part (loading, building the
+#: pools, compiling, selecting) at 380 s; the plan then said 46-56 min.
+COSTS = {"step": 2.0, "eval": 1.25, "in_context_doc": 0.1, "minilm_text": 0.052,
+         "smollm2_token": 0.0035, "fixed": 380.0}
 
 
 def plan(cfg: Config, corpora, parts) -> dict:
@@ -916,7 +920,7 @@ def plot(res: dict, out: Path):
     if lg:
         cn, cs = np.asarray(lg["curve_nn"]), np.asarray(lg["curve_sift"])
         steps = np.arange(lg["k"] + 1)
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+        fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(16, 4))
         for cur, label, col in ((cn, "TTFT, nearest neighbours", "C0"),
                                 (cs, "TTFT, SIFT", "C1")):
             a1.plot(steps, cur.mean(0), "o-", ms=3, color=col, label=label)
@@ -924,10 +928,15 @@ def plot(res: dict, out: Path):
             a2.plot(steps, m, "o-", ms=3, color=col, label=label)
             a2.fill_between(steps, m - h, m + h, color=col, alpha=0.15)
         a2.axhline(0, color="k", lw=0.5)
+        m, h = ci(cs - cn)
+        a3.plot(steps, m, "o-", ms=3, color="C3", label="SIFT − NN (below 0: SIFT better)")
+        a3.fill_between(steps, m - h, m + h, color="C3", alpha=0.15)
+        a3.axhline(0, color="k", lw=0.5)
         a1.set_ylabel("bits per byte (mean over documents)")
         a2.set_ylabel("bpb − base (paired, mean ± 95% t-int.)")
+        a3.set_ylabel("bpb, SIFT − NN (paired, mean ± 95% t-int.)")
         from matplotlib.ticker import MaxNLocator
-        for a in (a1, a2):
+        for a in (a1, a2, a3):
             a.set_xlabel("test-time steps (picks)")
             a.xaxis.set_major_locator(MaxNLocator(integer=True))
             a.legend()
