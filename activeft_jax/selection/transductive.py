@@ -134,12 +134,14 @@ class GPRule:
         state = init_posterior(geo, target, k, inputs, shards)
         return condition_on_observed(geo, (state,), inputs, shards)[0]
 
-    def single(self, geo, inputs, shards, init, score) -> GreedyRule:
-        """A rule over one posterior."""
+    def single(self, geo, inputs, shards, init, score,
+               variance_scores: bool = False) -> GreedyRule:
+        """A rule over one posterior (`variance_scores`: see `roundoff`)."""
         update = self.updater(geo, inputs, shards)
         return GreedyRule(num_points=inputs.pool.shape[0], init=init, score=score,
                           update=lambda state, index, valid: update((state,), index, valid)[0],
-                          roundoff=roundoff(geo, inputs, shards, lambda state: (state,)))
+                          roundoff=roundoff(geo, inputs, shards, lambda state: (state,),
+                                            variance_scores))
 
 
 def roundoff(geo: Geometry, inputs: RuleInputs, shards: Shards, posteriors,

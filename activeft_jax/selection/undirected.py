@@ -47,13 +47,7 @@ from activeft_jax.selection.greedy import (
     masked_top_k,
 )
 from activeft_jax.selection.result import Selection
-from activeft_jax.selection.transductive import (
-    GPRule,
-    VTLRule,
-    _common_args,
-    roundoff,
-    run_gp_rule,
-)
+from activeft_jax.selection.transductive import GPRule, VTLRule, _common_args, run_gp_rule
 
 __all__ = ["UndirectedITLRule", "UndirectedVTLKernelRule", "uncertainty", "undirected_itl",
            "undirected_vtl"]
@@ -66,13 +60,12 @@ class UndirectedITLRule(GPRule):
     def build(self, inputs: RuleInputs, k: int, shards: Shards) -> GreedyRule:
         """The undirected ITL rule on `inputs` with room for k picks."""
         geo = self.geometry(inputs, compress=False)
-        rule = self.single(geo, inputs, shards,
+        # The score is the variance itself: its round-off is ε·k(x, x) in absolute terms.
+        return self.single(geo, inputs, shards,
                            init=lambda: self.prior(geo, None, k, inputs, shards),
                            score=lambda state: gp.posterior.refine_scores(geo.space, (state,),
-                                                                lambda st: st[0].var))
-        # The score is the variance itself: its round-off is ε·k(x, x) in absolute terms.
-        return rule._replace(roundoff=roundoff(geo, inputs, shards, lambda state: (state,),
-                                               variance_scores=True))
+                                                                lambda st: st[0].var),
+                           variance_scores=True)
 
 
 class _StreamedVTL(NamedTuple):
