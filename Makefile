@@ -36,7 +36,7 @@ sift-study: install
 	$(PY) -m experiments.sift_study
 
 # SIFT vs nearest neighbours on redundant pools (issue 17): exact and near-duplicate
-# levels, a lambda grid, a k = 20 run, SmolLM2 prompt embeddings (57 min on 2 cores from fresh caches, ~45 min after);
+# levels, a lambda grid, a k = 20 run, SmolLM2 prompt embeddings (57 min on 2 cores from fresh caches, 12 of them MiniLM embeddings cached for later runs);
 # the quick form is a ~9 min smoke test. Neither is part of `make test`.
 sift-redundancy: install
 	$(PY) -m experiments.sift_redundancy
