@@ -330,6 +330,40 @@ def test_pair_and_row_bounds_give_the_dense_run(bounds, refresh):
     assert work[1:].mean() < (0.5 if bounds == "pairs" else 1.0)  # later steps skip work
 
 
+def test_pair_bounds_are_rounded_up_to_half_precision(dtype):
+    from activeft_jax.selection.prototypes import _gap_dtype, _round_up
+
+    half = np.dtype(_gap_dtype(dtype))
+    assert half == (np.float16 if dtype == "float32" else np.float32)
+    rng = np.random.default_rng(4)
+    v = np.concatenate([rng.uniform(-1, 1, 4000), rng.uniform(-9, 9, 4000) * 10.0 ** rng.integers(-6, 1, 4000),
+                        [0.0, -0.0, 1.0, -0.5, 2.0 ** -20, np.inf, -np.inf]]).astype(dtype)
+    up = np.asarray(_round_up(jnp.asarray(v), half))
+    assert up.dtype == half
+    # An upper bound, and the smallest one in the half type: the next value down is below v.
+    assert np.all(up.astype(dtype) >= v)
+    below = np.nextafter(up, np.asarray(-np.inf, half)).astype(dtype)
+    finite = np.isfinite(v)
+    assert np.all(below[finite] < v[finite])
+    exact = up.astype(dtype) == v  # values the half type holds are kept as they are
+    np.testing.assert_array_equal(exact, v.astype(half).astype(dtype) == v)
+
+
+def test_pair_bounds_give_the_dense_run_in_float64():
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(12)
+        centers = rng.standard_normal((5, 10))
+        feats = centers[rng.integers(0, 5, 500)] + 0.4 * rng.standard_normal((500, 10))
+        init = rng.choice(500, 30, replace=False)
+        kw = dict(k=30, init_indices=init, steps=30, chunk_rows=128)
+        dense = aft.selection.fit_activeft(feats, prune=False, **kw)
+        pruned = aft.selection.fit_activeft(feats, prune=True, bounds="pairs", **kw)
+        assert pruned.losses.dtype == np.float64
+        np.testing.assert_array_equal(pruned.selection.indices, dense.selection.indices)
+        np.testing.assert_array_equal(pruned.losses, dense.losses)
+        assert float(jnp.mean(pruned.recomputed[1:])) < 0.5
+
+
 def test_first_argmax_is_argmax_with_ties():
     from activeft_jax.selection.prototypes import _first_argmax
 

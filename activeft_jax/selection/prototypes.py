@@ -126,11 +126,13 @@ class _PairBounds(NamedTuple):
     `gap[i, k]` = f_iᵀθ̂_k(t_ik) − D_k(t_ik) at the pair's last exact computation
     t_ik, where D_k(t) is the path length prototype k has travelled (the sum of
     its per-step moves); so f_iᵀθ̂_k(t) ≤ gap[i, k] + D_k(t) at every later t.
-    The assigned pair holds −inf.
+    The assigned pair holds −inf. `gap` is stored at half the features' precision
+    (float16 for float32 features), rounded upwards (`_round_up`): it stays an
+    upper bound, and the passes over it read and write half the bytes.
     """
 
     assign: jax.Array  # [N] int32, c_i
-    gap: jax.Array     # [N, B]
+    gap: jax.Array     # [N, B], `_gap_dtype(features' dtype)`
     travel: jax.Array  # [B] D_k at the last step
     last: jax.Array    # [B, d] prototypes at the last step
     order: jax.Array   # [N] int32 features sorted by their prototype at the last sort
@@ -356,6 +358,17 @@ def _margin(dtype) -> float:
     return float(256 * jnp.finfo(dtype).eps)
 
 
+def _gap_dtype(dtype):
+    """The pair bounds' storage type: float16 for float32 features, float32 for float64."""
+    return jnp.float16 if jnp.dtype(dtype).itemsize <= 4 else jnp.float32
+
+
+def _round_up(v, dtype):
+    """`v` converted to `dtype`, rounded towards +inf (an upper bound stays one)."""
+    h = v.astype(dtype)
+    return jnp.where(h.astype(v.dtype) < v, jnp.nextafter(h, jnp.asarray(jnp.inf, dtype)), h)
+
+
 def _runner_up(sims, assign, shift):
     """max over k != c_i of sims[i, k] + shift[k]: [C, B], [C], [B] -> [C]."""
     b = sims.shape[1]
@@ -457,6 +470,7 @@ def _pair_assignment(protos, feats, bounds: _PairBounds, step, rows: int, refres
     travel = bounds.travel + jnp.sqrt(jnp.sum((protos - bounds.last) ** 2, axis=1))   # D_k(now)
     margin = _margin(feats.dtype)
     cols = jnp.arange(b)
+    gap_dtype = bounds.gap.dtype
 
     def check(x, c, gap):
         # A pair is open when its bound reaches the feature's similarity to its own prototype.
@@ -468,7 +482,8 @@ def _pair_assignment(protos, feats, bounds: _PairBounds, step, rows: int, refres
     def whole_rows(x):
         sims = matmul(x, protos.T)
         c = _first_argmax(sims)
-        return c, jnp.where(cols[None, :] == c[:, None], -jnp.inf, sims - travel[None, :])
+        return c, _round_up(jnp.where(cols[None, :] == c[:, None], -jnp.inf,
+                                      sims - travel[None, :]), gap_dtype)
 
     def whole_rows_own(x):
         c, gap = whole_rows(x)
@@ -505,7 +520,7 @@ def _pair_assignment(protos, feats, bounds: _PairBounds, step, rows: int, refres
             def few(_):
                 pick = jnp.nonzero(used, size=width, fill_value=b)[0]
                 ok = pick < b
-                kept = jnp.minimum(pick, b - 1)
+                kept = jnp.minimum(pick, b - 1).astype(jnp.int32)
                 scores = matmul(x, protos[kept].T)                               # [r, U]
                 # The own prototype counts with its similarity from the check pass.
                 other = ok[None, :] & (kept[None, :] != c[:, None])
@@ -519,10 +534,10 @@ def _pair_assignment(protos, feats, bounds: _PairBounds, step, rows: int, refres
                 close = valid & (runner > -jnp.inf) & (jnp.maximum(best, s) - runner <= margin)
                 new_c = jnp.where(win, kept[j], c)
                 # Pairs scored now get exact bounds; the assigned pair holds -inf.
-                g2 = g.at[:, pick].set(jnp.where(other, scores - travel[kept][None, :],
-                                                 g[:, kept]), mode="drop")
+                fresh = _round_up(scores - travel[kept][None, :], gap_dtype)
+                g2 = g.at[:, pick].set(jnp.where(other, fresh, g[:, kept]), mode="drop")
                 ar = jnp.arange(r)
-                g2 = g2.at[ar, c].set(jnp.where(win, s - travel[c], -jnp.inf))
+                g2 = g2.at[ar, c].set(_round_up(jnp.where(win, s - travel[c], -jnp.inf), gap_dtype))
                 g2 = g2.at[ar, new_c].set(-jnp.inf)
                 return lax.cond(jnp.any(close), lambda _: whole_rows(x),
                                 lambda _: (new_c, g2), None)
@@ -572,7 +587,8 @@ def _init_state(feats, key, init_indices, hyper, cfg: _Config,
         bounds = _Bounds(jnp.zeros((n,), jnp.int32), jnp.full((n,), jnp.inf, feats.dtype),
                          l2_normalize(params))
     elif cfg.prune == "pairs":
-        bounds = _PairBounds(jnp.zeros((n,), jnp.int32), jnp.full((n, b), jnp.inf, feats.dtype),
+        bounds = _PairBounds(jnp.zeros((n,), jnp.int32),
+                             jnp.full((n, b), jnp.inf, _gap_dtype(feats.dtype)),
                              jnp.zeros((b,), feats.dtype), l2_normalize(params),
                              jnp.arange(n, dtype=jnp.int32))
     opt_state = _optimizer(cfg, hyper).init(params)
