@@ -7,8 +7,8 @@ given (a copy renamed `activeft_jax_ab0`, `activeft_jax_ab1`, ...), builds each
 version's solver on the same features and initial indices, and steps the fits
 alternately: version 0 step t, version 1 step t, ... so that both see the same
 load. Each step's time is the best over `--reps` runs of the whole fit; the
-report is the sum over the steps (per 50-step window too) and a hash of the
-picks (the versions should pick the same).
+report is the sum over the steps (per 50-step window too) and whether each
+version picks what the first one does (they should).
 
     .venv/bin/python experiments/benchmarks/ab_activeft_steps.py main HEAD
     .venv/bin/python experiments/benchmarks/ab_activeft_steps.py main HEAD --problem normal
@@ -21,9 +21,11 @@ Features as in compare_activeft.py (N = 20 000, d = 384, B = 400, 300 steps,
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -67,6 +69,7 @@ def main() -> None:
     import jax
 
     tmp = tempfile.mkdtemp(prefix="ab_activeft_")
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
     sys.path.insert(0, tmp)
     names = [export(ref, f"activeft_jax_ab{i}", tmp) for i, ref in enumerate(args.refs)]
     clustered = args.problem == "clustered"
