@@ -349,6 +349,89 @@ def test_pair_bounds_are_rounded_up_to_half_precision(dtype):
     np.testing.assert_array_equal(exact, v.astype(half).astype(dtype) == v)
 
 
+def test_pair_bounds_are_rounded_down_when_they_bound_angles(dtype):
+    from activeft_jax.selection.prototypes import _gap_dtype, _round_down
+
+    half = np.dtype(_gap_dtype(dtype))
+    rng = np.random.default_rng(5)
+    v = np.concatenate([rng.uniform(0, 4, 4000), rng.uniform(-1, 1, 2000) * 10.0 ** rng.integers(-6, 1, 2000),
+                        [0.0, 1.0, 2.0 ** -20, np.inf, -np.inf]]).astype(dtype)
+    down = np.asarray(_round_down(jnp.asarray(v), half))
+    assert down.dtype == half and np.all(down.astype(dtype) <= v)
+    above = np.nextafter(down, np.asarray(np.inf, half)).astype(dtype)  # the largest such value
+    finite = np.isfinite(v)
+    assert np.all(above[finite] > v[finite])
+
+
+def test_angle_bounds_hold_on_the_whole_range(dtype):
+    # The pair bounds store lower bounds on angles, arccos of similarities, and compare
+    # them with upper bounds: both must hold for every cosine, ±1 and round-off past them.
+    from activeft_jax.selection.prototypes import _acos_lower, _acos_upper
+
+    x = np.concatenate([np.linspace(-1, 1, 200_001), 1 - np.logspace(-12, -1, 500),
+                        -1 + np.logspace(-12, -1, 500), [-1.0, 0.0, 1.0]])
+    exact = np.arccos(np.clip(x, -1, 1))
+    xs = jnp.asarray(x, dtype)
+    exact_of_given = np.arccos(np.clip(np.asarray(xs, np.float64), -1, 1))
+    lo, hi = np.asarray(_acos_lower(xs), np.float64), np.asarray(_acos_upper(xs), np.float64)
+    assert np.all(lo <= exact_of_given) and np.all(hi >= exact_of_given)
+    assert np.max(hi - lo) < 4e-4  # tight: the bounds decide which pairs are recomputed
+    del exact
+    past = jnp.asarray([1 + 1e-6, 1.01, -1 - 1e-6, -1.01], dtype)  # round-off past ±1: clipped
+    np.testing.assert_array_less(np.asarray(_acos_lower(past)), [1e-12, 1e-12, np.pi, np.pi])
+    assert np.all(np.asarray(_acos_upper(past)) >= [0, 0, np.pi - 1e-6, np.pi - 1e-6])
+
+
+def test_step_angle_bounds_the_angle_each_prototype_turned(dtype):
+    from activeft_jax.selection.prototypes import _step_angle
+
+    rng = np.random.default_rng(6)
+    a = _unit(rng.standard_normal((300, 16)))
+    scale = 10.0 ** rng.uniform(-7, 0.5, (300, 1))  # from round-off to half a turn and more
+    b = _unit(a + scale * rng.standard_normal((300, 16)))
+    b[:3] = a[:3]            # no move
+    b[3] = -a[3]             # a half turn
+    got = np.asarray(_step_angle(jnp.asarray(b, dtype), jnp.asarray(a, dtype)), np.float64)
+    a64, b64 = (np.asarray(jnp.asarray(v, dtype), np.float64) for v in (a, b))
+    a64, b64 = _unit(a64), _unit(b64)
+    true = np.arccos(np.clip(np.sum(a64 * b64, axis=1), -1, 1))
+    assert np.all(got >= true)
+    np.testing.assert_allclose(got, true, rtol=1e-3, atol=1e-3)
+
+
+def test_chain_rank_is_a_greedy_nearest_neighbour_path():
+    from activeft_jax.selection.prototypes import _chain_rank
+
+    rng = np.random.default_rng(7)
+    p = _unit(rng.standard_normal((40, 8))).astype(np.float32)
+    rank = np.asarray(_chain_rank(jnp.asarray(p)))
+    np.testing.assert_array_equal(np.sort(rank), np.arange(40))  # a permutation
+    gram = p.astype(np.float64) @ p.T.astype(np.float64)
+    path, seen = [0], {0}
+    for _ in range(39):
+        row = np.where([j in seen for j in range(40)], -np.inf, gram[path[-1]])
+        path.append(int(np.argmax(row)))
+        seen.add(path[-1])
+    np.testing.assert_array_equal(np.argsort(rank), path)
+
+
+def test_pair_bounds_give_the_dense_run_with_exact_ties():
+    # Repeated features: prototypes that start on copies of one feature score every
+    # feature the same, so their two best are within round-off (rescored as whole rows).
+    rng = np.random.default_rng(13)
+    base = rng.standard_normal((60, 10)) + 2.0 * rng.standard_normal((4, 10))[rng.integers(0, 4, 60)]
+    feats = np.concatenate([base] * 6).astype(np.float32)
+    init = np.concatenate([np.arange(0, 10), np.arange(60, 70), rng.choice(np.arange(120, 360), 10,
+                                                                          replace=False)])
+    kw = dict(k=30, init_indices=init, steps=40, chunk_rows=64)
+    dense = aft.selection.fit_activeft(feats, prune=False, **kw)
+    pruned = aft.selection.fit_activeft(feats, prune=True, bounds="pairs", **kw)
+    np.testing.assert_array_equal(pruned.selection.indices, dense.selection.indices)
+    np.testing.assert_array_equal(pruned.losses, dense.losses)
+    np.testing.assert_array_equal(pruned.prototypes, dense.prototypes)
+    assert float(jnp.mean(pruned.recomputed[1:])) < 0.9
+
+
 def test_pair_bounds_give_the_dense_run_in_float64():
     with jax.enable_x64(True):
         rng = np.random.default_rng(12)
