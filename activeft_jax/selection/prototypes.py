@@ -540,6 +540,11 @@ def _pair_assignment(protos, feats, bounds: _PairBounds, step, rows: int, refres
     cols = jnp.arange(b)
     gap_dtype = bounds.gap.dtype
 
+    def angle_lower(sims):
+        # A lower bound on the angle of a similarity computed with round-off: the
+        # margin covers the round-off, which arccos magnifies by 1 / sin(angle).
+        return _acos_lower(sims + margin)
+
     # A pair is open when the lower bound on its angle reaches the upper bound on the
     # angle of the feature's own similarity less the margin, `limit`. (Two passes: in
     # one, XLA:CPU recomputes the [C] polynomial for each element of the [C, B] compare.)
@@ -553,7 +558,7 @@ def _pair_assignment(protos, feats, bounds: _PairBounds, step, rows: int, refres
         sims = matmul(x, protos.T)
         c = _first_argmax(sims)
         return c, _round_down(jnp.where(cols[None, :] == c[:, None], jnp.inf,
-                                        _acos_lower(sims) + travel[None, :]), gap_dtype)
+                                        angle_lower(sims) + travel[None, :]), gap_dtype)
 
     def whole_rows_own(x):
         c, gap = whole_rows(x)
@@ -610,10 +615,10 @@ def _pair_assignment(protos, feats, bounds: _PairBounds, step, rows: int, refres
                 close = valid & (runner > -jnp.inf) & (jnp.maximum(best, s) - runner <= margin)
                 new_c = jnp.where(win, kept[j], c)
                 # Pairs scored now get exact bounds; the assigned pair holds -inf.
-                fresh = _round_down(_acos_lower(scores) + travel[kept][None, :], gap_dtype)
+                fresh = _round_down(angle_lower(scores) + travel[kept][None, :], gap_dtype)
                 g2 = g.at[:, pick].set(jnp.where(other, fresh, g[:, kept]), mode="drop")
                 ar = jnp.arange(r)
-                g2 = g2.at[ar, c].set(_round_down(jnp.where(win, _acos_lower(s) + travel[c], jnp.inf),
+                g2 = g2.at[ar, c].set(_round_down(jnp.where(win, angle_lower(s) + travel[c], jnp.inf),
                                                   gap_dtype))
                 g2 = g2.at[ar, new_c].set(jnp.inf)
                 scored = jnp.sum(valid).astype(jnp.float32) * num_used
