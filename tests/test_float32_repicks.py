@@ -32,8 +32,11 @@ def _problem(seed):
     return pool.astype(np.float32), target.astype(np.float32), noise_std, k
 
 
-def _dense_greedy(rule, pool, target, k, noise_std):
-    """Exact greedy (float64, with repeats) on the joint kernel matrix, as the reference."""
+def _dense_greedy(rule, pool, target, k, noise_std, gaps=None):
+    """Exact greedy (float64, with repeats) on the joint kernel matrix, as the reference.
+
+    `gaps`, a list, receives each step's gap between the best and second-best
+    score relative to the best score's size."""
     x = pool.astype(np.float64)
     n = x.shape[0]
     a = target.astype(np.float64) if rule in DIRECTED else np.zeros((0, x.shape[1]))
@@ -56,6 +59,9 @@ def _dense_greedy(rule, pool, target, k, noise_std):
             rho = c / np.sqrt(np.outer(var, var_a))
             score = rho.mean(1) if rule == "ctl" else (-0.5 * np.log(1 - rho * rho)).mean(1)
         i = int(np.argmax(score))
+        if gaps is not None:
+            top2 = np.sort(score)[-2:]
+            gaps.append((top2[1] - top2[0]) / max(abs(top2[1]), np.finfo(np.float64).tiny))
         picks.append(i)
         col = cov[:, i].copy()
         cov -= np.outer(col, col) / (col[i] + s2)
@@ -71,11 +77,18 @@ CASES = [("vtl", 37), ("itl", 37), ("ctl", 37), ("mmitl", 20), ("undirected_itl"
 @pytest.mark.parametrize("rule, seed", CASES, ids=[f"{r}-{s}" for r, s in CASES])
 def test_float32_repicks_follow_the_exact_greedy(rule, seed):
     pool, target, noise_std, k = _problem(seed)
-    exact = _dense_greedy(rule, pool, target, k, noise_std)
-    assert len(set(exact)) < k, "the exact greedy re-picks here"
+    gaps = []
+    exact = _dense_greedy(rule, pool, target, k, noise_std, gaps)
+    # Up to the first step whose two best exact scores are within float32's resolution
+    # (relative gap below 1e-5, ~80 ulps): there no float32 computation can be asked to
+    # follow, and which of the two it takes depends on the CPU's instructions (on
+    # undirected_vtl-37 the gap at step 23 is 4e-7, 3 ulps: one AVX2 machine takes the
+    # other one). The picks before it, re-picks among them, must be the exact ones.
+    m = next((t for t, g in enumerate(gaps) if g < 1e-5), k)
+    assert m >= 20 and len(set(exact[:m])) < m, "the exact greedy re-picks before any near tie"
     fn = getattr(aft.selection, rule)
     kw = dict(k=k, noise_std=noise_std, allow_repeats=True)
     sel = fn(jnp.asarray(pool), jnp.asarray(target), **kw) if rule in DIRECTED else fn(
         jnp.asarray(pool), **kw)
     assert sel.indices.dtype == jnp.int32 and jnp.asarray(pool).dtype == jnp.float32
-    np.testing.assert_array_equal(np.asarray(sel.indices), exact)
+    np.testing.assert_array_equal(np.asarray(sel.indices)[:m], exact[:m])
