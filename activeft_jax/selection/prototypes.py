@@ -579,7 +579,7 @@ def _pair_assignment(protos, feats, bounds: _PairBounds, step, rows: int, refres
 
     r = min(block, n)
     width = min(b, max(8, b // 8))   # U: prototypes scored per block before a whole-row fallback
-    ties = min(16, r)                # near ties rescored by whole rows before the block is
+    ties = min(16, r)                # near-tie rows rescored alone (more: the whole block)
 
     def partial(_):
         order = bounds.order
@@ -614,7 +614,7 @@ def _pair_assignment(protos, feats, bounds: _PairBounds, step, rows: int, refres
                 runner = jnp.where(win, jnp.maximum(second, s), best)
                 close = valid & (runner > -jnp.inf) & (jnp.maximum(best, s) - runner <= margin)
                 new_c = jnp.where(win, kept[j], c)
-                # Pairs scored now get exact bounds; the assigned pair holds -inf.
+                # Pairs scored now get exact bounds; the assigned pair holds +inf.
                 fresh = _round_down(angle_lower(scores) + travel[kept][None, :], gap_dtype)
                 g2 = g.at[:, pick].set(jnp.where(other, fresh, g[:, kept]), mode="drop")
                 ar = jnp.arange(r)
