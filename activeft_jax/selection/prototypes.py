@@ -430,7 +430,11 @@ def _acos_upper(x):
 
 
 def _step_angle(protos, last):
-    """An upper bound on the angle each unit-norm prototype turned since `last`: [B]."""
+    """An upper bound on the angle each unit-norm prototype turned since `last`: [B].
+
+    2·arcsin(chord / 2), with the chord enlarged by 1e-6 (relative) and 1e-7 rad
+    added for the float round-off of the chord and of arcsin.
+    """
     chord = jnp.sqrt(jnp.sum((protos - last) ** 2, axis=1))
     return 2 * jnp.arcsin(jnp.minimum(chord * (1 + 1e-6) / 2, 1)) + _ACOS_ERR / 1000
 
