@@ -26,7 +26,7 @@ from typing import Any, NamedTuple, Union
 
 import numpy as np
 
-from activeft_jax.models.llama import _LAYER_KEYS, LlamaConfig, _check_shapes
+from activeft_jax.models.llama import _LAYER_KEYS, LlamaConfig, _with_globals
 
 __all__ = [
     "GGUFFile",
@@ -401,17 +401,14 @@ def _stacked_params(reader: GGUFFile, config: LlamaConfig) -> dict:
             hf = _BLOCK_NAMES[next(k for k, v in _STACKED_KEYS.items() if v == key)]
             raise KeyError(f"checkpoint has no tensor 'model.layers.{missing[0]}.{hf}.weight'")
 
-    def glob(name):
-        if name not in by_name:
-            raise KeyError(f"checkpoint has no tensor {_GLOBAL_NAMES[name]!r}")
-        return dequantize(by_name[name])
+    gguf_name = {hf: name for name, hf in _GLOBAL_NAMES.items()}
 
-    params = {"embed_tokens": glob("token_embd.weight"), "layers": layers,
-              "norm": glob("output_norm.weight")}
-    if not config.tie_word_embeddings:
-        params["lm_head"] = glob("output.weight")
-    _check_shapes(params, config)
-    return params
+    def get(hf_name):
+        if gguf_name[hf_name] not in by_name:
+            raise KeyError(f"checkpoint has no tensor {hf_name!r}")
+        return dequantize(by_name[gguf_name[hf_name]])
+
+    return _with_globals(layers, get, config)
 
 
 def read_llama_gguf(path: Union[str, Path]) -> GGUFLlama:

@@ -261,6 +261,12 @@ def params_from_hf(tensors: Mapping[str, np.ndarray], config: LlamaConfig) -> di
         for i in range(config.num_layers):
             stacked[i] = first if i == 0 else get(f"model.layers.{i}.{sub[key]}.weight")
         layers[key] = stacked
+    return _with_globals(layers, get, config)
+
+
+def _with_globals(layers: dict, get, config: LlamaConfig) -> dict:
+    """The params pytree from the stacked `layers` and `get(hf_name)` for the tensors
+    outside the layers; shapes checked against `config`."""
     params = {"embed_tokens": get("model.embed_tokens.weight"), "layers": layers,
               "norm": get("model.norm.weight")}
     if not config.tie_word_embeddings:
