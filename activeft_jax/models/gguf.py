@@ -26,7 +26,7 @@ from typing import Any, NamedTuple, Union
 
 import numpy as np
 
-from activeft_jax.models.llama import _LAYER_KEYS, LlamaConfig, _with_globals
+from activeft_jax.models.llama import _HF_LAYER_NAMES, _LAYER_KEYS, LlamaConfig, _with_globals
 
 __all__ = [
     "GGUFFile",
@@ -290,27 +290,39 @@ def unpermute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, hd // 2, 2, inp).swapaxes(1, 2).reshape(out, inp)
 
 
+def _block_of(t: GGUFTensor) -> tuple[int, str] | None:
+    """(layer, GGUF kind) of a per-block tensor, None for one of `_GLOBAL_NAMES`;
+    NotImplementedError for any other tensor."""
+    m = _BLOCK_RE.match(t.name)
+    if m is not None and m.group(2) in _BLOCK_NAMES:
+        return int(m.group(1)), m.group(2)
+    if m is None and t.name in _GLOBAL_NAMES:
+        return None
+    if t.name == "rope_freqs.weight":
+        raise NotImplementedError("GGUF files with rope_freqs (scaled RoPE) are not supported")
+    raise NotImplementedError(f"unexpected GGUF tensor {t.name!r}")
+
+
+def _dequantize_hf(t: GGUFTensor, kind: str, config: LlamaConfig) -> np.ndarray:
+    """A block tensor in HF's layout (attn_q / attn_k rows un-permuted)."""
+    w = dequantize(t)
+    if kind == "attn_q":
+        return unpermute_qk(w, config.num_heads)
+    if kind == "attn_k":
+        return unpermute_qk(w, config.num_kv_heads)
+    return w
+
+
 def dequantize_tensors(reader: GGUFFile, config: LlamaConfig) -> dict[str, np.ndarray]:
     """All tensors as float32 NumPy arrays under their HF names, [out, in], Q/K un-permuted."""
     tensors = {}
     for t in reader.tensors:
-        w = dequantize(t)
-        m = _BLOCK_RE.match(t.name)
-        if m is not None:
-            i, kind = int(m.group(1)), m.group(2)
-            if kind not in _BLOCK_NAMES:
-                raise NotImplementedError(f"unexpected GGUF tensor {t.name!r}")
-            if kind == "attn_q":
-                w = unpermute_qk(w, config.num_heads)
-            elif kind == "attn_k":
-                w = unpermute_qk(w, config.num_kv_heads)
-            tensors[f"model.layers.{i}.{_BLOCK_NAMES[kind]}.weight"] = w
-        elif t.name in _GLOBAL_NAMES:
-            tensors[_GLOBAL_NAMES[t.name]] = w
-        elif t.name == "rope_freqs.weight":
-            raise NotImplementedError("GGUF files with rope_freqs (scaled RoPE) are not supported")
+        block = _block_of(t)
+        if block is None:
+            tensors[_GLOBAL_NAMES[t.name]] = dequantize(t)
         else:
-            raise NotImplementedError(f"unexpected GGUF tensor {t.name!r}")
+            i, kind = block
+            tensors[f"model.layers.{i}.{_BLOCK_NAMES[kind]}.weight"] = _dequantize_hf(t, kind, config)
     return tensors
 
 
@@ -357,10 +369,8 @@ def tokenizer_from_gguf(reader: GGUFFile):
 
 
 # GGUF block tensor kind -> key of the stacked params (llama.py's layout).
-_STACKED_KEYS = {"attn_norm": "input_layernorm", "attn_q": "q_proj", "attn_k": "k_proj",
-                 "attn_v": "v_proj", "attn_output": "o_proj",
-                 "ffn_norm": "post_attention_layernorm", "ffn_gate": "gate_proj",
-                 "ffn_up": "up_proj", "ffn_down": "down_proj"}
+_STACKED_KEYS = {kind: key for kind, hf in _BLOCK_NAMES.items()
+                 for key, hf_key in _HF_LAYER_NAMES.items() if hf == hf_key}
 
 
 def _stacked_params(reader: GGUFFile, config: LlamaConfig) -> dict:
@@ -370,17 +380,10 @@ def _stacked_params(reader: GGUFFile, config: LlamaConfig) -> dict:
     by_name = {t.name: t for t in reader.tensors}
     layers, seen = {}, set()
     for t in reader.tensors:
-        m = _BLOCK_RE.match(t.name)
-        if m is None:
-            if t.name == "rope_freqs.weight":
-                raise NotImplementedError(
-                    "GGUF files with rope_freqs (scaled RoPE) are not supported")
-            if t.name not in _GLOBAL_NAMES:
-                raise NotImplementedError(f"unexpected GGUF tensor {t.name!r}")
+        block = _block_of(t)
+        if block is None:
             continue
-        i, kind = int(m.group(1)), m.group(2)
-        if kind not in _STACKED_KEYS:
-            raise NotImplementedError(f"unexpected GGUF tensor {t.name!r}")
+        i, kind = block
         if not 0 <= i < config.num_layers:
             raise ValueError(f"GGUF tensor {t.name!r} is past block_count {config.num_layers}")
         key = _STACKED_KEYS[kind]
@@ -390,16 +393,15 @@ def _stacked_params(reader: GGUFFile, config: LlamaConfig) -> dict:
             raise ValueError(f"GGUF tensor {t.name!r} has shape {tuple(t.shape)}; "
                              f"layer 0's is {layers[key].shape[1:]}")
         if kind in ("attn_q", "attn_k"):
-            heads = config.num_heads if kind == "attn_q" else config.num_kv_heads
-            layers[key][i] = unpermute_qk(dequantize(t), heads)
+            layers[key][i] = _dequantize_hf(t, kind, config)
         else:
             dequantize(t, out=layers[key][i])
         seen.add((key, i))
     for key in _LAYER_KEYS:
         missing = [i for i in range(config.num_layers) if (key, i) not in seen]
         if missing:
-            hf = _BLOCK_NAMES[next(k for k, v in _STACKED_KEYS.items() if v == key)]
-            raise KeyError(f"checkpoint has no tensor 'model.layers.{missing[0]}.{hf}.weight'")
+            raise KeyError(f"checkpoint has no tensor "
+                           f"'model.layers.{missing[0]}.{_HF_LAYER_NAMES[key]}.weight'")
 
     gguf_name = {hf: name for name, hf in _GLOBAL_NAMES.items()}
 

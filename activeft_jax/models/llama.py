@@ -55,6 +55,13 @@ _NLL_CHUNK_ROWS = 512
 _ATTN_CHUNK_ABOVE = 1024
 _ATTN_BLOCK = 512
 
+# Stacked layer key -> HF name inside `model.layers.{i}.` (without `.weight`).
+_HF_LAYER_NAMES = {"input_layernorm": "input_layernorm",
+                   "post_attention_layernorm": "post_attention_layernorm",
+                   "q_proj": "self_attn.q_proj", "k_proj": "self_attn.k_proj",
+                   "v_proj": "self_attn.v_proj", "o_proj": "self_attn.o_proj",
+                   "gate_proj": "mlp.gate_proj", "up_proj": "mlp.up_proj",
+                   "down_proj": "mlp.down_proj"}
 _LAYER_KEYS = ("input_layernorm", "q_proj", "k_proj", "v_proj", "o_proj",
                "post_attention_layernorm", "gate_proj", "up_proj", "down_proj")
 
@@ -249,11 +256,7 @@ def params_from_hf(tensors: Mapping[str, np.ndarray], config: LlamaConfig) -> di
             raise KeyError(f"checkpoint has no tensor {name!r}")
         return np.asarray(tensors[name], dtype=np.float32)
 
-    sub = {"input_layernorm": "input_layernorm",
-           "post_attention_layernorm": "post_attention_layernorm",
-           "q_proj": "self_attn.q_proj", "k_proj": "self_attn.k_proj",
-           "v_proj": "self_attn.v_proj", "o_proj": "self_attn.o_proj",
-           "gate_proj": "mlp.gate_proj", "up_proj": "mlp.up_proj", "down_proj": "mlp.down_proj"}
+    sub = _HF_LAYER_NAMES
     layers = {}
     for key in _LAYER_KEYS:
         first = get(f"model.layers.0.{sub[key]}.weight")
