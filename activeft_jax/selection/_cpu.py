@@ -1,0 +1,181 @@
+"""CPU kernels for two of ActiveFT's per-step passes, built on first use (XLA FFI).
+
+On CPU a pruned ActiveFT step reads the features twice and its [N, B] bounds
+once whatever it recomputes. XLA:CPU runs the loss's scatter-add of the
+features into their prototypes at ~2 GFLOP/s and checks the float16 bounds at
+about half the speed of reading them. The kernels in `_cpu_kernels.cc` do these
+two passes (`tests/test_cpu_kernels.py`): `open_rows` gives the XLA form's
+booleans exactly; `scatter_rows_kernel` adds the rows in index order with each
+product and sum rounded on its own, a serial float32 sum. (XLA:CPU's own
+scatter contracts the multiply and the add into a fused multiply-add in some
+fusions and not in others, so its bits depend on how a program is fused, by
+an ulp; the kernel's do not.)
+
+They are compiled once per (source, jaxlib, compiler, CPU) with the host's C++
+compiler (`$CXX`, else `c++`/`g++`) against the FFI headers that jaxlib ships,
+into `$ACTIVEFT_JAX_CACHE` (default `~/.cache/activeft_jax`), and registered
+for the CPU platform. Without a compiler, or with `ACTIVEFT_JAX_CPU_KERNELS=0`,
+the XLA forms run instead (a warning says why, once; none when switched off).
+The two agree up to that ulp of round-off in the gradient, which on features
+with near ties can, rarely, change a pick, as any other summation order would.
+Accelerators always run the XLA forms: `lax.platform_dependent` chooses per
+platform when the program is lowered.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import importlib.metadata
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+__all__ = ["available", "usable", "on_cpu", "scatter_rows_kernel", "open_rows"]
+
+_SOURCE = Path(__file__).with_name("_cpu_kernels.cc")
+_TARGETS = {"afj_scatter_rows": "AfjScatterRows", "afj_open_rows": "AfjOpenRows"}
+_FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-fast-math", "-std=c++17",
+          "-shared", "-fPIC"]
+_lock = threading.Lock()
+_state: dict = {}
+
+
+def _compiler() -> Optional[str]:
+    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _cpu_fingerprint() -> str:
+    # -march=native code must not run on another CPU (a cache on a shared home).
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        lines = [ln for ln in info.splitlines() if ln.startswith(("model name", "flags"))][:2]
+        return "\n".join(lines)
+    except OSError:
+        return platform.processor() + platform.machine()
+
+
+def _jaxlib_version() -> str:
+    try:
+        return importlib.metadata.version("jaxlib")
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("ACTIVEFT_JAX_CACHE")
+    if root:
+        return Path(root)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "activeft_jax"
+
+
+def _build() -> Path:
+    cxx = _compiler()
+    if cxx is None:
+        raise RuntimeError("no C++ compiler found (set CXX)")
+    include = jax.ffi.include_dir()
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True,
+                             check=False).stdout.splitlines()[:1]
+    key = hashlib.sha256("\0".join([
+        _SOURCE.read_text(), jax.__version__, _jaxlib_version(), include,
+        cxx, *version, *_FLAGS, _cpu_fingerprint(), sys.platform]).encode()).hexdigest()[:16]
+    out = _cache_dir() / f"cpu_kernels_{key}.so"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Build beside the target and rename: concurrent processes (pytest workers) each
+    # build their own file, and the rename is atomic.
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    os.close(fd)
+    try:
+        res = subprocess.run([cxx, *_FLAGS, f"-I{include}", str(_SOURCE), "-o", tmp],
+                             capture_output=True, text=True, check=False)
+        if res.returncode != 0:
+            raise RuntimeError(f"{cxx} failed:\n{res.stderr[-2000:]}")
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+def available() -> bool:
+    """Whether the CPU kernels are built and registered (building them on first call)."""
+    with _lock:
+        if "ok" in _state:
+            return _state["ok"]
+        ok, why = False, ""
+        if os.environ.get("ACTIVEFT_JAX_CPU_KERNELS", "1").strip().lower() in ("0", "false",
+                                                                             "no", "off"):
+            why = None
+        elif platform.machine().lower() not in ("x86_64", "amd64"):
+            why = f"they are written for x86-64 (this is {platform.machine()})"
+        else:
+            try:
+                lib = ctypes.cdll.LoadLibrary(str(_build()))
+                for target, symbol in _TARGETS.items():
+                    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)),
+                                                platform="cpu")
+                _state["lib"] = lib
+                ok = True
+            except Exception as e:  # noqa: BLE001 (any failure: the XLA forms run)
+                why = f"{type(e).__name__}: {e}"
+        if why:
+            warnings.warn("activeft_jax: ActiveFT's CPU kernels are unavailable, so its passes "
+                          f"over the features run as XLA programs (same picks, slower): {why}",
+                          RuntimeWarning, stacklevel=3)
+        _state["ok"] = ok
+        return ok
+
+
+def usable(*arrays) -> bool:
+    """Whether the kernels can take these arrays: built, and every array float32."""
+    return all(x.dtype == jnp.float32 for x in arrays) and available()
+
+
+def on_cpu(kernel, fallback, *args):
+    """`kernel(*args)` when the program runs on CPU, `fallback(*args)` on other platforms.
+
+    The caller checks `usable` first: `kernel` may call the kernels' FFI targets.
+    """
+    return lax.platform_dependent(*args, cpu=kernel, default=fallback)
+
+
+def _call(target, out, *args):
+    return jax.ffi.ffi_call(target, out, vmap_method="sequential")(*args)
+
+
+def scatter_rows_kernel(x, w, c, num_segments):
+    """[M, d], [M], [M] -> [num_segments, d]: Σ_{i: c_i = k} w_i x_i, rows added in index
+    order, as `zeros.at[c].add(w[:, None] * x)` (out-of-range c_i dropped). Only on CPU,
+    after `usable`."""
+    return _call("afj_scatter_rows", jax.ShapeDtypeStruct((num_segments, x.shape[1]),
+                                                          jnp.float32),
+                 x, w, c.astype(jnp.int32))
+
+
+def open_rows(gap, travel, limit, fallback):
+    """[M, B] f16, [B], [M] -> [M] bool: whether any gap_ik − travel_k <= limit_i.
+
+    On CPU the kernel, elsewhere (or for other dtypes) `fallback(gap, travel, limit)`.
+    """
+    if gap.dtype != jnp.float16 or gap.ndim != 2 or not usable(travel, limit):
+        return fallback(gap, travel, limit)
+    return on_cpu(lambda g, t, l: _call("afj_open_rows",
+                                        jax.ShapeDtypeStruct(g.shape[:1], jnp.bool_), g, t, l),
+                  fallback, gap, travel, limit)

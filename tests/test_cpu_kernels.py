@@ -1,0 +1,143 @@
+"""ActiveFT's CPU kernels (XLA FFI) against their XLA forms and serial NumPy sums.
+
+The kernels replace two passes of a CPU step (`activeft_jax/selection/_cpu.py`):
+the loss's scatter-add of the features into their prototypes, and the check of
+the [N, B] pair bounds. The check gives the XLA form's exact booleans; the
+scatter the bits of a serial float32 sum in row order. The pruned run equals the
+dense one bit for bit with them (test_activeft.py), and a fit picks the same
+with and without them.
+"""
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import activeft_jax as aft
+from activeft_jax.selection import _cpu
+from activeft_jax.selection.prototypes import _any
+
+# Where no C++ compiler is found the kernels are not built and every step runs the
+# XLA forms, which the rest of the suite tests; the fallback tests below run anywhere.
+needs_kernels = pytest.mark.skipif(not _cpu.available(), reason="no C++ compiler here")
+
+
+def _bits(x):
+    x = np.asarray(x)
+    return x.view(np.int32) if x.dtype == np.float32 else x
+
+
+SHAPES = [(2000, 384, 400), (1000, 383, 37), (7, 1, 5), (513, 96, 150), (3, 2, 1), (100, 8, 1000)]
+
+
+@needs_kernels
+@pytest.mark.parametrize("m,d,b", SHAPES)
+def test_scatter_rows_is_the_serial_scatter(m, d, b):
+    rng = np.random.default_rng(m + d + b)
+    x = rng.standard_normal((m, d)).astype(np.float32)
+    c = rng.integers(0, b, m).astype(np.int32)
+    c[: m // 5] = 0                       # one crowded prototype, some empty ones
+    w = rng.standard_normal(m).astype(np.float32)
+    w[::7] = 0.0
+
+    def xla(x, w, c):
+        return jnp.zeros((b, d), jnp.float32).at[c].add(w[:, None] * x)
+
+    got = jax.jit(lambda x, w, c: _cpu.scatter_rows_kernel(x, w, c, b))(x, w, c)
+    want = jax.jit(xla)(x, w, c)
+    np.testing.assert_array_equal(_bits(got), _bits(want))
+    # And against an independent serial sum in NumPy (row order, float32 each step).
+    ref = np.zeros((b, d), np.float32)
+    for i in range(m):
+        ref[c[i]] = ref[c[i]] + w[i] * x[i]
+    np.testing.assert_array_equal(_bits(got), _bits(ref))
+
+
+@needs_kernels
+@pytest.mark.parametrize("m,d,b", SHAPES)
+def test_open_rows_is_the_xla_check(m, d, b):
+    rng = np.random.default_rng(m * b)
+    gap = (rng.random((m, b)) * 2).astype(np.float16)
+    gap[rng.random((m, b)) < 0.1] = np.inf
+    travel = (rng.random(b) * 0.5).astype(np.float32)
+    limit = (rng.random(m) * 0.3 - 0.4).astype(np.float32)
+    # Exact ties (gap - travel == limit, open) on some rows.
+    i = rng.integers(0, m, max(1, m // 10))
+    k = rng.integers(0, b, i.size)
+    limit[i] = gap[i, k].astype(np.float32) - travel[k]
+
+    def xla(g, t, l):
+        return _any(g - t[None, :] <= l[:, None], axis=1)
+
+    got = np.asarray(jax.jit(lambda g, t, l: _cpu.open_rows(g, t, l, xla))(gap, travel, limit))
+    want = np.asarray(jax.jit(xla)(gap, travel, limit))
+    np.testing.assert_array_equal(got, want)
+    ref = np.any(gap.astype(np.float32) - travel[None, :] <= limit[:, None], axis=1)
+    np.testing.assert_array_equal(got, ref)
+    assert 0 < got.sum() or m * b < 50   # both outcomes occur
+
+
+@needs_kernels
+def test_a_step_calls_the_kernels_on_cpu():
+    feats = np.random.default_rng(0).standard_normal((300, 16)).astype(np.float32)
+    solver = aft.selection.activeft_solver(feats, k=12, key=jax.random.key(0), prune=True)
+    state = solver.init()
+    hlo = jax.jit(lambda s: solver.step(s)).lower(state).compile().as_text()
+    assert "afj_scatter_rows" in hlo and "afj_open_rows" in hlo
+
+
+@needs_kernels
+@pytest.mark.parametrize("prune", [True, False])
+def test_fits_pick_the_same_without_the_kernels(prune, monkeypatch):
+    # Clustered features (near ties), the kernels against the XLA forms end to end.
+    rng = np.random.default_rng(3)
+    centers = rng.standard_normal((6, 24))
+    feats = (centers[rng.integers(0, 6, 1500)] + 0.4 * rng.standard_normal((1500, 24))
+             ).astype(np.float32)
+    init = rng.choice(1500, 40, replace=False)
+    kw = dict(k=40, init_indices=init, steps=60, chunk_rows=256, prune=prune)
+    with_kernels = aft.selection.fit_activeft(feats, **kw)
+    jax.clear_caches()
+    monkeypatch.setattr(_cpu, "available", lambda: False)
+    try:
+        without = aft.selection.fit_activeft(feats, **kw)
+    finally:
+        monkeypatch.undo()
+        jax.clear_caches()
+    np.testing.assert_array_equal(with_kernels.selection.indices, without.selection.indices)
+    # The bits may differ by round-off: XLA:CPU contracts a multiply and an add into
+    # one fused multiply-add in some fusions of its scatter and not in others, the
+    # kernel never (so its bits do not depend on how XLA fuses a program).
+    protos_k, protos_x = np.asarray(with_kernels.prototypes), np.asarray(without.prototypes)
+    np.testing.assert_allclose(protos_k, protos_x, rtol=0, atol=1e-5 * np.abs(protos_x).max())
+    losses_x = np.asarray(without.losses)
+    np.testing.assert_allclose(with_kernels.losses, losses_x, rtol=0,
+                               atol=1e-5 * np.abs(losses_x).max())
+
+
+def test_without_a_compiler_the_xla_forms_run_with_a_warning(monkeypatch, tmp_path):
+    monkeypatch.setattr(_cpu, "_state", {})
+    monkeypatch.setenv("ACTIVEFT_JAX_CACHE", str(tmp_path))
+    monkeypatch.setattr(_cpu, "_compiler", lambda: None)
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
+        assert _cpu.available() is False
+    assert not list(tmp_path.iterdir())
+    # Switched off by the environment: no warning.
+    monkeypatch.setattr(_cpu, "_state", {})
+    monkeypatch.setenv("ACTIVEFT_JAX_CPU_KERNELS", "0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _cpu.available() is False
+
+
+def test_a_broken_build_falls_back(monkeypatch, tmp_path):
+    monkeypatch.setattr(_cpu, "_state", {})
+    monkeypatch.setenv("ACTIVEFT_JAX_CACHE", str(tmp_path))
+    bad = tmp_path / "bad.cc"
+    bad.write_text("this is not C++\n")
+    monkeypatch.setattr(_cpu, "_SOURCE", bad)
+    with pytest.warns(RuntimeWarning, match="failed"):
+        assert _cpu.available() is False
+    assert not list(tmp_path.glob("*.so"))   # no half-written library left behind
