@@ -137,7 +137,7 @@ def available() -> bool:
                 why = f"{type(e).__name__}: {e}"
         if why:
             warnings.warn("activeft_jax: ActiveFT's CPU kernels are unavailable, so its passes "
-                          f"over the features run as XLA programs (same picks, slower): {why}",
+                          f"over the features run as XLA programs (slower): {why}",
                           RuntimeWarning, stacklevel=3)
         _state["ok"] = ok
         return ok
@@ -162,8 +162,9 @@ def _call(target, out, *args):
 
 def scatter_rows_kernel(x, w, c, num_segments):
     """[M, d], [M], [M] -> [num_segments, d]: Σ_{i: c_i = k} w_i x_i, rows added in index
-    order, as `zeros.at[c].add(w[:, None] * x)` (out-of-range c_i dropped). Only on CPU,
-    after `usable`."""
+    order, each product and sum rounded on its own (`zeros.at[c].add(w[:, None] * x)`
+    where XLA does not contract them). Rows with c_i outside [0, num_segments) are
+    dropped. Only on CPU, after `usable`."""
     return _call("afj_scatter_rows", jax.ShapeDtypeStruct((num_segments, x.shape[1]),
                                                           jnp.float32),
                  x, w, c.astype(jnp.int32))
