@@ -54,8 +54,8 @@ _state: dict = {}
 
 def _compiler() -> Optional[str]:
     for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
-        if name and shutil.which(name):
-            return shutil.which(name)
+        if name and (path := shutil.which(name)):
+            return path
     return None
 
 

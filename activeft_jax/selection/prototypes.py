@@ -263,45 +263,45 @@ def _loss_grad_sums(protos, feats, assign, a, temperature, rows, sims=None):
     """
     b = protos.shape[0]
 
+    def terms(valid, c, s):
+        # A block's Σ −loss terms and its w_i (0 on rows that another block covers).
+        z, ac = s / temperature, a[c]
+        w = jnp.where(valid, jax.nn.sigmoid(ac - z), 0)
+        return jnp.sum(jnp.where(valid, z - jnp.logaddexp(z, ac), 0)), w
+
     def fn(acc, valid, x, c, s=None):
         loss, grad, grad_a = acc
-        z = (_own_similarity(x, protos, c) if s is None else s) / temperature
-        ac = a[c]
-        w = jnp.where(valid, jax.nn.sigmoid(ac - z), 0)
-        loss = loss - jnp.sum(jnp.where(valid, z - jnp.logaddexp(z, ac), 0))
+        part, w = terms(valid, c, _own_similarity(x, protos, c) if s is None else s)
         grad = grad.at[c].add(-(w / temperature)[:, None] * x)
-        grad_a = grad_a.at[c].add(w)
-        return loss, grad, grad_a
+        return loss - part, grad, grad_a.at[c].add(w)
 
     def xla(feats, assign, *sims):
         init = (jnp.zeros((), feats.dtype), jnp.zeros_like(protos), jnp.zeros((b,), feats.dtype))
         return scan_rows(fn, init, plan(feats.shape[0], rows), feats, assign, *sims)
 
-    if not _cpu.usable(feats, protos):
-        return xla(feats, assign, *(() if sims is None else (sims,)))
-
-    def kernel(feats, assign, sims):
+    def kernel(feats, assign, *sims):
         # The chunked sums of the loss and of ∂/∂a as above (over [N] scalars, the
         # same bits), then the scatter-add of the rows by the kernel: in row order as
         # XLA's scatter adds them, each product and sum rounded on its own (XLA:CPU
         # contracts them into fused multiply-adds in some fusions and not in others,
         # so its bits can differ from the kernel's by an ulp; dense and pruned runs
         # both take the kernel, and stay bit for bit the same).
+        s = sims[0] if sims else _own_similarities(feats, protos, assign, rows)
+
         def scalars(acc, valid, c, s):
             loss, grad_a = acc
-            z, ac = s / temperature, a[c]
-            w = jnp.where(valid, jax.nn.sigmoid(ac - z), 0)
-            return (loss - jnp.sum(jnp.where(valid, z - jnp.logaddexp(z, ac), 0)),
-                    grad_a.at[c].add(w))
+            part, w = terms(valid, c, s)
+            return loss - part, grad_a.at[c].add(w)
 
         init = (jnp.zeros((), feats.dtype), jnp.zeros((b,), feats.dtype))
-        loss, grad_a = scan_rows(scalars, init, plan(feats.shape[0], rows), assign, sims)
-        w = jax.nn.sigmoid(a[assign] - sims / temperature)
+        loss, grad_a = scan_rows(scalars, init, plan(feats.shape[0], rows), assign, s)
+        w = jax.nn.sigmoid(a[assign] - s / temperature)
         return loss, _cpu.scatter_rows_kernel(feats, -(w / temperature), assign, b), grad_a
 
-    if sims is None:
-        sims = _own_similarities(feats, protos, assign, rows)
-    return _cpu.on_cpu(kernel, lambda f, c, s: xla(f, c, s), feats, assign, sims)
+    arrays = (feats, assign) if sims is None else (feats, assign, sims)
+    if not _cpu.usable(feats, protos):
+        return xla(*arrays)
+    return _cpu.on_cpu(kernel, xla, *arrays)
 
 
 def _loss_and_grad(normalized, feats, assign, temperature, balance, rows, shards=None, sims=None):
