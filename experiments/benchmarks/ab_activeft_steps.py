@@ -52,7 +52,10 @@ def export(ref: str, name: str, into: str) -> str:
                 with open(path) as fh:
                     text = fh.read()
                 with open(path, "w") as fh:
-                    fh.write(re.sub(r"\bactiveft_jax\b", name, text))
+                    # Each copy registers its CPU kernels under its own FFI target names
+                    # (XLA refuses a second handler under a name already registered).
+                    text = re.sub(r"\bactiveft_jax\b", name, text)
+                    fh.write(re.sub(r"\"afj_", f'"{name}_afj_', text))
     return name
 
 
