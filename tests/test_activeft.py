@@ -326,7 +326,10 @@ def test_pair_and_row_bounds_give_the_dense_run(bounds, refresh):
     np.testing.assert_array_equal(pruned.losses, dense.losses)
     np.testing.assert_array_equal(pruned.prototypes, dense.prototypes)
     work = np.asarray(pruned.recomputed)
-    assert work[0] == 1.0 and np.all(work <= 1.0) and np.all(work >= 0.0)
+    # The first step computes every similarity; with `refresh` 1.0 on CPU the pair
+    # kernel takes the first step too, and skips the own pairs (the check pass has them).
+    assert work[0] >= (1.0 - 1.0 / 48 if refresh == 1.0 else 1.0)
+    assert np.all(work <= 1.0) and np.all(work >= 0.0)
     assert work[1:].mean() < (0.5 if bounds == "pairs" else 1.0)  # later steps skip work
 
 

@@ -1,11 +1,12 @@
-"""ActiveFT's CPU kernels (XLA FFI) against their XLA forms and serial NumPy sums.
+"""ActiveFT's CPU kernels (XLA FFI) against their XLA forms and NumPy references.
 
-The kernels replace two passes of a CPU step (`activeft_jax/selection/_cpu.py`):
-the loss's scatter-add of the features into their prototypes, and the check of
-the [N, B] pair bounds. The check gives the XLA form's exact booleans; the
-scatter the bits of a serial float32 sum in row order. The pruned run equals the
-dense one bit for bit with them (test_activeft.py), and a fit picks the same
-with and without them.
+The kernels replace three parts of a CPU step (`activeft_jax/selection/_cpu.py`):
+the loss's scatter-add of the features into their prototypes, the check of the
+[N, B] pair bounds, and the refresh of the failing rows' pairs. The check gives
+the XLA form's exact booleans; the scatter the bits of a serial float32 sum in
+row order; the refresh the dense argmax and sound, tight bounds. The pruned run
+equals the dense one bit for bit with them (test_activeft.py) and without them
+(below), and a fit picks the same with and without them.
 """
 
 import warnings
@@ -17,7 +18,8 @@ import pytest
 
 import activeft_jax as aft
 from activeft_jax.selection import _cpu
-from activeft_jax.selection.prototypes import _any
+from activeft_jax.selection.prototypes import (_ACOS_ERR, _HORIZON, _acos_lower, _acos_upper, _any,
+                                               _margin, _round_down)
 
 # Where no C++ compiler is found the kernels are not built and every step runs the
 # XLA forms, which the rest of the suite tests; the fallback tests below run anywhere.
@@ -79,13 +81,119 @@ def test_open_rows_is_the_xla_check(m, d, b):
     assert 0 < got.sum() or m * b < 50   # both outcomes occur
 
 
+def _unit(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+@needs_kernels
+@pytest.mark.parametrize("m,d,b", SHAPES)
+def test_refresh_pairs_scores_the_pairs_near_opening_and_keeps_the_bounds_sound(m, d, b):
+    rng = np.random.default_rng(m + 3 * d + 7 * b)
+    x = _unit(rng.standard_normal((m, d))).astype(np.float32)
+    p = _unit(rng.standard_normal((b, d))).astype(np.float32)
+    if b > 2:
+        p[1] = p[0]                      # two prototypes alike: near ties
+    sims = x.astype(np.float64) @ p.astype(np.float64).T
+    angle = np.arccos(np.clip(sims, -1, 1))
+    rows = np.arange(m)
+    c = np.argmax(sims, axis=1).astype(np.int32)         # mostly the best prototype already
+    other = rng.random(m) < 0.2
+    c[other] = rng.integers(0, b, other.sum())
+    own = sims[rows, c].astype(np.float32)
+    travel = (rng.random(b) * 0.05).astype(np.float32)
+    # Sound bounds from an earlier step: the angle less a random slack, plus the travel.
+    slack = rng.random((m, b)) * rng.choice([0.01, 0.1, 0.4], (m, 1))
+    gap = np.array(_round_down(jnp.asarray(angle - slack + travel, jnp.float32), jnp.float16))
+    gap[rows, c] = np.inf
+    margin = _margin(jnp.float32)
+    limit = np.asarray(_acos_upper(jnp.asarray(own) - margin))
+    fail = np.any(gap.astype(np.float32) - travel[None, :] <= limit[:, None], axis=1)
+    fail[::5] = False                    # rows the check passed are left alone
+
+    out = jax.jit(lambda g: _cpu.refresh_pairs(
+        x, p, g, travel, limit, own, c, fail, horizon=_HORIZON, margin=margin,
+        acos_err=_ACOS_ERR, pad=16))(gap)
+    new_gap, new_c, touched, ties, counts, work = (np.asarray(v) for v in out)
+
+    # The pairs scored: every pair of a failing row within the horizon of opening.
+    reach = (limit + np.float32(_HORIZON)).astype(np.float32)
+    scored = (gap.astype(np.float32) - travel[None, :] <= reach[:, None]) & fail[:, None]
+    scored[rows, c] = False
+    tied = np.isin(rows, ties[:counts[1]])
+    assert work == scored[~tied].sum()   # (near ties: the caller scores their whole rows)
+    # The decision, from the exact similarities: the best scored pair against the own one.
+    best = np.where(scored, sims, -np.inf).max(axis=1)
+    second = np.sort(np.where(scored, sims, -np.inf), axis=1)[:, -2] if b > 1 else np.full(m, -np.inf)
+    win = best > own
+    runner = np.where(win, np.maximum(second, own), best)
+    gap_ = np.maximum(best, own) - runner
+    tie = fail & (runner > -np.inf) & (gap_ <= margin)
+    clear = fail & ~((runner > -np.inf) & (np.abs(gap_ - margin) < 1e-6))  # away from the edge
+    np.testing.assert_array_equal(np.isin(rows, ties[:counts[1]])[clear], tie[clear])
+    moved = fail & ~tie & win
+    want_touched = np.sort(np.nonzero((moved | tie) & clear)[0])
+    got_touched = touched[:counts[0]]
+    assert np.all(np.diff(got_touched) > 0) and np.all(touched[counts[0]:] == m)
+    np.testing.assert_array_equal(np.intersect1d(got_touched, np.nonzero(clear)[0]), want_touched)
+    assert np.all(ties[counts[1]:] == m)
+    # Rows not failing, and near ties, are left as they were (ties: the caller rescores).
+    still = ~fail | np.isin(rows, ties[:counts[1]])
+    np.testing.assert_array_equal(new_gap[still], gap[still])
+    np.testing.assert_array_equal(new_c[still], c[still])
+    # Decided rows take the dense argmax (the sound bounds leave it among the scored pairs).
+    done = fail & ~still
+    np.testing.assert_array_equal(new_c[done], np.argmax(sims[done], axis=1))
+    # Their scored pairs' bounds are sound and within a float16 step of the exact angle's;
+    # a row that moved holds the own pair's bound and +inf at its new prototype.
+    new = new_gap.astype(np.float64) - travel[None, :]
+    ref = np.asarray(_round_down(_acos_lower(jnp.asarray(sims, jnp.float32) + margin)
+                                 + travel[None, :], jnp.float16)).astype(np.float64) - travel
+    refreshed = scored & done[:, None]
+    refreshed[rows, new_c] = False
+    was = np.zeros_like(refreshed)
+    was[rows[done & (new_c != c)], c[done & (new_c != c)]] = True
+    for mask in (refreshed, was):
+        assert np.all(new[mask] <= angle[mask])
+        ulp = np.spacing(np.abs(new_gap[mask]).astype(np.float16)).astype(np.float64)
+        assert np.all(np.abs(new[mask] - ref[mask]) <= ulp + 1e-6)
+    assert np.all(np.isinf(new_gap[rows[done], new_c[done]]))
+    untouched = ~(refreshed | was)
+    untouched[rows[done], new_c[done]] = False
+    np.testing.assert_array_equal(new_gap[untouched], gap[untouched])
+    if m * b > 1000:
+        assert done.sum() > 0 and moved.sum() > 0 and refreshed.sum() < scored.size / 2
+
+
+@needs_kernels
+def test_pair_bounds_give_the_dense_run_without_the_kernels(monkeypatch):
+    # The XLA form of the failing rows' refresh (blocks in path order, what other
+    # platforms run) also gives the dense run bit for bit.
+    rng = np.random.default_rng(11)
+    centers = rng.standard_normal((6, 12))
+    feats = (centers[rng.integers(0, 6, 900)] + 0.4 * rng.standard_normal((900, 12))).astype(np.float32)
+    init = rng.choice(900, 48, replace=False)
+    kw = dict(k=48, init_indices=init, steps=40, chunk_rows=128)
+    jax.clear_caches()
+    monkeypatch.setattr(_cpu, "available", lambda: False)
+    try:
+        dense = aft.selection.fit_activeft(feats, prune=False, **kw)
+        pruned = aft.selection.fit_activeft(feats, prune=True, bounds="pairs", **kw)
+    finally:
+        monkeypatch.undo()
+        jax.clear_caches()
+    np.testing.assert_array_equal(pruned.selection.indices, dense.selection.indices)
+    np.testing.assert_array_equal(pruned.losses, dense.losses)
+    np.testing.assert_array_equal(pruned.prototypes, dense.prototypes)
+    assert float(jnp.mean(pruned.recomputed[1:])) < 0.5
+
+
 @needs_kernels
 def test_a_step_calls_the_kernels_on_cpu():
     feats = np.random.default_rng(0).standard_normal((300, 16)).astype(np.float32)
     solver = aft.selection.activeft_solver(feats, k=12, key=jax.random.key(0), prune=True)
     state = solver.init()
     hlo = jax.jit(lambda s: solver.step(s)).lower(state).compile().as_text()
-    assert "afj_scatter_rows" in hlo and "afj_open_rows" in hlo
+    assert "afj_scatter_rows" in hlo and "afj_open_rows" in hlo and "afj_refresh_pairs" in hlo
 
 
 @needs_kernels

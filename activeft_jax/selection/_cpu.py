@@ -1,4 +1,4 @@
-"""CPU kernels for two of ActiveFT's per-step passes, built on first use (XLA FFI).
+"""CPU kernels for three parts of ActiveFT's pruned step, built on first use (XLA FFI).
 
 On CPU a pruned ActiveFT step reads the features twice and its [N, B] bounds
 once whatever it recomputes. XLA:CPU runs the loss's scatter-add of the
@@ -9,7 +9,11 @@ booleans exactly; `scatter_rows_kernel` adds the rows in index order with each
 product and sum rounded on its own, a serial float32 sum. (XLA:CPU's own
 scatter contracts the multiply and the add into a fused multiply-add in some
 fusions and not in others, so its bits depend on how a program is fused, by
-an ulp; the kernel's do not.)
+an ulp; the kernel's do not.) The third, `refresh_pairs`, replaces the blocks
+of matmuls that rescore the features whose bounds failed: it scores, feature by
+feature, only the pairs near opening (grouped by prototype, so that each
+prototype is read once per 128 features), and leaves near ties to the matmul,
+so that the run still equals the dense one bit for bit.
 
 They are compiled once per (source, jaxlib, compiler, CPU) with the host's C++
 compiler (`$CXX`, else `c++`/`g++`) against the FFI headers that jaxlib ships,
@@ -40,12 +44,14 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
-__all__ = ["available", "usable", "on_cpu", "scatter_rows_kernel", "open_rows"]
+__all__ = ["available", "usable", "on_cpu", "scatter_rows_kernel", "open_rows", "refresh_pairs"]
 
 _SOURCE = Path(__file__).with_name("_cpu_kernels.cc")
-_TARGETS = {"afj_scatter_rows": "AfjScatterRows", "afj_open_rows": "AfjOpenRows"}
+_TARGETS = {"afj_scatter_rows": "AfjScatterRows", "afj_open_rows": "AfjOpenRows",
+            "afj_refresh_pairs": "AfjRefreshPairs"}
 _FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-fast-math", "-std=c++17",
           "-shared", "-fPIC"]
 _lock = threading.Lock()
@@ -180,3 +186,22 @@ def open_rows(gap, travel, limit, fallback):
     return on_cpu(lambda g, t, l: _call("afj_open_rows",
                                         jax.ShapeDtypeStruct(g.shape[:1], jnp.bool_), g, t, l),
                   fallback, gap, travel, limit)
+
+
+def refresh_pairs(feats, protos, gap, travel, limit, own, assign, fail, *, horizon, margin,
+                  acos_err, pad):
+    """The pair refresh of ActiveFT's failing rows (`afj_refresh_pairs`); CPU only, after `usable`.
+
+    [N, d], [B, d], [N, B] f16, [B], [N], [N], [N] int32, [N] bool ->
+    (gap [N, B] f16, updated in place; assign [N] int32; touched [N + pad] int32;
+    ties [N + pad] int32; counts [2] int32; pairs scored [] float32). See the kernel.
+    """
+    n, b = gap.shape
+    out = (jax.ShapeDtypeStruct((n, b), jnp.float16), jax.ShapeDtypeStruct((n,), jnp.int32),
+           jax.ShapeDtypeStruct((n + pad,), jnp.int32), jax.ShapeDtypeStruct((n + pad,), jnp.int32),
+           jax.ShapeDtypeStruct((2,), jnp.int32), jax.ShapeDtypeStruct((), jnp.float32))
+    call = jax.ffi.ffi_call("afj_refresh_pairs", out, vmap_method="sequential",
+                            input_output_aliases={2: 0})
+    return call(feats, protos, gap, travel, limit, own, assign.astype(jnp.int32), fail,
+                horizon=np.float32(horizon), margin=np.float32(margin),
+                acos_err=np.float32(acos_err))

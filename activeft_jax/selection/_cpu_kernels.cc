@@ -1,20 +1,28 @@
-// CPU kernels for two of ActiveFT's per-step passes (XLA FFI custom calls).
+// CPU kernels for three parts of ActiveFT's pruned step (XLA FFI custom calls).
 //
 // Built on first use by activeft_jax/selection/_cpu.py with the host's C++ compiler
 // against the XLA FFI headers that the installed jaxlib ships; without a compiler the
 // library runs the same passes as XLA programs (tests/test_cpu_kernels.py compares
-// them). Built with -ffp-contract=off: every product and sum is rounded on its own.
+// them). Built with -ffp-contract=off: every product and sum is rounded on its own
+// (afj_refresh_pairs's dot products use explicit fused multiply-adds: their values
+// only need to lie within the margin of the exact ones).
 //
 //   afj_scatter_rows  g_k = sum over i with c_i = k of w_i f_i, rows added in index
 //                     order: [M, d], [M], [M] -> [B, d]
 //   afj_open_rows     any over k of (float(gap_ik) - t_k <= l_i): [M, B] f16, [B], [M]
 //                     -> [M] pred (a row stops at its first open pair)
+//   afj_refresh_pairs for each failing row, the pairs whose bound is within a horizon
+//                     of opening: their similarities (dot products), the row's new
+//                     prototype when one of them beats its own similarity by more
+//                     than the margin, and their bounds refreshed in place; rows in a
+//                     near tie are listed for the caller to decide (see RefreshPairsImpl)
 //
-// Work is split over the calling thread and XLA's intra-op pool: rows for the check,
-// ranges of prototypes for the scatter (each part adds only its prototypes' rows, so
-// every row is read once and every sum keeps the serial order).
+// Work is split over the calling thread and XLA's intra-op pool: rows for the check
+// and the refresh, ranges of prototypes for the scatter (each part adds only its
+// prototypes' rows, so every row is read once and every sum keeps the serial order).
 
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -162,6 +170,248 @@ ffi::Error OpenRowsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F16> gap,
   return ffi::Error::Success();
 }
 
+// arccos(x) to within 6.7e-5 (Abramowitz & Stegun 4.4.45), as prototypes.py's
+// _acos_poly: the same polynomial, clipped to [-1, 1].
+inline float AcosPoly(float x) {
+  float a = x < 0 ? -x : x;
+  if (a > 1) a = 1;
+  float p = std::sqrt(1 - a) *
+            (1.5707288f + a * (-0.2121144f + a * (0.0742610f + a * -0.0187293f)));
+  return x >= 0 ? p : 3.14159265f - p;
+}
+
+// float -> float16 bits, rounded towards -inf (a lower bound stays one).
+inline uint16_t HalfDown(float v) {
+  return static_cast<uint16_t>(_cvtss_sh(v, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC));
+}
+
+constexpr uint16_t kHalfInf = 0x7c00;
+
+inline float HorizontalSum(__m256 v) {
+  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+  __m128 s = _mm_add_ps(lo, hi);
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+  return _mm_cvtss_f32(s);
+}
+
+// dot(p, x_r) for r < R: two accumulators of 8 lanes per row and fused multiply-adds
+// (eight independent chains for R = 4), within ~(d / 16 + 4) ulps of the exact sum, far
+// inside the margin. The value does not depend on R or on which rows are grouped.
+template <int R>
+inline void DotsR(const float* p, const float* const* x, int64_t d, float* out) {
+  __m256 a0[R], a1[R];
+  for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm256_setzero_ps();
+  int64_t j = 0;
+  for (; j + 16 <= d; j += 16) {
+    const __m256 p0 = _mm256_loadu_ps(p + j), p1 = _mm256_loadu_ps(p + j + 8);
+    for (int r = 0; r < R; ++r) {
+      a0[r] = _mm256_fmadd_ps(_mm256_loadu_ps(x[r] + j), p0, a0[r]);
+      a1[r] = _mm256_fmadd_ps(_mm256_loadu_ps(x[r] + j + 8), p1, a1[r]);
+    }
+  }
+  if (j + 8 <= d) {
+    const __m256 p0 = _mm256_loadu_ps(p + j);
+    for (int r = 0; r < R; ++r) a0[r] = _mm256_fmadd_ps(_mm256_loadu_ps(x[r] + j), p0, a0[r]);
+    j += 8;
+  }
+  for (int r = 0; r < R; ++r) {
+    float v = HorizontalSum(_mm256_add_ps(a0[r], a1[r]));
+    for (int64_t q = j; q < d; ++q) v += x[r][q] * p[q];
+    out[r] = v;
+  }
+}
+
+inline void Dots(const float* p, const float* const* x, int count, int64_t d, float* out) {
+  switch (count) {
+    case 4: DotsR<4>(p, x, d, out); break;
+    case 3: DotsR<3>(p, x, d, out); break;
+    case 2: DotsR<2>(p, x, d, out); break;
+    default: DotsR<1>(p, x, d, out); break;
+  }
+}
+
+// AcosPoly on 8 lanes.
+inline __m256 AcosPoly8(__m256 x) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  __m256 a = _mm256_min_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), x), one);
+  __m256 poly = _mm256_add_ps(_mm256_set1_ps(0.0742610f),
+                              _mm256_mul_ps(a, _mm256_set1_ps(-0.0187293f)));
+  poly = _mm256_add_ps(_mm256_set1_ps(-0.2121144f), _mm256_mul_ps(a, poly));
+  poly = _mm256_add_ps(_mm256_set1_ps(1.5707288f), _mm256_mul_ps(a, poly));
+  __m256 p = _mm256_mul_ps(_mm256_sqrt_ps(_mm256_sub_ps(one, a)), poly);
+  __m256 neg = _mm256_sub_ps(_mm256_set1_ps(3.14159265f), p);
+  return _mm256_blendv_ps(neg, p, _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_GE_OQ));
+}
+
+constexpr int64_t kRefreshRowsPerPart = 128;
+
+// For each row i with fail_i: the pairs k != c_i with float(gap_ik) - t_k <= l_i + h
+// (those open now, and those within h of opening) get their similarity s_ik, a dot
+// product. With j the first of them with the largest s_ik, second the next largest,
+// and s_i the row's own similarity (own_i): the row takes j when s_ij > s_i; it is
+// listed as a near tie (and changes nothing) when the two best of {s_i, s_ik} are
+// within `margin`, as the XLA path decides. Otherwise the scored pairs' bounds become
+// acos_lower(s_ik + margin) + t_k (rounded down to float16), and when the row moves
+// from c to j, gap_ic gets the bound of s_i and gap_ij +inf. Outputs: the new
+// assignments, the rows that changed prototype or are near ties (`touched`, in row
+// order, padded with M), the near ties alone (`ties`, likewise), their two counts and
+// the number of pairs scored in the rows decided here.
+ffi::Error RefreshPairsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> feats,
+                            ffi::Buffer<ffi::F32> protos, ffi::Buffer<ffi::F16> gap_in,
+                            ffi::Buffer<ffi::F32> travel, ffi::Buffer<ffi::F32> limit,
+                            ffi::Buffer<ffi::F32> own, ffi::Buffer<ffi::S32> assign,
+                            ffi::Buffer<ffi::PRED> fail, float horizon, float margin,
+                            float acos_err, ffi::ResultBuffer<ffi::F16> gap_out,
+                            ffi::ResultBuffer<ffi::S32> assign_out,
+                            ffi::ResultBuffer<ffi::S32> touched_out,
+                            ffi::ResultBuffer<ffi::S32> ties_out,
+                            ffi::ResultBuffer<ffi::S32> counts_out,
+                            ffi::ResultBuffer<ffi::F32> work_out) {
+  auto fd = feats.dimensions(), pd = protos.dimensions(), gd = gap_in.dimensions();
+  if (fd.size() != 2 || pd.size() != 2 || gd.size() != 2 || fd[1] != pd[1] ||
+      gd[0] != fd[0] || gd[1] != pd[0] || travel.element_count() != pd[0] ||
+      limit.element_count() != fd[0] || own.element_count() != fd[0] ||
+      assign.element_count() != fd[0] || fail.element_count() != fd[0] ||
+      touched_out->element_count() < fd[0] || ties_out->element_count() < fd[0] ||
+      counts_out->element_count() != 2)
+    return ffi::Error::InvalidArgument("afj_refresh_pairs: bad shapes");
+  const int64_t m = fd[0], d = fd[1], b = pd[0];
+  const float* xs = feats.typed_data();
+  const float* ps = protos.typed_data();
+  const float* t = travel.typed_data();
+  const float* lim = limit.typed_data();
+  const float* s_own = own.typed_data();
+  const int32_t* c_in = assign.typed_data();
+  const bool* fl = fail.typed_data();
+  uint16_t* g = reinterpret_cast<uint16_t*>(gap_out->typed_data());
+  if (gap_out->typed_data() != gap_in.typed_data())
+    std::memcpy(g, gap_in.typed_data(), sizeof(uint16_t) * m * b);
+  int32_t* c_out = assign_out->typed_data();
+  std::memcpy(c_out, c_in, sizeof(int32_t) * m);
+  const int64_t parts = (m + kRefreshRowsPerPart - 1) / kRefreshRowsPerPart;
+  std::vector<std::vector<int32_t>> touched(parts), ties(parts);
+  std::vector<int64_t> scored(parts, 0);
+  parallel_parts(pool, parts, [&](int64_t part) {
+    const int64_t lo = part * kRefreshRowsPerPart;
+    const int64_t hi = lo + kRefreshRowsPerPart < m ? lo + kRefreshRowsPerPart : m;
+    // 1. The pairs to score, row by row: ks[start[r] .. start[r + 1]) for the r-th
+    //    failing row of the part (rows[r]).
+    std::vector<int32_t> rows, start(1, 0), ks;
+    for (int64_t i = lo; i < hi; ++i) {
+      if (!fl[i]) continue;
+      const uint16_t* gi = g + i * b;
+      const int32_t c = c_in[i];
+      const float reach1 = lim[i] + horizon;
+      const __m256 reach = _mm256_set1_ps(reach1);
+      int64_t k = 0;
+      for (; k + 8 <= b; k += 8) {
+        __m256 gv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(gi + k)));
+        int mask = _mm256_movemask_ps(
+            _mm256_cmp_ps(_mm256_sub_ps(gv, _mm256_loadu_ps(t + k)), reach, _CMP_LE_OQ));
+        while (mask) {
+          int q = __builtin_ctz(mask);
+          mask &= mask - 1;
+          if (k + q != c) ks.push_back(static_cast<int32_t>(k + q));
+        }
+      }
+      for (; k < b; ++k)
+        if (k != c && _cvtsh_ss(gi[k]) - t[k] <= reach1) ks.push_back(static_cast<int32_t>(k));
+      rows.push_back(static_cast<int32_t>(i));
+      start.push_back(static_cast<int32_t>(ks.size()));
+    }
+    const int64_t np = static_cast<int64_t>(ks.size());
+    scored[part] = np;
+    if (rows.empty()) return;
+    // 2. The same pairs grouped by prototype (a counting sort), so that each prototype
+    //    is read once per part and its dot products with the part's rows (which stay
+    //    in the cache) are taken four rows at a time.
+    std::vector<int32_t> row_of(np), count(b + 1, 0), by_proto(np);
+    for (size_t r = 0; r < rows.size(); ++r)
+      for (int32_t q = start[r]; q < start[r + 1]; ++q) row_of[q] = rows[r];
+    for (int64_t q = 0; q < np; ++q) ++count[ks[q] + 1];
+    for (int64_t k = 0; k < b; ++k) count[k + 1] += count[k];
+    {
+      std::vector<int32_t> fill(count.begin(), count.end() - 1);
+      for (int64_t q = 0; q < np; ++q) by_proto[fill[ks[q]]++] = static_cast<int32_t>(q);
+    }
+    std::vector<float> sc(np + 8);
+    for (int64_t k = 0; k < b; ++k) {
+      const float* pk = ps + k * d;
+      for (int32_t u = count[k]; u < count[k + 1]; u += 4) {
+        const int n4 = count[k + 1] - u < 4 ? count[k + 1] - u : 4;
+        const float* x[4];
+        for (int r = 0; r < n4; ++r) x[r] = xs + static_cast<int64_t>(row_of[by_proto[u + r]]) * d;
+        float out[4];
+        Dots(pk, x, n4, d, out);
+        for (int r = 0; r < n4; ++r) sc[by_proto[u + r]] = out[r];
+      }
+    }
+    // 3. Each row's decision and its refreshed bounds.
+    const __m256 vmargin = _mm256_set1_ps(margin), verr = _mm256_set1_ps(acos_err);
+    for (size_t r = 0; r < rows.size(); ++r) {
+      const int64_t i = rows[r];
+      uint16_t* gi = g + i * b;
+      const int32_t c = c_in[i];
+      // The best scored pair (the first of equal ones), the next best, and the decision.
+      float best = -INFINITY, second = -INFINITY;
+      int32_t j = -1;
+      for (int32_t q = start[r]; q < start[r + 1]; ++q) {
+        float v = sc[q];
+        if (v > best) {
+          second = best;
+          best = v;
+          j = ks[q];
+        } else if (v > second) {
+          second = v;
+        }
+      }
+      const float s = s_own[i];
+      const bool win = best > s;
+      const float runner = win ? (second > s ? second : s) : best;
+      const float top = best > s ? best : s;
+      if (runner > -INFINITY && top - runner <= margin) {
+        scored[part] -= start[r + 1] - start[r];  // (counted as the whole row the caller scores)
+        ties[part].push_back(static_cast<int32_t>(i));
+        touched[part].push_back(static_cast<int32_t>(i));
+        continue;
+      }
+      int32_t q = start[r];
+      for (; q + 8 <= start[r + 1]; q += 8) {
+        const __m256i kv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&ks[q]));
+        __m256 v = _mm256_add_ps(_mm256_loadu_ps(&sc[q]), vmargin);
+        v = _mm256_add_ps(_mm256_sub_ps(AcosPoly8(v), verr), _mm256_i32gather_ps(t, kv, 4));
+        alignas(16) uint16_t h[8];
+        _mm_store_si128(reinterpret_cast<__m128i*>(h),
+                        _mm256_cvtps_ph(v, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC));
+        for (int e = 0; e < 8; ++e) gi[ks[q + e]] = h[e];
+      }
+      for (; q < start[r + 1]; ++q)
+        gi[ks[q]] = HalfDown(AcosPoly(sc[q] + margin) - acos_err + t[ks[q]]);
+      if (win) {
+        gi[c] = HalfDown(AcosPoly(s + margin) - acos_err + t[c]);
+        gi[j] = kHalfInf;
+        c_out[i] = j;
+        touched[part].push_back(static_cast<int32_t>(i));
+      }
+    }
+  });
+  int32_t* to = touched_out->typed_data();
+  int32_t* ti = ties_out->typed_data();
+  int64_t nt = 0, nties = 0, work = 0;
+  for (int64_t q = 0; q < parts; ++q) {
+    for (int32_t i : touched[q]) to[nt++] = i;
+    for (int32_t i : ties[q]) ti[nties++] = i;
+    work += scored[q];
+  }
+  for (int64_t r = nt; r < touched_out->element_count(); ++r) to[r] = static_cast<int32_t>(m);
+  for (int64_t r = nties; r < ties_out->element_count(); ++r) ti[r] = static_cast<int32_t>(m);
+  counts_out->typed_data()[0] = static_cast<int32_t>(nt);
+  counts_out->typed_data()[1] = static_cast<int32_t>(nties);
+  work_out->typed_data()[0] = static_cast<float>(work);
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AfjScatterRows, ScatterRowsImpl,
@@ -179,3 +429,24 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AfjOpenRows, OpenRowsImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::PRED>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AfjRefreshPairs, RefreshPairsImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F16>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::PRED>>()
+                                  .Attr<float>("horizon")
+                                  .Attr<float>("margin")
+                                  .Attr<float>("acos_err")
+                                  .Ret<ffi::Buffer<ffi::F16>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
