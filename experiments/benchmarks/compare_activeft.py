@@ -307,7 +307,7 @@ def plot_work(res: dict, path: str) -> None:
             skipped = 100 * (1 - np.asarray(curve))
             top.plot(steps, skipped, label=f"{row['problem']} (mean {skipped.mean():.1f}%)")
             ax.plot(steps, np.asarray(curve) * 100, label=row["problem"])
-    top.set_ylabel("matmul work skipped (% of N·B)")
+    top.set_ylabel("similarities skipped (% of N·B)")
     top.set_title("ActiveFT with exact pair bounds: work per step")
     top.grid(True, alpha=0.3)
     top.legend(fontsize=8)
