@@ -38,7 +38,8 @@ lower bound per (feature, prototype) pair on the angle between them, loosened
 each step by the angle that prototype turned and made exact again when
 recomputed; a feature whose bounds all stay above the angle to its prototype
 keeps it, the others are scored against only the prototypes that might win
-(`_pair_assignment`). When
+(`_pair_assignment`; on CPU a kernel scores just those pairs and the ones near
+opening, `_cpu.refresh_pairs`). When
 N·B is too large to hold the bounds, one bound per feature (Hamerly's) instead.
 
 The whole fit is one `lax.scan`; `activeft_sweep` vmaps it over temperatures
