@@ -162,8 +162,10 @@ def on_cpu(kernel, fallback, *args):
     return lax.platform_dependent(*args, cpu=kernel, default=fallback)
 
 
-def _call(target, out, *args):
-    return jax.ffi.ffi_call(target, out, vmap_method="sequential")(*args)
+def _call(target, out, *args, aliases=None, **attrs):
+    # `aliases`: {input index: output index} updated in place; `attrs`: the kernel's attributes.
+    return jax.ffi.ffi_call(target, out, vmap_method="sequential",
+                            input_output_aliases=aliases)(*args, **attrs)
 
 
 def scatter_rows_kernel(x, w, c, num_segments):
@@ -200,8 +202,6 @@ def refresh_pairs(feats, protos, gap, travel, limit, own, assign, fail, *, horiz
     out = (jax.ShapeDtypeStruct((n, b), jnp.float16), jax.ShapeDtypeStruct((n,), jnp.int32),
            jax.ShapeDtypeStruct((n + pad,), jnp.int32), jax.ShapeDtypeStruct((n + pad,), jnp.int32),
            jax.ShapeDtypeStruct((2,), jnp.int32), jax.ShapeDtypeStruct((), jnp.float32))
-    call = jax.ffi.ffi_call("afj_refresh_pairs", out, vmap_method="sequential",
-                            input_output_aliases={2: 0})
-    return call(feats, protos, gap, travel, limit, own, assign.astype(jnp.int32), fail,
-                horizon=np.float32(horizon), margin=np.float32(margin),
-                acos_err=np.float32(acos_err))
+    return _call("afj_refresh_pairs", out, feats, protos, gap, travel, limit, own,
+                 assign.astype(jnp.int32), fail, aliases={2: 0}, horizon=np.float32(horizon),
+                 margin=np.float32(margin), acos_err=np.float32(acos_err))

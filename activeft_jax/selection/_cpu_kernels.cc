@@ -75,6 +75,16 @@ void parallel_parts(ffi::ThreadPool& pool, int64_t parts, F fn) {
   }
 }
 
+// Which of 8 pairs have float(gap_k) - t_k <= reach (a bit each), and the same for one
+// pair: the bound comparison of the check and of the refresh.
+inline int WithinMask8(const uint16_t* gap, const float* t, __m256 reach) {
+  __m256 gv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(gap)));
+  return _mm256_movemask_ps(_mm256_cmp_ps(_mm256_sub_ps(gv, _mm256_loadu_ps(t)), reach,
+                                          _CMP_LE_OQ));
+}
+
+inline bool Within(uint16_t gap, float t, float reach) { return _cvtsh_ss(gap) - t <= reach; }
+
 constexpr int64_t kRowsPerPart = 1024;
 
 constexpr int64_t kScatterParts = 8;
@@ -155,34 +165,12 @@ ffi::Error OpenRowsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F16> gap,
       const __m256 li = _mm256_set1_ps(l[i]);
       bool open = false;
       int64_t k = 0;
-      for (; k + 8 <= b && !open; k += 8) {
-        __m256 gv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(gi + k)));
-        __m256 diff = _mm256_sub_ps(gv, _mm256_loadu_ps(t + k));
-        open = _mm256_movemask_ps(_mm256_cmp_ps(diff, li, _CMP_LE_OQ)) != 0;
-      }
-      for (; k < b && !open; ++k) {
-        float gv = _cvtsh_ss(gi[k]);
-        open = gv - t[k] <= l[i];
-      }
+      for (; k + 8 <= b && !open; k += 8) open = WithinMask8(gi + k, t + k, li) != 0;
+      for (; k < b && !open; ++k) open = Within(gi[k], t[k], l[i]);
       o[i] = open;
     }
   });
   return ffi::Error::Success();
-}
-
-// arccos(x) to within 6.7e-5 (Abramowitz & Stegun 4.4.45), as prototypes.py's
-// _acos_poly: the same polynomial, clipped to [-1, 1].
-inline float AcosPoly(float x) {
-  float a = x < 0 ? -x : x;
-  if (a > 1) a = 1;
-  float p = std::sqrt(1 - a) *
-            (1.5707288f + a * (-0.2121144f + a * (0.0742610f + a * -0.0187293f)));
-  return x >= 0 ? p : 3.14159265f - p;
-}
-
-// float -> float16 bits, rounded towards -inf (a lower bound stays one).
-inline uint16_t HalfDown(float v) {
-  return static_cast<uint16_t>(_cvtss_sh(v, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC));
 }
 
 constexpr uint16_t kHalfInf = 0x7c00;
@@ -231,7 +219,8 @@ inline void Dots(const float* p, const float* const* x, int count, int64_t d, fl
   }
 }
 
-// AcosPoly on 8 lanes.
+// arccos(x) to within 6.7e-5 (Abramowitz & Stegun 4.4.45) on 8 lanes, as prototypes.py's
+// _acos_poly: the same polynomial, clipped to [-1, 1].
 inline __m256 AcosPoly8(__m256 x) {
   const __m256 one = _mm256_set1_ps(1.0f);
   __m256 a = _mm256_min_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), x), one);
@@ -242,6 +231,14 @@ inline __m256 AcosPoly8(__m256 x) {
   __m256 p = _mm256_mul_ps(_mm256_sqrt_ps(_mm256_sub_ps(one, a)), poly);
   __m256 neg = _mm256_sub_ps(_mm256_set1_ps(3.14159265f), p);
   return _mm256_blendv_ps(neg, p, _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_GE_OQ));
+}
+
+// A pair's stored bound from its similarity s and its prototype's travel t, on 8 lanes:
+// acos_lower(s + margin) + t (prototypes.py's angle_lower, plus t) as float16 rounded
+// towards -inf, so it stays a lower bound.
+inline __m128i AngleBound8(__m256 s, __m256 t, __m256 margin, __m256 acos_err) {
+  __m256 v = _mm256_sub_ps(AcosPoly8(_mm256_add_ps(s, margin)), acos_err);
+  return _mm256_cvtps_ph(_mm256_add_ps(v, t), _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
 }
 
 constexpr int64_t kRefreshRowsPerPart = 128;
@@ -306,9 +303,7 @@ ffi::Error RefreshPairsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> feats,
       const __m256 reach = _mm256_set1_ps(reach1);
       int64_t k = 0;
       for (; k + 8 <= b; k += 8) {
-        __m256 gv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(gi + k)));
-        int mask = _mm256_movemask_ps(
-            _mm256_cmp_ps(_mm256_sub_ps(gv, _mm256_loadu_ps(t + k)), reach, _CMP_LE_OQ));
+        int mask = WithinMask8(gi + k, t + k, reach);
         while (mask) {
           int q = __builtin_ctz(mask);
           mask &= mask - 1;
@@ -316,7 +311,7 @@ ffi::Error RefreshPairsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> feats,
         }
       }
       for (; k < b; ++k)
-        if (k != c && _cvtsh_ss(gi[k]) - t[k] <= reach1) ks.push_back(static_cast<int32_t>(k));
+        if (k != c && Within(gi[k], t[k], reach1)) ks.push_back(static_cast<int32_t>(k));
       rows.push_back(static_cast<int32_t>(i));
       start.push_back(static_cast<int32_t>(ks.size()));
     }
@@ -349,6 +344,10 @@ ffi::Error RefreshPairsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> feats,
     }
     // 3. Each row's decision and its refreshed bounds.
     const __m256 vmargin = _mm256_set1_ps(margin), verr = _mm256_set1_ps(acos_err);
+    auto bound = [&](float sim, float tk) -> uint16_t {
+      return static_cast<uint16_t>(_mm_extract_epi16(
+          AngleBound8(_mm256_set1_ps(sim), _mm256_set1_ps(tk), vmargin, verr), 0));
+    };
     for (size_t r = 0; r < rows.size(); ++r) {
       const int64_t i = rows[r];
       uint16_t* gi = g + i * b;
@@ -379,17 +378,15 @@ ffi::Error RefreshPairsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> feats,
       int32_t q = start[r];
       for (; q + 8 <= start[r + 1]; q += 8) {
         const __m256i kv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&ks[q]));
-        __m256 v = _mm256_add_ps(_mm256_loadu_ps(&sc[q]), vmargin);
-        v = _mm256_add_ps(_mm256_sub_ps(AcosPoly8(v), verr), _mm256_i32gather_ps(t, kv, 4));
         alignas(16) uint16_t h[8];
         _mm_store_si128(reinterpret_cast<__m128i*>(h),
-                        _mm256_cvtps_ph(v, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC));
+                        AngleBound8(_mm256_loadu_ps(&sc[q]), _mm256_i32gather_ps(t, kv, 4),
+                                    vmargin, verr));
         for (int e = 0; e < 8; ++e) gi[ks[q + e]] = h[e];
       }
-      for (; q < start[r + 1]; ++q)
-        gi[ks[q]] = HalfDown(AcosPoly(sc[q] + margin) - acos_err + t[ks[q]]);
+      for (; q < start[r + 1]; ++q) gi[ks[q]] = bound(sc[q], t[ks[q]]);
       if (win) {
-        gi[c] = HalfDown(AcosPoly(s + margin) - acos_err + t[c]);
+        gi[c] = bound(s, t[c]);
         gi[j] = kHalfInf;
         c_out[i] = j;
         touched[part].push_back(static_cast<int32_t>(i));
