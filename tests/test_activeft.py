@@ -15,6 +15,7 @@ import optax
 import pytest
 
 import activeft_jax as aft
+from activeft_jax.selection import _cpu
 from activeft_jax.selection import prototypes as A
 from activeft_jax.selection._nearest import nearest_unique
 
@@ -308,20 +309,31 @@ def test_bad_features():
                                      keys=jax.random.split(jax.random.key(0), 2))
 
 
-@pytest.mark.parametrize("bounds", ["pairs", "rows"])
-@pytest.mark.parametrize("refresh", [None, 1.0])
-def test_pair_and_row_bounds_give_the_dense_run(bounds, refresh):
+@pytest.mark.parametrize("bounds,refresh,kernels", [
+    ("pairs", None, True), ("pairs", 1.0, True), ("rows", None, True), ("rows", 1.0, True),
+    ("pairs", None, False)])
+def test_pair_and_row_bounds_give_the_dense_run(bounds, refresh, kernels, monkeypatch):
     # Clustered features: near ties, open pairs each step, blocks that score a few
-    # prototypes and blocks that fall back to whole rows (B // 8 = 6 columns).
+    # prototypes and blocks that fall back to whole rows (B // 8 = 6 columns). On CPU
+    # the failing rows of the pair bounds go to a kernel (`_cpu.refresh_pairs`); with
+    # `kernels` False, to the blocks, as on other platforms.
     rng = np.random.default_rng(11)
     centers = rng.standard_normal((6, 12))
     feats = (centers[rng.integers(0, 6, 900)] + 0.4 * rng.standard_normal((900, 12))).astype(np.float32)
     init = rng.choice(900, 48, replace=False)
     kw = dict(k=48, init_indices=init, steps=40, chunk_rows=128)
-    dense = aft.selection.fit_activeft(feats, prune=False, **kw)
-    num_fast = 0 if refresh == 1.0 else 32  # (rows: with and without exactly scored prototypes)
-    pruned = aft.selection.fit_activeft(feats, prune=True, bounds=bounds, refresh=refresh,
-                                        num_fast=num_fast, **kw)
+    if not kernels:
+        jax.clear_caches()
+        monkeypatch.setattr(_cpu, "available", lambda: False)
+    try:
+        dense = aft.selection.fit_activeft(feats, prune=False, **kw)
+        num_fast = 0 if refresh == 1.0 else 32  # (rows: with and without exactly scored prototypes)
+        pruned = aft.selection.fit_activeft(feats, prune=True, bounds=bounds, refresh=refresh,
+                                            num_fast=num_fast, **kw)
+    finally:
+        if not kernels:
+            monkeypatch.undo()
+            jax.clear_caches()
     np.testing.assert_array_equal(pruned.selection.indices, dense.selection.indices)
     np.testing.assert_array_equal(pruned.losses, dense.losses)
     np.testing.assert_array_equal(pruned.prototypes, dense.prototypes)

@@ -5,8 +5,8 @@ the loss's scatter-add of the features into their prototypes, the check of the
 [N, B] pair bounds, and the refresh of the failing rows' pairs. The check gives
 the XLA form's exact booleans; the scatter the bits of a serial float32 sum in
 row order; the refresh the dense argmax and sound, tight bounds. The pruned run
-equals the dense one bit for bit with them (test_activeft.py) and without them
-(below), and a fit picks the same with and without them.
+equals the dense one bit for bit with them and without them (test_activeft.py),
+and a fit picks the same with and without them.
 """
 
 import warnings
@@ -162,29 +162,6 @@ def test_refresh_pairs_scores_the_pairs_near_opening_and_keeps_the_bounds_sound(
     np.testing.assert_array_equal(new_gap[untouched], gap[untouched])
     if m * b > 1000:
         assert done.sum() > 0 and moved.sum() > 0 and refreshed.sum() < scored.size / 2
-
-
-@needs_kernels
-def test_pair_bounds_give_the_dense_run_without_the_kernels(monkeypatch):
-    # The XLA form of the failing rows' refresh (blocks in path order, what other
-    # platforms run) also gives the dense run bit for bit.
-    rng = np.random.default_rng(11)
-    centers = rng.standard_normal((6, 12))
-    feats = (centers[rng.integers(0, 6, 900)] + 0.4 * rng.standard_normal((900, 12))).astype(np.float32)
-    init = rng.choice(900, 48, replace=False)
-    kw = dict(k=48, init_indices=init, steps=40, chunk_rows=128)
-    jax.clear_caches()
-    monkeypatch.setattr(_cpu, "available", lambda: False)
-    try:
-        dense = aft.selection.fit_activeft(feats, prune=False, **kw)
-        pruned = aft.selection.fit_activeft(feats, prune=True, bounds="pairs", **kw)
-    finally:
-        monkeypatch.undo()
-        jax.clear_caches()
-    np.testing.assert_array_equal(pruned.selection.indices, dense.selection.indices)
-    np.testing.assert_array_equal(pruned.losses, dense.losses)
-    np.testing.assert_array_equal(pruned.prototypes, dense.prototypes)
-    assert float(jnp.mean(pruned.recomputed[1:])) < 0.5
 
 
 @needs_kernels
