@@ -20,8 +20,8 @@ _FULL_OPT = os.environ.get("ACTIVEFT_TESTS_FULL_OPT", "") in ("1", "true", "yes"
 # - XLA:CPU's loop emitters instead of its newer fusion emitters
 #   (`--xla_cpu_use_fusion_emitters=false`): with level 0, tests/test_gp_posterior.py
 #   and tests/test_kernels_surface.py take 58-60 s instead of 90 s (58 s of CPU
-#   instead of 103 s); `make test` (2 workers, 2 cores) ran in 9:55 instead of 17-20
-#   minutes (4 Dec 2026).
+#   instead of 103 s); `make test` (2 workers, 2 cores) ran in 9:55 and, on a fresh
+#   clone, 11:00, instead of 17-20 minutes (4 Dec 2026).
 # Both are chosen only where the caller set neither (and the emitter flag only where
 # this jaxlib knows it: XLA aborts on a flag it does not know).
 # Tests marked `default_codegen` assert that two different programs agree bit for bit
