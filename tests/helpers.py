@@ -6,7 +6,22 @@ solves: nothing is shared with the library's rank-1 machinery.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
+
+
+def default_codegen_options() -> dict:
+    """`compiler_options` for `jax.jit` that undo the suite's quicker XLA:CPU flags.
+
+    For a test's own program that is bound by running rather than compiling (a whole
+    model over long texts), where LLVM level 0 and the loop emitters (tests/conftest.py)
+    cost more time than they save. Empty when the suite runs with XLA's defaults.
+    """
+    defaults = {"xla_backend_optimization_level": 3, "xla_cpu_use_fusion_emitters": True}
+    names = (f.lstrip("-").split("=")[0]
+             for f in os.environ.get("ACTIVEFT_TESTS_FAST_FLAGS", "").split())
+    return {name: defaults[name] for name in names}
 
 # (rtol, atol) by dtype for values that went through a few rank-1 steps.
 TOL = {"float32": (2e-4, 2e-4), "float64": (1e-9, 1e-9)}
