@@ -26,9 +26,9 @@ _FULL_OPT = os.environ.get("ACTIVEFT_TESTS_FULL_OPT", "") in ("1", "true", "yes"
 # this jaxlib knows it: XLA aborts on a flag it does not know).
 # Tests marked `default_codegen` assert that two different programs agree bit for bit
 # (a pruned ActiveFT fit and the dense one): that holds with XLA's default code
-# generation, which users run, but not with these flags (the loop emitters at level 0
-# round some sums of the optimizer step differently in the two programs, an ulp in the
-# losses from step 2 on, the same picks). Those tests run in a process of their own
+# generation, which users run, but not with these flags (with the loop emitters at level 0
+# the two programs' gradients differ by an ulp from the second step, their losses from
+# the third on; the same picks). Those tests run in a process of their own
 # with the caller's flags (`pytest_pyfunc_call` below). ACTIVEFT_TESTS_FULL_OPT=1 runs
 # the whole suite with the default code generation instead.
 if "ACTIVEFT_TESTS_FAST_FLAGS" not in os.environ:  # decided once, by the first conftest

@@ -30,7 +30,7 @@ BBC_PER_CLASS = (510, 386, 417, 511, 401)
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     """Every offline data set, built once for the module."""
-    root = tmp_path_factory.mktemp("tfds_a")
+    root = tmp_path_factory.mktemp("tfds")
     for name in data.OFFLINE:
         data.prepare(name, root)
     return root
