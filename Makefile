@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run demo test sift-study sift-redundancy sift-redundancy-quick bench bench-activeft bench-embed bench-sift bench-lazy-vtl \
+.PHONY: install run demo test sift-study sift-redundancy sift-redundancy-quick bench bench-activeft bench-activeft-roundoff bench-embed bench-sift bench-lazy-vtl \
 	fixtures-surface ref-venv \
 	st-venv clean
 
@@ -81,6 +81,11 @@ BENCH_ACTIVEFT_ARGS ?=
 bench-activeft: install ref-venv
 	$(PY) experiments/benchmarks/compare_activeft.py --ref-python $(REF_VENV)/bin/python \
 		--official-repo $(OFFICIAL_REPO) $(BENCH_ACTIVEFT_ARGS)
+
+# How many picks float32 round-off moves in the official code and in ours (~20 min).
+bench-activeft-roundoff: install ref-venv
+	$(PY) experiments/benchmarks/activeft_roundoff.py --ref-python $(REF_VENV)/bin/python \
+		--official-repo $(OFFICIAL_REPO) $(ROUNDOFF_ARGS)
 
 # MiniLM sentences/s against sentence-transformers, same texts and batch size.
 bench-embed: install st-venv

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import tempfile
 
 import numpy as np
@@ -73,11 +74,12 @@ DEFAULT_OFFICIAL_REPO = os.environ.get("OFFICIAL_REPO", os.path.join(ROOT, "..",
 
 def run_official(ref_python: str, repo: str, npz: str, budget: int, *, seed: int = 0,
                  init_indices=None, anomaly: bool = True, threads: int | None = None,
-                 extra: tuple = ()) -> dict:
+                 extra: tuple = (), env: dict | None = None) -> dict:
     """One run of the official ActiveFT code through its harness; returns its JSON record.
 
     `init_indices` (a sequence of B pool indices) replaces the official random
     init; the record always carries `init_indices` and the per-iteration `losses`.
+    `env` adds variables to the run's environment (e.g. MKL_CBWR).
     """
     if not os.path.exists(ref_python):
         raise SystemExit(f"interpreter not found: {ref_python} (run `make ref-venv`)")
@@ -96,11 +98,32 @@ def run_official(ref_python: str, repo: str, npz: str, budget: int, *, seed: int
             with open(path, "w") as f:
                 json.dump([int(i) for i in init_indices], f)
             cmd += ["--init-indices", path]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False,
+                             env=None if env is None else {**os.environ, **env})
     lines = out.stdout.strip().splitlines()
     if out.returncode != 0 or not lines:
         raise RuntimeError(f"official ActiveFT failed (exit {out.returncode}): {out.stderr[-2000:]}")
     return json.loads(lines[-1])
+
+
+def run_worker(script: str, spec: dict) -> dict:
+    """Runs `script --worker SPEC.json` in a fresh process of this interpreter; its last line's JSON."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(spec, f)
+    try:
+        out = subprocess.run([sys.executable, os.path.abspath(script), "--worker", f.name],
+                             capture_output=True, text=True, check=False)
+    finally:
+        os.remove(f.name)
+    if out.returncode:
+        raise RuntimeError(f"our worker failed: {out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def serve_worker(spec_path: str, fn) -> None:
+    """The `--worker SPEC.json` side of `run_worker`: prints `fn(spec)` as one JSON line."""
+    with open(spec_path) as f:
+        print(json.dumps(fn(json.load(f))))
 
 
 def write_report(out: str, results: dict, md: str) -> None:

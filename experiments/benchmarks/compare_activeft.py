@@ -36,14 +36,14 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 
 import numpy as np
 
-from _reference import DEFAULT_OFFICIAL_REPO, DEFAULT_REF_PYTHON, ROOT, run_official, write_report
+from _reference import (DEFAULT_OFFICIAL_REPO, DEFAULT_REF_PYTHON, ROOT, run_official, run_worker,
+                        serve_worker, write_report)
 
 # (name, seed, N, d, B, steps, temperature, clustered) — seeds disjoint from the fixtures'
 PARITY_PROBLEMS = [
@@ -144,16 +144,8 @@ def worker(spec: dict) -> dict:
 
 
 def run_ours(spec: dict) -> dict:
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump(spec, f)
-    try:
-        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", f.name],
-                             capture_output=True, text=True, check=False)
-    finally:
-        os.remove(f.name)
-    if out.returncode:
-        raise RuntimeError(f"our worker failed: {out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    """`worker(spec)` in a fresh process (each fit compiles and runs on its own)."""
+    return run_worker(__file__, spec)
 
 
 def numpy_sgemm_gflops() -> float:
@@ -412,8 +404,7 @@ def main(argv=None):
     p.add_argument("--worker", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.worker:
-        with open(a.worker) as f:
-            print(json.dumps(worker(json.load(f))))
+        serve_worker(a.worker, worker)
         return 0
     parts = set(a.parts.split(","))
     os.makedirs(os.path.dirname(a.out), exist_ok=True)

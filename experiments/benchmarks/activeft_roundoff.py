@@ -1,0 +1,272 @@
+"""ActiveFT: how many picks float32 round-off alone moves, in the official code and in ours.
+
+Issue 15 asks for the official code's pick set exactly. On clustered features ours
+agrees on 98.8% of the picks (N = 20 000, B = 400), and the differences are
+float32 round-off (docs/activeft.md). This script measures two yardsticks for
+that figure, on one problem of `compare_activeft.py`'s speed part (the same
+features and seed; the official code draws its init once, on the unperturbed
+features, and every run below starts from it):
+
+1. *Other arithmetic.* The official code on the same input with Intel MKL made
+   to take another code path (`MKL_CBWR=<path>` in its environment, e.g.
+   COMPATIBLE, which MKL documents for results reproducible across CPUs): the
+   same program, the same library, summing its matmuls in another order, as on
+   another CPU. Against the official run with MKL's default path, and against
+   ours.
+2. *Perturbed input.* `--draws` copies of the features in which a fraction
+   `--fraction` of the entries moved by one ulp (each up or down at random;
+   numpy `default_rng(draw)`). The official code and ours (`fit_activeft`,
+   float32, the default path: pruned on CPU) each run on every copy; each is
+   compared with its own run on the unperturbed features, and ours with the
+   official run on the same copy.
+
+Reported: the share of the B picks two runs have in common (as sets) and the
+largest difference of their loss curves (the official code prints the loss
+with 6 decimals). The official code runs with anomaly detection off (it does
+not change the values).
+
+    make bench-activeft-roundoff        # = the first line below
+    .venv/bin/python experiments/benchmarks/activeft_roundoff.py --problem clustered --draws 8
+    # other inits of the official code, the MKL paths only (docs/activeft.md's table)
+    .venv/bin/python experiments/benchmarks/activeft_roundoff.py --draws 0 --init-seed 1 \
+        --out experiments/results/activeft_roundoff_clustered_init1
+
+Writes experiments/results/activeft_roundoff_<problem>.{json,md} (or --out) and a
+plot (_picks.png) of the picks in common; `--replot JSON` redraws both from a
+run's JSON. 75-95 s per official run on 2 cores, 130-170 s on MKL's COMPATIBLE
+path: ~15-20 minutes with the defaults, ~4 minutes with --draws 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _reference import (DEFAULT_OFFICIAL_REPO, DEFAULT_REF_PYTHON, ROOT, run_official,  # noqa: E402
+                        run_worker, serve_worker, write_report)
+from compare_activeft import SPEED_PROBLEMS, features  # noqa: E402
+
+
+def perturb(x: np.ndarray, fraction: float, draw: int) -> np.ndarray:
+    """A copy of `x` with `fraction` of its entries (at least one) moved by one ulp, up or down."""
+    rng = np.random.default_rng(draw)
+    flat = x.reshape(-1).copy()
+    count = max(1, int(round(fraction * flat.size)))
+    where = rng.choice(flat.size, size=count, replace=False)
+    up = rng.random(count) < 0.5
+    flat[where] = np.where(up, np.nextafter(flat[where], np.float32(np.inf)),
+                           np.nextafter(flat[where], np.float32(-np.inf)))
+    return flat.reshape(x.shape)
+
+
+def shared(a, b) -> float:
+    """The share of the picks two selections of the same size have in common (as sets)."""
+    return len(set(map(int, a)) & set(map(int, b))) / len(a)
+
+
+def max_diff(a, b) -> float:
+    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+
+
+def worker(spec: dict) -> dict:
+    """Our fits on every input, in this process (one compilation); JSON-able picks and losses."""
+    import jax
+
+    from activeft_jax.selection import fit_activeft
+
+    init = np.asarray(spec["init"])
+    out = []
+    for path in spec["npz"]:
+        feats = np.load(path)["features"]
+        t0 = time.perf_counter()
+        fit = jax.block_until_ready(fit_activeft(feats, k=spec["k"], init_indices=init,
+                                                 key=jax.random.key(0)))
+        out.append({"indices": [int(i) for i in np.asarray(fit.selection.indices)],
+                    "losses": [float(v) for v in np.asarray(fit.losses)],
+                    "seconds": time.perf_counter() - t0})
+    return {"runs": out}
+
+
+def run_ours(spec: dict) -> dict:
+    """`worker(spec)` in a fresh process (each fit compiles and runs on its own)."""
+    return run_worker(__file__, spec)
+
+
+def summary(values) -> str:
+    v = np.asarray(values)
+    return f"mean {v.mean():.2%}, min {v.min():.2%}, max {v.max():.2%}"
+
+
+def markdown(r: dict) -> str:
+    b = r["B"]
+
+    def picks(x):
+        return f"{x:.2%} ({round(x * b)})"
+
+    lines = [f"## ActiveFT, float32 round-off: {r['problem']} (features' seed {r['seed']}, the official "
+             f"init's seed {r['init_seed']}), the same init for every run",
+             "",
+             "### The official code with MKL on another code path (MKL_CBWR), unperturbed features",
+             "",
+             "| MKL code path | official vs official (default path) | ours vs this run | max loss diff: "
+             "official vs official | ours vs this run | official run |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for row in r["paths"]:
+        lines.append(f"| {row['path']} | {picks(row['official_self'])} | {picks(row['ours_vs_official'])} | "
+                     f"{row['official_self_loss']:.1e} | {row['cross_loss']:.1e} | {row['seconds']:.1f} s |")
+    if r["paths"]:
+        lines += ["", "(A path whose loss difference is 0 ran bit for bit the default computation: MKL "
+                  "kept its kernels on this CPU. Only the others change the arithmetic.)"]
+    lines += ["",
+              f"### {r['draws']} inputs with {r['fraction']:g} of the feature entries moved by one ulp",
+              "",
+              "| input | official vs official (unperturbed) | ours vs ours (unperturbed) | ours vs official | "
+              "max loss diff: official vs its own | ours vs its own | ours vs official |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    for row in r["rows"]:
+        lines.append(
+            f"| {row['input']} | {picks(row['official_self'])} | {picks(row['ours_self'])} | "
+            f"{picks(row['ours_vs_official'])} | {row['official_self_loss']:.1e} | "
+            f"{row['ours_self_loss']:.1e} | {row['cross_loss']:.1e} |")
+    pert = [row for row in r["rows"] if row["input"] != "unperturbed"]
+    lines += [""]
+    if pert:
+        lines += [f"Over the {len(pert)} perturbed inputs: official vs itself "
+                  f"{summary([x['official_self'] for x in pert])}; "
+                  f"ours vs itself {summary([x['ours_self'] for x in pert])}; "
+                  f"ours vs official (all {len(r['rows'])} inputs) {summary([x['ours_vs_official'] for x in r['rows']])}."]
+    lines += [f"Official runs (MKL's default path) took {r['official_s_min']:.1f}-{r['official_s_max']:.1f} s, ours "
+              f"{r['ours_s_min']:.2f}-{r['ours_s_max']:.2f} s (the first includes compilation).", ""]
+    return "\n".join(lines)
+
+
+def plot(r: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [x for x in r["rows"] if x["input"] != "unperturbed"]
+    changed = [x for x in r["paths"] if x["official_self_loss"] > 0]   # the arithmetic changed
+    series = [("official vs itself,\nanother MKL path", [x["official_self"] for x in changed]),
+              ("official vs itself,\n1-ulp inputs", [x["official_self"] for x in rows]),
+              ("ours vs itself,\n1-ulp inputs", [x["ours_self"] for x in rows]),
+              ("ours vs official,\nsame input", [x["ours_vs_official"] for x in r["rows"]])]
+    fig, ax = plt.subplots(figsize=(7.2, 3.8))
+    rng = np.random.default_rng(0)
+    for i, (label, v) in enumerate(series):
+        if not v:
+            continue
+        picks = np.asarray(v) * r["B"]
+        ax.scatter(i + rng.uniform(-0.12, 0.12, len(picks)), picks, s=22, alpha=0.75)
+        ax.hlines(np.mean(picks), i - 0.25, i + 0.25, color="k", lw=1)
+    ax.set_xticks(range(len(series)), [s[0] for s in series], fontsize=8)
+    ax.set_ylabel(f"picks in common (of {r['B']})")
+    ax.set_title(f"ActiveFT float32 round-off, {r['problem']} (dots: runs; bars: means)", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--ref-python", default=DEFAULT_REF_PYTHON)
+    p.add_argument("--official-repo", default=DEFAULT_OFFICIAL_REPO)
+    p.add_argument("--problem", choices=["clustered", "normal"], default="clustered",
+                   help="compare_activeft.py's N = 20 000 speed problem of that kind")
+    p.add_argument("--seed", type=int, default=5001, help="compare_activeft.py's --seed")
+    p.add_argument("--init-seed", type=int, default=None,
+                   help="seed of the official code's random init (default: --seed)")
+    p.add_argument("--draws", type=int, default=8, help="perturbed inputs (0: none)")
+    p.add_argument("--fraction", type=float, default=1e-4,
+                   help="share of the feature entries moved by one ulp in each perturbed input")
+    p.add_argument("--mkl-paths", default="COMPATIBLE",
+                   help="comma-separated MKL_CBWR values to run the official code under (empty: none)")
+    p.add_argument("--out", default=None)
+    p.add_argument("--replot", metavar="JSON", help="redraw the tables and plot of an earlier run's JSON")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.worker:
+        serve_worker(a.worker, worker)
+        return 0
+    if a.replot:
+        with open(a.replot) as f:
+            res = json.load(f)
+        out = a.replot[:-len(".json")] if a.replot.endswith(".json") else a.replot
+        write_report(out, res, markdown(res))
+        plot(res, out + "_picks.png")
+        return 0
+    if a.draws < 0 or not 0 < a.fraction <= 1:
+        p.error("--draws must be >= 0 and --fraction in (0, 1]")
+    paths_mkl = [x for x in a.mkl_paths.split(",") if x]
+    index = 0 if a.problem == "clustered" else 1
+    name, n, d, b, clustered = SPEED_PROBLEMS[index]
+    seed = a.seed + index  # as compare_activeft.part_speed draws the features
+    out = a.out or os.path.join(ROOT, "experiments", "results", f"activeft_roundoff_{a.problem}")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    base = features(seed, n, d, clustered)
+    init_seed = a.seed if a.init_seed is None else a.init_seed
+    res = {"problem": name, "seed": seed, "init_seed": init_seed, "B": b, "draws": a.draws,
+           "fraction": a.fraction, "rows": [],
+           "paths": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for draw in range(a.draws + 1):
+            x = base if draw == 0 else perturb(base, a.fraction, draw)
+            paths.append(os.path.join(tmp, f"input{draw}.npz"))
+            np.savez(paths[-1], features=x)
+        official = []
+        for draw, path in enumerate(paths):
+            init = None if draw == 0 else official[0]["init_indices"]
+            official.append(run_official(a.ref_python, a.official_repo, path, b, seed=init_seed,
+                                         anomaly=False, threads=2, init_indices=init))
+            print(f"official, input {draw}: {official[-1]['wall_time_s']:.1f} s", flush=True)
+        other = {}
+        for path in paths_mkl:
+            other[path] = run_official(a.ref_python, a.official_repo, paths[0], b, seed=init_seed,
+                                       anomaly=False, threads=2, init_indices=official[0]["init_indices"],
+                                       env={"MKL_CBWR": path})
+            print(f"official, MKL_CBWR={path}: {other[path]['wall_time_s']:.1f} s", flush=True)
+        ours = run_ours({"npz": paths, "k": b, "init": official[0]["init_indices"]})["runs"]
+    for path, o in other.items():
+        row = {"path": path, "seconds": o["wall_time_s"],
+               "official_self": shared(o["indices"], official[0]["indices"]),
+               "ours_vs_official": shared(ours[0]["indices"], o["indices"]),
+               "official_self_loss": max_diff(o["losses"], official[0]["losses"]),
+               "cross_loss": max_diff(ours[0]["losses"], o["losses"]),
+               "official_indices": sorted(map(int, o["indices"]))}
+        res["paths"].append(row)
+        print(f"MKL_CBWR={path}: official vs official {row['official_self']:.2%}, ours vs it "
+              f"{row['ours_vs_official']:.2%}", flush=True)
+    for draw, (o, m) in enumerate(zip(official, ours)):
+        row = {"input": "unperturbed" if draw == 0 else f"draw {draw}",
+               "official_self": shared(o["indices"], official[0]["indices"]),
+               "ours_self": shared(m["indices"], ours[0]["indices"]),
+               "ours_vs_official": shared(m["indices"], o["indices"]),
+               "official_self_loss": max_diff(o["losses"], official[0]["losses"]),
+               "ours_self_loss": max_diff(m["losses"], ours[0]["losses"]),
+               "cross_loss": max_diff(m["losses"], o["losses"]),
+               "official_indices": sorted(map(int, o["indices"])), "ours_indices": sorted(m["indices"])}
+        res["rows"].append(row)
+        print(f"{row['input']}: official vs itself {row['official_self']:.2%}, ours vs itself "
+              f"{row['ours_self']:.2%}, ours vs official {row['ours_vs_official']:.2%}", flush=True)
+    res["official_s_min"] = min(o["wall_time_s"] for o in official)
+    res["official_s_max"] = max(o["wall_time_s"] for o in official)
+    res["ours_s_min"] = min(m["seconds"] for m in ours)
+    res["ours_s_max"] = max(m["seconds"] for m in ours)
+    write_report(out, res, markdown(res))
+    plot(res, out + "_picks.png")
+    print(f"wrote {out}_picks.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
