@@ -30,6 +30,9 @@ not change the values).
     # other inits of the official code, the MKL paths only (docs/activeft.md's table)
     .venv/bin/python experiments/benchmarks/activeft_roundoff.py --draws 0 --init-seed 1 \
         --out experiments/results/activeft_roundoff_clustered_init1
+    # one table and plot over such runs
+    .venv/bin/python experiments/benchmarks/activeft_roundoff.py --combine \
+        experiments/results/activeft_roundoff_clustered.json experiments/results/activeft_roundoff_clustered_init*.json
 
 Writes experiments/results/activeft_roundoff_<problem>.{json,md} (or --out) and a
 plot (_picks.png) of the picks in common; `--replot JSON` redraws both from a
@@ -176,6 +179,49 @@ def plot(r: dict, path: str) -> None:
     plt.close(fig)
 
 
+def combine(runs: list, out: str) -> str:
+    """One table and one plot over several runs' JSONs (e.g. other inits), for their first MKL path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    b = runs[0]["B"]
+    path = runs[0]["paths"][0]["path"]
+    cols = [("official vs official (MKL_CBWR=%s)" % path, lambda r: r["paths"][0]["official_self"]),
+            ("ours vs official (default path)", lambda r: r["rows"][0]["ours_vs_official"]),
+            ("ours vs official (MKL_CBWR=%s)" % path, lambda r: r["paths"][0]["ours_vs_official"])]
+    lines = [f"## ActiveFT, float32 round-off over {len(runs)} inits: {runs[0]['problem']} "
+             f"(picks in common, of {b})", "",
+             "| official init seed | " + " | ".join(c[0] for c in cols) + " |",
+             "|---|" + "---:|" * len(cols)]
+    values = [[round(f(r) * b) for _, f in cols] for r in runs]
+    for r, v in zip(runs, values):
+        lines.append(f"| {r['init_seed']} | " + " | ".join(map(str, v)) + " |")
+    mean = np.mean(values, axis=0)
+    lines.append("| mean | " + " | ".join(f"{m:.2f} ({m / b:.2%})" for m in mean) + " |")
+    lines.append("| identical sets | " + " | ".join(
+        f"{sum(v[i] == b for v in values)} of {len(runs)}" for i in range(len(cols))) + " |")
+    md = "\n".join(lines) + "\n"
+    with open(out + ".md", "w") as f:
+        f.write(md)
+    fig, ax = plt.subplots(figsize=(7.2, 4.2))
+    x = np.arange(len(runs))
+    for i, ((label, _), marker) in enumerate(zip(cols, ["o", "s", "^"])):
+        ax.scatter(x + (i - 1) * 0.18, [v[i] for v in values], marker=marker, s=36, label=label)
+    ax.set_xticks(x, [str(r["init_seed"]) for r in runs])
+    ax.set_xlabel("the official code's init seed")
+    ax.set_ylabel(f"picks in common (of {b})")
+    ax.set_ylim(min(min(v) for v in values) - 1.5, b + 0.8)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
+    ax.set_title(f"ActiveFT float32 round-off, {runs[0]['problem']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out + ".png", dpi=120)
+    plt.close(fig)
+    return md
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ref-python", default=DEFAULT_REF_PYTHON)
@@ -192,10 +238,22 @@ def main(argv=None) -> int:
                    help="comma-separated MKL_CBWR values to run the official code under (empty: none)")
     p.add_argument("--out", default=None)
     p.add_argument("--replot", metavar="JSON", help="redraw the tables and plot of an earlier run's JSON")
+    p.add_argument("--combine", metavar="JSON", nargs="+",
+                   help="one table and plot (--out, default experiments/results/activeft_roundoff_inits) "
+                        "over several runs' JSONs")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.worker:
         serve_worker(a.worker, worker)
+        return 0
+    if a.combine:
+        runs = []
+        for path in a.combine:
+            with open(path) as f:
+                runs.append(json.load(f))
+        out = a.out or os.path.join(ROOT, "experiments", "results", "activeft_roundoff_inits")
+        print(combine(runs, out))
+        print(f"wrote {out}.md and .png")
         return 0
     if a.replot:
         with open(a.replot) as f:
