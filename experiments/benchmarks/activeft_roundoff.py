@@ -54,7 +54,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _reference import (DEFAULT_OFFICIAL_REPO, DEFAULT_REF_PYTHON, ROOT, run_official,  # noqa: E402
                         run_worker, serve_worker, write_report)
-from compare_activeft import SPEED_PROBLEMS, features  # noqa: E402
+from compare_activeft import SPEED_PROBLEMS, features, max_diff, shared  # noqa: E402
 
 
 def perturb(x: np.ndarray, fraction: float, draw: int) -> np.ndarray:
@@ -67,15 +67,6 @@ def perturb(x: np.ndarray, fraction: float, draw: int) -> np.ndarray:
     flat[where] = np.where(up, np.nextafter(flat[where], np.float32(np.inf)),
                            np.nextafter(flat[where], np.float32(-np.inf)))
     return flat.reshape(x.shape)
-
-
-def shared(a, b) -> float:
-    """The share of the picks two selections of the same size have in common (as sets)."""
-    return len(set(map(int, a)) & set(map(int, b))) / len(a)
-
-
-def max_diff(a, b) -> float:
-    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
 
 
 def worker(spec: dict) -> dict:
@@ -264,7 +255,7 @@ def main(argv=None) -> int:
         return 0
     if a.draws < 0 or not 0 < a.fraction <= 1:
         p.error("--draws must be >= 0 and --fraction in (0, 1]")
-    paths_mkl = [x for x in a.mkl_paths.split(",") if x]
+    mkl_paths = [x for x in a.mkl_paths.split(",") if x]
     index = 0 if a.problem == "clustered" else 1
     name, n, d, b, clustered = SPEED_PROBLEMS[index]
     seed = a.seed + index  # as compare_activeft.part_speed draws the features
@@ -273,8 +264,7 @@ def main(argv=None) -> int:
     base = features(seed, n, d, clustered)
     init_seed = a.seed if a.init_seed is None else a.init_seed
     res = {"problem": name, "seed": seed, "init_seed": init_seed, "B": b, "draws": a.draws,
-           "fraction": a.fraction, "rows": [],
-           "paths": []}
+           "fraction": a.fraction, "rows": [], "paths": []}
     with tempfile.TemporaryDirectory() as tmp:
         paths = []
         for draw in range(a.draws + 1):
@@ -288,21 +278,21 @@ def main(argv=None) -> int:
                                          anomaly=False, threads=2, init_indices=init))
             print(f"official, input {draw}: {official[-1]['wall_time_s']:.1f} s", flush=True)
         other = {}
-        for path in paths_mkl:
-            other[path] = run_official(a.ref_python, a.official_repo, paths[0], b, seed=init_seed,
-                                       anomaly=False, threads=2, init_indices=official[0]["init_indices"],
-                                       env={"MKL_CBWR": path})
-            print(f"official, MKL_CBWR={path}: {other[path]['wall_time_s']:.1f} s", flush=True)
+        for mkl in mkl_paths:
+            other[mkl] = run_official(a.ref_python, a.official_repo, paths[0], b, seed=init_seed,
+                                      anomaly=False, threads=2, init_indices=official[0]["init_indices"],
+                                      env={"MKL_CBWR": mkl})
+            print(f"official, MKL_CBWR={mkl}: {other[mkl]['wall_time_s']:.1f} s", flush=True)
         ours = run_ours({"npz": paths, "k": b, "init": official[0]["init_indices"]})["runs"]
-    for path, o in other.items():
-        row = {"path": path, "seconds": o["wall_time_s"],
+    for mkl, o in other.items():
+        row = {"path": mkl, "seconds": o["wall_time_s"],
                "official_self": shared(o["indices"], official[0]["indices"]),
                "ours_vs_official": shared(ours[0]["indices"], o["indices"]),
                "official_self_loss": max_diff(o["losses"], official[0]["losses"]),
                "cross_loss": max_diff(ours[0]["losses"], o["losses"]),
                "official_indices": sorted(map(int, o["indices"]))}
         res["paths"].append(row)
-        print(f"MKL_CBWR={path}: official vs official {row['official_self']:.2%}, ours vs it "
+        print(f"MKL_CBWR={mkl}: official vs official {row['official_self']:.2%}, ours vs it "
               f"{row['ours_vs_official']:.2%}", flush=True)
     for draw, (o, m) in enumerate(zip(official, ours)):
         row = {"input": "unperturbed" if draw == 0 else f"draw {draw}",

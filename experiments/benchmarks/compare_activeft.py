@@ -160,10 +160,18 @@ def numpy_sgemm_gflops() -> float:
     return 2 * 20000 * 384 * 400 / min(ts) / 1e9
 
 
+def shared(a, b) -> float:
+    """The share of the picks two selections of the same size have in common (as sets)."""
+    return len(set(map(int, a)) & set(map(int, b))) / len(b)
+
+
+def max_diff(a, b) -> float:
+    """The largest difference between two loss curves."""
+    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+
+
 def compare(ours_idx, off_idx, ours_losses, off_losses) -> dict:
-    b = len(off_idx)
-    return {"overlap": len(set(ours_idx) & set(off_idx)) / b,
-            "max_loss_diff": float(np.max(np.abs(np.asarray(ours_losses) - np.asarray(off_losses)))),
+    return {"overlap": shared(ours_idx, off_idx), "max_loss_diff": max_diff(ours_losses, off_losses),
             "final_loss_official": off_losses[-1], "final_loss_ours": ours_losses[-1]}
 
 
