@@ -315,8 +315,8 @@ def test_bad_features():
 
 
 @pytest.mark.parametrize("bounds,refresh,kernels", [
-    ("pairs", None, True), ("pairs", 1.0, True), ("rows", None, True), ("rows", 1.0, True),
-    pytest.param("pairs", None, False, marks=DEFAULT_CODEGEN)])
+    ("pairs", None, True), ("pairs", 1.0, True), pytest.param("rows", None, True, marks=DEFAULT_CODEGEN),
+    ("rows", 1.0, True), pytest.param("pairs", None, False, marks=DEFAULT_CODEGEN)])
 def test_pair_and_row_bounds_give_the_dense_run(bounds, refresh, kernels, monkeypatch):
     # Clustered features: near ties, open pairs each step, blocks that score a few
     # prototypes and blocks that fall back to whole rows (B // 8 = 6 columns). On CPU
@@ -433,6 +433,7 @@ def test_chain_rank_is_a_greedy_nearest_neighbour_path():
     np.testing.assert_array_equal(np.argsort(rank), path)
 
 
+@DEFAULT_CODEGEN
 def test_pair_bounds_give_the_dense_run_with_exact_ties():
     # Repeated features: prototypes that start on copies of one feature score every
     # feature the same, so their two best are within round-off (rescored as whole rows).
@@ -475,6 +476,74 @@ def test_first_argmax_is_argmax_with_ties():
     scores[6, :] = 2.0
     np.testing.assert_array_equal(_first_argmax(jnp.asarray(scores)), np.argmax(scores, axis=1))
 
+
+def test_exact_dot_is_the_float64_dot_of_the_float32_inputs():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((50, 384)).astype(np.float32)
+    y = rng.standard_normal((50, 384)).astype(np.float32)
+    y[:25] = -x[:25] + np.float32(1e-3) * y[:25]    # heavy cancellation: dot ~ -|x|^2 + small
+    y[25:30] = x[25:30] * np.float32(1e-20)          # tiny products
+    hi, lo = jax.jit(A._exact_dot)(jnp.asarray(x), jnp.asarray(y))
+    ref = np.sum(x.astype(np.float64) * y.astype(np.float64), axis=1)  # exact products
+    scale = np.sum(np.abs(x.astype(np.float64) * y), axis=1)
+    got = np.asarray(hi, np.float64) + np.asarray(lo, np.float64)
+    np.testing.assert_array_less(np.abs(got - ref), 1e-13 * scale)
+    # float32 alone is ~1e-7 off: the test can tell the two apart.
+    assert np.max(np.abs(np.sum(x * y, axis=1) - ref) / scale) > 1e-9
+
+
+def _near_copies(rng, n, d, centers):
+    """Unit prototypes in pairs one ulp apart in one entry, and features around them."""
+    p = np.array(aft.kernels.l2_normalize(jnp.asarray(rng.standard_normal((centers, d)), jnp.float32)))
+    q = p.copy()
+    q[np.arange(centers), np.arange(centers) % d] = np.nextafter(p[np.arange(centers), np.arange(centers) % d],
+                                                                 np.float32(1))
+    protos = np.concatenate([p, q]).astype(np.float32)
+    feats = (p[rng.integers(0, centers, n)] * 3 + rng.standard_normal((n, d))).astype(np.float32)
+    return protos, feats
+
+
+def test_assignment_decides_near_ties_on_exact_similarities():
+    # Prototypes one ulp apart: which one a feature is nearer to is far below float32
+    # round-off (~1e-10 against ~1e-7), so a float32 argmax picks one by chance. (Given
+    # unit-norm inputs as they are: which of two such prototypes wins also depends on
+    # the last bit of each one's normalization.)
+    rng = np.random.default_rng(5)
+    protos, feats = _near_copies(rng, 3000, 384, 6)
+    feats = np.asarray(aft.kernels.l2_normalize(jnp.asarray(feats)))
+    exact = np.argmax(feats.astype(np.float64) @ protos.astype(np.float64).T, axis=1)
+    float32 = np.argmax(np.asarray(A.matmul(jnp.asarray(feats), jnp.asarray(protos).T)), axis=1)
+    assert np.sum(float32 != exact) > 100                # round-off decides these in float32
+    assign = jax.jit(A._dense_assignment, static_argnums=2)
+    for rows in (512, 3000):                             # chunked and in one block
+        np.testing.assert_array_equal(np.asarray(assign(jnp.asarray(protos), jnp.asarray(feats), rows)),
+                                      exact)
+    # float64 input is decided on its matmul.
+    with jax.enable_x64(True):
+        got = assign(jnp.asarray(protos, jnp.float64), jnp.asarray(feats, jnp.float64), 512)
+        np.testing.assert_array_equal(np.asarray(got), exact)
+
+
+@DEFAULT_CODEGEN
+@pytest.mark.parametrize("bounds", ["pairs", "rows"])
+def test_pruned_fits_decide_near_ties_as_the_dense_fit(bounds):
+    # Features that are near copies of each other start prototypes one ulp apart: steps
+    # have rows decided on exact similarities, by the dense matmul's rows and by the
+    # pruned paths' whole-row rescoring alike.
+    rng = np.random.default_rng(6)
+    base = (rng.standard_normal((4, 16))[rng.integers(0, 4, 200)]
+            + 0.5 * rng.standard_normal((200, 16))).astype(np.float32)
+    twins = base[:20].copy()
+    twins[:, 0] = np.nextafter(twins[:, 0], np.float32(np.inf))
+    feats = np.concatenate([base, twins])
+    init = np.concatenate([np.arange(0, 10), np.arange(200, 210), rng.choice(np.arange(20, 200), 12,
+                                                                              replace=False)])
+    kw = dict(k=32, init_indices=init, steps=20, chunk_rows=64)
+    dense = aft.selection.fit_activeft(feats, prune=False, **kw)
+    pruned = aft.selection.fit_activeft(feats, prune=True, bounds=bounds, **kw)
+    np.testing.assert_array_equal(pruned.selection.indices, dense.selection.indices)
+    np.testing.assert_array_equal(pruned.losses, dense.losses)
+    np.testing.assert_array_equal(pruned.prototypes, dense.prototypes)
 
 def test_pruning_is_chosen_by_platform_and_size():
     from activeft_jax.selection.prototypes import _PAIR_BOUNDS_LIMIT, _choose_pruning

@@ -10,7 +10,10 @@ author confirms it in the repository's issue #2). With unit-norm features f_i
 
 * normalizes the prototypes, θ̂ = θ / ‖θ‖;
 * assigns every feature to its most similar prototype, c_i = argmax_k f_iᵀθ̂_k
-  (recomputed every step, no gradient through the argmax);
+  (recomputed every step, no gradient through the argmax). A feature whose two
+  best are within float32 round-off of each other is decided on its exact
+  similarities (`_decide`): the few such features each step would otherwise
+  follow the matmul's order of summation, and the fit's trajectory with them;
 * takes the loss
 
       L = −mean_i [ s_i − log(exp(s_i) + balance · S_{c_i}) ],
@@ -370,6 +373,118 @@ def _first_argmax(scores):
     return (-jnp.max(jnp.where(scores == top, -cols, -jnp.inf), axis=1)).astype(jnp.int32)
 
 
+#: Near-tie rows are re-decided `_TIE_GROUP` at a time, each on its
+#: `_TIE_CANDIDATES` best columns (a row with more within the margin: on all of them).
+_TIE_GROUP = 16
+_TIE_CANDIDATES = 4
+
+
+def _split(v):
+    """v = hi + lo exactly, hi with 12 significant bits and lo with at most 12 (float32)."""
+    hi = lax.reduce_precision(v, exponent_bits=8, mantissa_bits=11)
+    return hi, v - hi
+
+
+def _two_sum(a, b):
+    """a + b = s + e exactly (Knuth's TwoSum: no multiplication, nothing to contract)."""
+    s = a + b
+    bb = s - a
+    return s, (a - (s - bb)) + (b - bb)
+
+
+def _exact_dot(x, y):
+    """Σ x·y over the last axis as an unevaluated float32 pair (hi, lo), in ~double precision.
+
+    Each product is split into four that float32 holds exactly (`_split`); their
+    sum is a fixed tree of error-free additions (`_two_sum`) whose errors are
+    summed alongside. The result is within ~d²·2⁻⁴⁸ · Σ|x·y| of the exact dot
+    product of the float32 inputs (~1e-10 at d = 384 for unit vectors; float32
+    round-off alone is up to ~1e-5 there).
+    """
+    xh, xl = _split(x)
+    yh, yl = _split(y)
+    s = jnp.concatenate([xh * yh, xh * yl, xl * yh, xl * yl], axis=-1)
+    e = jnp.zeros_like(s)
+    while s.shape[-1] > 1:
+        h = s.shape[-1] // 2
+        hs, err = _two_sum(s[..., :h], s[..., h:2 * h])
+        he = e[..., :h] + e[..., h:2 * h] + err
+        if s.shape[-1] % 2:
+            hs = jnp.concatenate([hs, s[..., 2 * h:]], axis=-1)
+            he = jnp.concatenate([he, e[..., 2 * h:]], axis=-1)
+        s, e = hs, he
+    return _two_sum(s[..., 0], e[..., 0])
+
+
+def _exact_first_argmax(x, protos, cols, ok):
+    """Per row, the first of the columns `cols` [G, K] (ascending; `ok` marks the real ones)
+    whose exact similarity f_iᵀθ̂_k (`_exact_dot`) is largest: [G]."""
+    hi, lo = _exact_dot(x[:, None, :], protos[cols])                             # [G, K]
+    best = cols[:, 0]
+    bh, bl = hi[:, 0], lo[:, 0]
+    for j in range(1, cols.shape[1]):
+        # hi's are within the margin of each other: their difference is exact (Sterbenz)
+        # wherever the similarities are not near 0.
+        take = ok[:, j] & ((hi[:, j] - bh) + (lo[:, j] - bl) > 0)
+        best = jnp.where(take, cols[:, j], best)
+        bh, bl = jnp.where(take, hi[:, j], bh), jnp.where(take, lo[:, j], bl)
+    return best
+
+
+def _decide(sims, x, protos):
+    """Each row's prototype: the first argmax of its float32 similarities, except that a
+    row whose best two are within the margin is decided on the exact similarities.
+
+    float32 round-off in a dot product of unit vectors in d = 384 is ~1e-7 (up to
+    ~1e-5), and which of two prototypes within that of each other wins steers the
+    rest of the fit: the official code and ours round differently, so their fits
+    would part at such rows. Deciding them exactly (to ~1e-10, `_exact_dot`) makes
+    the choice independent of how the matmul summed — every path of ours, on any
+    backend — and removes our round-off from the fit's trajectory. Among the
+    columns within the margin of the row's best (the exact winner is one of them
+    while round-off stays below half the margin), ties go to the first column.
+    float64 input is decided on its matmul (its round-off is ~1e-16).
+
+    `sims` [C, B] = `matmul(x, protos.T)`, `x` [C, d], `protos` [B, d]. Returns [C] int32.
+    """
+    c = _first_argmax(sims)
+    if sims.dtype != jnp.float32:
+        return c
+    rows, b = sims.shape
+    k = min(_TIE_CANDIDATES, b)
+    top = jnp.max(sims, axis=1, keepdims=True)
+    near = sims >= top - _margin(sims.dtype)
+    count = jnp.sum(near.astype(jnp.int32), axis=1)
+    tied = count >= 2
+    num = jnp.sum(tied)
+    g = min(_TIE_GROUP, rows)
+    todo = jnp.concatenate([jnp.nonzero(tied, size=rows, fill_value=rows)[0],
+                            jnp.full((g,), rows, jnp.int32)]).astype(jnp.int32)
+
+    def body(st):
+        i, c = st
+        sel = lax.dynamic_slice_in_dim(todo, i * g, g)
+        at = jnp.minimum(sel, rows - 1)
+        s, xs = sims[at], x[at]
+
+        def few(_):
+            # The k best columns, in ascending order (first-argmax ties).
+            vals, cols = lax.top_k(s, k)
+            ok = vals >= top[at] - _margin(s.dtype)
+            cols = jnp.sort(jnp.where(ok, cols, b)).astype(jnp.int32)
+            ok = cols < b
+            return _exact_first_argmax(xs, protos, jnp.minimum(cols, b - 1), ok)
+
+        def every(_):
+            cols = jnp.broadcast_to(jnp.arange(b, dtype=jnp.int32), (g, b))
+            return _exact_first_argmax(xs, protos, cols, near[at])
+
+        best = lax.cond(jnp.max(count[at]) <= k, few, every, None)
+        return i + 1, c.at[sel].set(best, mode="drop")
+
+    return lax.while_loop(lambda st: st[0] * g < num, body, (jnp.zeros((), jnp.int32), c))[1]
+
+
 def _any(mask, axis):
     """`jnp.any(mask, axis)` as a max over int8: XLA:CPU rewrites a boolean any into a
     windowed reduction plus a second one, ~1.6x slower on the [C, B] blocks here."""
@@ -397,10 +512,10 @@ def _chain_rank(protos):
 
 
 def _dense_assignment(protos, feats, rows, with_sims=False):
-    """argmax_k f_iᵀθ̂_k for every feature, chunked (and its `_own_similarity`)."""
+    """argmax_k f_iᵀθ̂_k for every feature (`_decide`), chunked (and its `_own_similarity`)."""
 
     def fn(x):
-        c = _first_argmax(matmul(x, protos.T))
+        c = _decide(matmul(x, protos.T), x, protos)
         return (c, _own_similarity(x, protos, c)) if with_sims else c
 
     return map_rows(fn, plan(feats.shape[0], rows), feats)
@@ -524,7 +639,7 @@ def _pruned_assignment(protos, feats, bounds: _Bounds, rows: int, refresh: float
     def everything(_):
         def fn(x):
             sims = matmul(x, protos.T)
-            c = _first_argmax(sims)
+            c = _decide(sims, x, protos)
             return c, _runner_up(sims, c, jnp.zeros((b,), sims.dtype))
 
         assign, upper = map_rows(fn, plan(n, rows), feats)
@@ -541,8 +656,9 @@ def _pruned_assignment(protos, feats, bounds: _Bounds, rows: int, refresh: float
         def body(st):
             i, assign, upper = st
             sel = lax.dynamic_slice_in_dim(idx, i * r, r)
-            sims = matmul(feats[jnp.minimum(sel, n - 1)], protos.T)
-            c = _first_argmax(sims)
+            x = feats[jnp.minimum(sel, n - 1)]
+            sims = matmul(x, protos.T)
+            c = _decide(sims, x, protos)
             up = _runner_up(sims, c, drift)
             return (i + 1, assign.at[sel].set(c, mode="drop"), upper.at[sel].set(up, mode="drop"))
 
@@ -609,7 +725,7 @@ def _pair_assignment(protos, feats, bounds: _PairBounds, step, rows: int, refres
 
     def whole_rows(x):
         sims = matmul(x, protos.T)
-        c = _first_argmax(sims)
+        c = _decide(sims, x, protos)
         return c, _round_down(jnp.where(cols[None, :] == c[:, None], jnp.inf,
                                         angle_lower(sims) + travel[None, :]), gap_dtype)
 
@@ -901,6 +1017,9 @@ def assign_to_prototypes(prototypes: Any, features: Any, *,
 
     Both sides are L2-normalized; the [N, B] similarities are computed in row
     chunks (never all at once). This is the O(N·B·d) work of one dense ActiveFT step.
+    With float32 input, a feature whose two best prototypes are within round-off of
+    each other (2⁻¹⁵ in similarity) is decided on exact similarities of the
+    normalized float32 vectors (to ~1e-10), not on the matmul's rounding.
 
     Args:
       prototypes: [B, d] prototypes (e.g. `ActiveFTFit.prototypes`).
