@@ -33,6 +33,9 @@ not change the values).
     # one table and plot over such runs
     .venv/bin/python experiments/benchmarks/activeft_roundoff.py --combine \
         experiments/results/activeft_roundoff_clustered.json experiments/results/activeft_roundoff_clustered_init*.json
+    # after a change of ours: our side again, against the stored official picks (~1 minute)
+    .venv/bin/python experiments/benchmarks/activeft_roundoff.py --rerun-ours \
+        experiments/results/activeft_roundoff_clustered.json experiments/results/activeft_roundoff_clustered_init*.json
 
 Writes experiments/results/activeft_roundoff_<problem>.{json,md} (or --out) and a
 plot (_picks.png) of the picks in common; `--replot JSON` redraws both from a
@@ -93,9 +96,63 @@ def run_ours(spec: dict) -> dict:
     return run_worker(__file__, spec)
 
 
+def official_init(res: dict) -> list:
+    """The official run's initial indices: stored, or drawn again as the official code draws them.
+
+    (`random.seed(seed)`, then `random.sample(range(N), B)`: runs from before the
+    indices were stored; checked against those runs' own picks of ours.)
+    """
+    if "init_indices" in res:
+        return res["init_indices"]
+    import random
+
+    n = next(p[1] for p in SPEED_PROBLEMS if p[0] == res["problem"])
+    return random.Random(res["init_seed"]).sample(list(range(n)), res["B"])
+
+
+def rerun_ours(res: dict) -> dict:
+    """Our side of an earlier run again (after a change of ours), against its stored official picks.
+
+    The inputs are rebuilt from the run's problem, seed, fraction and draws (the
+    perturbations are seeded), and our fits run on all of them; the official
+    picks, timings and self-comparisons are kept. Loss-curve differences against
+    the official runs need their curves, which runs before 5 Dec did not keep (n/a).
+    """
+    name, n, d, b, clustered = next(p for p in SPEED_PROBLEMS if p[0] == res["problem"])
+    base = features(res["seed"], n, d, clustered)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for draw in range(res["draws"] + 1):
+            x = base if draw == 0 else perturb(base, res["fraction"], draw)
+            paths.append(os.path.join(tmp, f"input{draw}.npz"))
+            np.savez(paths[-1], features=x)
+        ours = run_ours({"npz": paths, "k": b, "init": official_init(res)})["runs"]
+    out = json.loads(json.dumps(res))
+    for row in out["paths"]:
+        row["ours_vs_official"] = shared(ours[0]["indices"], row["official_indices"])
+        row["cross_loss"] = (max_diff(ours[0]["losses"], row["official_losses"])
+                             if "official_losses" in row else None)
+    for row, m in zip(out["rows"], ours):
+        row["ours_self"] = shared(m["indices"], ours[0]["indices"])
+        row["ours_vs_official"] = shared(m["indices"], row["official_indices"])
+        row["ours_self_loss"] = max_diff(m["losses"], ours[0]["losses"])
+        row["cross_loss"] = (max_diff(m["losses"], row["official_losses"])
+                             if "official_losses" in row else None)
+        row["ours_indices"] = sorted(m["indices"])
+    out["ours_s_min"] = min(m["seconds"] for m in ours)
+    out["ours_s_max"] = max(m["seconds"] for m in ours)
+    out["ours_rerun"] = time.strftime("%Y-%m-%d")
+    return out
+
+
 def summary(values) -> str:
     v = np.asarray(values)
     return f"mean {v.mean():.2%}, min {v.min():.2%}, max {v.max():.2%}"
+
+
+def loss(x) -> str:
+    """A loss difference, or n/a where the official curve was not kept (`--rerun-ours` of older runs)."""
+    return "n/a" if x is None else f"{x:.1e}"
 
 
 def markdown(r: dict) -> str:
@@ -114,7 +171,7 @@ def markdown(r: dict) -> str:
              "|---|---:|---:|---:|---:|---:|"]
     for row in r["paths"]:
         lines.append(f"| {row['path']} | {picks(row['official_self'])} | {picks(row['ours_vs_official'])} | "
-                     f"{row['official_self_loss']:.1e} | {row['cross_loss']:.1e} | {row['seconds']:.1f} s |")
+                     f"{row['official_self_loss']:.1e} | {loss(row['cross_loss'])} | {row['seconds']:.1f} s |")
     if r["paths"]:
         lines += ["", "(A path whose loss difference is 0 ran bit for bit the default computation: MKL "
                   "kept its kernels on this CPU. Only the others change the arithmetic.)"]
@@ -128,7 +185,7 @@ def markdown(r: dict) -> str:
         lines.append(
             f"| {row['input']} | {picks(row['official_self'])} | {picks(row['ours_self'])} | "
             f"{picks(row['ours_vs_official'])} | {row['official_self_loss']:.1e} | "
-            f"{row['ours_self_loss']:.1e} | {row['cross_loss']:.1e} |")
+            f"{row['ours_self_loss']:.1e} | {loss(row['cross_loss'])} |")
     pert = [row for row in r["rows"] if row["input"] != "unperturbed"]
     lines += [""]
     if pert:
@@ -136,6 +193,9 @@ def markdown(r: dict) -> str:
                   f"{summary([x['official_self'] for x in pert])}; "
                   f"ours vs itself {summary([x['ours_self'] for x in pert])}; "
                   f"ours vs official (all {len(r['rows'])} inputs) {summary([x['ours_vs_official'] for x in r['rows']])}."]
+    if r.get("ours_rerun"):
+        lines += [f"Our side rerun on {r['ours_rerun']} (`--rerun-ours`), against the official runs' "
+                  "stored picks.", ""]
     lines += [f"Official runs (MKL's default path) took {r['official_s_min']:.1f}-{r['official_s_max']:.1f} s, ours "
               f"{r['ours_s_min']:.2f}-{r['ours_s_max']:.2f} s (the first includes compilation).", ""]
     return "\n".join(lines)
@@ -232,6 +292,9 @@ def main(argv=None) -> int:
     p.add_argument("--combine", metavar="JSON", nargs="+",
                    help="one table and plot (--out, default experiments/results/activeft_roundoff_inits) "
                         "over several runs' JSONs")
+    p.add_argument("--rerun-ours", metavar="JSON", nargs="+",
+                   help="run our side of earlier runs again (after a change of ours) against their stored "
+                        "official picks; rewrites each JSON, its tables and plot")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.worker:
@@ -245,6 +308,14 @@ def main(argv=None) -> int:
         out = a.out or os.path.join(ROOT, "experiments", "results", "activeft_roundoff_inits")
         print(combine(runs, out))
         print(f"wrote {out}.md and .png")
+        return 0
+    if a.rerun_ours:
+        for path in a.rerun_ours:
+            with open(path) as f:
+                res = rerun_ours(json.load(f))
+            out = path[:-len(".json")] if path.endswith(".json") else path
+            write_report(out, res, markdown(res))
+            plot(res, out + "_picks.png")
         return 0
     if a.replot:
         with open(a.replot) as f:
@@ -290,7 +361,7 @@ def main(argv=None) -> int:
                "ours_vs_official": shared(ours[0]["indices"], o["indices"]),
                "official_self_loss": max_diff(o["losses"], official[0]["losses"]),
                "cross_loss": max_diff(ours[0]["losses"], o["losses"]),
-               "official_indices": sorted(map(int, o["indices"]))}
+               "official_indices": sorted(map(int, o["indices"])), "official_losses": o["losses"]}
         res["paths"].append(row)
         print(f"MKL_CBWR={mkl}: official vs official {row['official_self']:.2%}, ours vs it "
               f"{row['ours_vs_official']:.2%}", flush=True)
@@ -302,10 +373,12 @@ def main(argv=None) -> int:
                "official_self_loss": max_diff(o["losses"], official[0]["losses"]),
                "ours_self_loss": max_diff(m["losses"], ours[0]["losses"]),
                "cross_loss": max_diff(m["losses"], o["losses"]),
-               "official_indices": sorted(map(int, o["indices"])), "ours_indices": sorted(m["indices"])}
+               "official_indices": sorted(map(int, o["indices"])), "ours_indices": sorted(m["indices"]),
+               "official_losses": o["losses"]}
         res["rows"].append(row)
         print(f"{row['input']}: official vs itself {row['official_self']:.2%}, ours vs itself "
               f"{row['ours_self']:.2%}, ours vs official {row['ours_vs_official']:.2%}", flush=True)
+    res["init_indices"] = [int(i) for i in official[0]["init_indices"]]
     res["official_s_min"] = min(o["wall_time_s"] for o in official)
     res["official_s_max"] = max(o["wall_time_s"] for o in official)
     res["ours_s_min"] = min(m["seconds"] for m in ours)
