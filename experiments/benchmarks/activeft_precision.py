@@ -12,8 +12,9 @@ and the run's first other path):
     a32g64  float32 assignment, float64 gradient
     a64g32  float64 assignment (prototypes normalized in float64), float32 gradient
     a64g64  both in float64
-    tie32   float32, with near ties (two best within the margin) re-decided on
-            float64 similarities of the float32 vectors (the idea of `_decide`)
+    tie32   float32, near ties (two best within the margin) decided on exact
+            similarities of the float32 vectors: the library's assignment (`_decide`);
+            the a32 variants take the plain first argmax of the float32 matmul
 
     .venv/bin/python experiments/benchmarks/activeft_precision.py --variants a32g32,a64g32,tie32 \\
         --runs experiments/results/activeft_roundoff_clustered.json \\
@@ -47,7 +48,8 @@ def fit(variant: str, feats32, feats64, init, steps: int = 300, rows: int = 2048
 
     from activeft_jax.kernels import l2_normalize
     from activeft_jax.selection._nearest import nearest_unique
-    from activeft_jax.selection.prototypes import _dense_assignment, _first_argmax, _loss, _margin
+    from activeft_jax._core import map_rows, plan, matmul
+    from activeft_jax.selection.prototypes import _dense_assignment, _first_argmax, _loss
 
     f64 = jnp.float64
     a_dtype = f64 if variant.startswith("a64") else jnp.float32
@@ -58,17 +60,10 @@ def fit(variant: str, feats32, feats64, init, steps: int = 300, rows: int = 2048
     opt = optax.adam(1e-3)
 
     def assign(p):
-        if variant != "tie32":
-            return _dense_assignment(l2_normalize(p.astype(a_dtype)), fa, rows)
-        q = l2_normalize(p)
-        sims = feats32 @ q.T
-        top = jnp.max(sims, axis=1, keepdims=True)
-        near = sims >= top - _margin(jnp.float32)
-        tied = jnp.sum(near, axis=1) >= 2
-        at = jnp.nonzero(tied, size=512, fill_value=n)[0]
-        exact = jnp.where(near[jnp.minimum(at, n - 1)],
-                          feats32[jnp.minimum(at, n - 1)].astype(f64) @ q.astype(f64).T, -jnp.inf)
-        return _first_argmax(sims).at[at].set(jnp.argmax(exact, axis=1).astype(jnp.int32), mode="drop")
+        q = l2_normalize(p.astype(a_dtype))
+        if variant == "tie32" or a_dtype == f64:   # float64: `_decide` keeps the matmul's argmax
+            return _dense_assignment(q, fa, rows)
+        return map_rows(lambda x: _first_argmax(matmul(x, q.T)), plan(n, rows), fa)
 
     @jax.jit
     def run(params):

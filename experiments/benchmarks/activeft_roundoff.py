@@ -72,6 +72,16 @@ def perturb(x: np.ndarray, fraction: float, draw: int) -> np.ndarray:
     return flat.reshape(x.shape)
 
 
+def write_inputs(tmp: str, base: np.ndarray, fraction: float, draws: int) -> list:
+    """The unperturbed features and `draws` perturbed copies (`perturb`), as .npz files in `tmp`."""
+    paths = []
+    for draw in range(draws + 1):
+        x = base if draw == 0 else perturb(base, fraction, draw)
+        paths.append(os.path.join(tmp, f"input{draw}.npz"))
+        np.savez(paths[-1], features=x)
+    return paths
+
+
 def worker(spec: dict) -> dict:
     """Our fits on every input, in this process (one compilation); JSON-able picks and losses."""
     import jax
@@ -121,11 +131,7 @@ def rerun_ours(res: dict) -> dict:
     name, n, d, b, clustered = next(p for p in SPEED_PROBLEMS if p[0] == res["problem"])
     base = features(res["seed"], n, d, clustered)
     with tempfile.TemporaryDirectory() as tmp:
-        paths = []
-        for draw in range(res["draws"] + 1):
-            x = base if draw == 0 else perturb(base, res["fraction"], draw)
-            paths.append(os.path.join(tmp, f"input{draw}.npz"))
-            np.savez(paths[-1], features=x)
+        paths = write_inputs(tmp, base, res["fraction"], res["draws"])
         ours = run_ours({"npz": paths, "k": b, "init": official_init(res)})["runs"]
     out = json.loads(json.dumps(res))
     for row in out["paths"]:
@@ -337,11 +343,7 @@ def main(argv=None) -> int:
     res = {"problem": name, "seed": seed, "init_seed": init_seed, "B": b, "draws": a.draws,
            "fraction": a.fraction, "rows": [], "paths": []}
     with tempfile.TemporaryDirectory() as tmp:
-        paths = []
-        for draw in range(a.draws + 1):
-            x = base if draw == 0 else perturb(base, a.fraction, draw)
-            paths.append(os.path.join(tmp, f"input{draw}.npz"))
-            np.savez(paths[-1], features=x)
+        paths = write_inputs(tmp, base, a.fraction, a.draws)
         official = []
         for draw, path in enumerate(paths):
             init = None if draw == 0 else official[0]["init_indices"]
