@@ -28,8 +28,10 @@ _FULL_OPT = os.environ.get("ACTIVEFT_TESTS_FULL_OPT", "") in ("1", "true", "yes"
 # (a pruned ActiveFT fit and the dense one): that holds with XLA's default code
 # generation, which users run, but not with these flags (with the loop emitters at level 0
 # the two programs' gradients differ by an ulp from the second step, their losses from
-# the third on; the same picks). Those tests run in a process of their own
-# with the caller's flags (`pytest_pyfunc_call` below). ACTIVEFT_TESTS_FULL_OPT=1 runs
+# the third on; the same picks; which programs differ shifts with any change to their
+# code). Those tests run in a process of their own with the caller's flags
+# (`pytest_pyfunc_call` below); other tests that compare two programs' runs use
+# `helpers.assert_same_run` (bit for bit there, within a few ulps under these flags). ACTIVEFT_TESTS_FULL_OPT=1 runs
 # the whole suite with the default code generation instead.
 if "ACTIVEFT_TESTS_FAST_FLAGS" not in os.environ:  # decided once, by the first conftest
     _fast = []

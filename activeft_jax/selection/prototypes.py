@@ -416,19 +416,24 @@ def _exact_dot(x, y):
     return _two_sum(s[..., 0], e[..., 0])
 
 
-def _exact_first_argmax(x, protos, cols, ok):
-    """Per row, the first of the columns `cols` [G, K] (ascending; `ok` marks the real ones)
-    whose exact similarity f_iᵀθ̂_k (`_exact_dot`) is largest: [G]."""
-    hi, lo = _exact_dot(x[:, None, :], protos[cols])                             # [G, K]
-    best = cols[:, 0]
-    bh, bl = hi[:, 0], lo[:, 0]
-    for j in range(1, cols.shape[1]):
-        # hi's are within the margin of each other: their difference is exact (Sterbenz)
-        # wherever the similarities are not near 0.
-        take = ok[:, j] & ((hi[:, j] - bh) + (lo[:, j] - bl) > 0)
-        best = jnp.where(take, cols[:, j], best)
+def _exact_best(x, protos, cols, best):
+    """Carries each row's exact best over more candidate columns.
+
+    `cols` [G, K] are candidates in ascending order after those already seen (b for
+    none), `x` [G, d] the rows, and `best` = (column, hi, lo) [G] so far (column b
+    and −inf at first). A candidate replaces the best only when its exact similarity
+    f_iᵀθ̂_k (`_exact_dot`) is larger, so ties go to the first column.
+    """
+    b = protos.shape[0]
+    hi, lo = _exact_dot(x[:, None, :], protos[jnp.minimum(cols, b - 1)])         # [G, K]
+    col, bh, bl = best
+    for j in range(cols.shape[1]):
+        # Candidates are within the margin of each other: hi's difference is exact
+        # (Sterbenz) wherever the similarities are not near 0.
+        take = (cols[:, j] < b) & ((hi[:, j] - bh) + (lo[:, j] - bl) > 0)
+        col = jnp.where(take, cols[:, j], col)
         bh, bl = jnp.where(take, hi[:, j], bh), jnp.where(take, lo[:, j], bl)
-    return best
+    return col, bh, bl
 
 
 def _decide(sims, x, protos):
@@ -445,6 +450,11 @@ def _decide(sims, x, protos):
     while round-off stays below half the margin), ties go to the first column.
     float64 input is decided on its matmul (its round-off is ~1e-16).
 
+    Near-tie rows are taken `_TIE_GROUP` at a time, and their columns within the
+    margin `_TIE_CANDIDATES` at a time in ascending order (one pass for nearly all
+    groups): one exact-similarity computation in the program, which keeps its
+    compilation short.
+
     `sims` [C, B] = `matmul(x, protos.T)`, `x` [C, d], `protos` [B, d]. Returns [C] int32.
     """
     c = _first_argmax(sims)
@@ -452,34 +462,32 @@ def _decide(sims, x, protos):
         return c
     rows, b = sims.shape
     k = min(_TIE_CANDIDATES, b)
-    top = jnp.max(sims, axis=1, keepdims=True)
-    near = sims >= top - _margin(sims.dtype)
+    near = sims >= jnp.max(sims, axis=1, keepdims=True) - _margin(sims.dtype)
     count = jnp.sum(near.astype(jnp.int32), axis=1)
     tied = count >= 2
     num = jnp.sum(tied)
     g = min(_TIE_GROUP, rows)
     todo = jnp.concatenate([jnp.nonzero(tied, size=rows, fill_value=rows)[0],
                             jnp.full((g,), rows, jnp.int32)]).astype(jnp.int32)
+    width = -(-b // k) * k
+    cols = jnp.arange(b, dtype=jnp.int32)
 
     def body(st):
         i, c = st
         sel = lax.dynamic_slice_in_dim(todo, i * g, g)
         at = jnp.minimum(sel, rows - 1)
-        s, xs = sims[at], x[at]
+        xs = x[at]
+        # Each row's columns within the margin in ascending order, then b's.
+        cand = jnp.sort(jnp.where(near[at], cols[None, :], b), axis=1)
+        cand = jnp.pad(cand, ((0, 0), (0, width - b)), constant_values=b)
 
-        def few(_):
-            # The k best columns, in ascending order (first-argmax ties).
-            vals, cols = lax.top_k(s, k)
-            ok = vals >= top[at] - _margin(s.dtype)
-            cols = jnp.sort(jnp.where(ok, cols, b)).astype(jnp.int32)
-            ok = cols < b
-            return _exact_first_argmax(xs, protos, jnp.minimum(cols, b - 1), ok)
+        def chunk(j, best):
+            return _exact_best(xs, protos, lax.dynamic_slice_in_dim(cand, j * k, k, axis=1), best)
 
-        def every(_):
-            cols = jnp.broadcast_to(jnp.arange(b, dtype=jnp.int32), (g, b))
-            return _exact_first_argmax(xs, protos, cols, near[at])
-
-        best = lax.cond(jnp.max(count[at]) <= k, few, every, None)
+        start = (jnp.full((g,), b, jnp.int32), jnp.full((g,), -jnp.inf, sims.dtype),
+                 jnp.zeros((g,), sims.dtype))
+        passes = (jnp.max(count[at]) + k - 1) // k
+        best = lax.fori_loop(0, passes, chunk, start)[0]
         return i + 1, c.at[sel].set(best, mode="drop")
 
     return lax.while_loop(lambda st: st[0] * g < num, body, (jnp.zeros((), jnp.int32), c))[1]
