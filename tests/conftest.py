@@ -31,8 +31,8 @@ _FULL_OPT = os.environ.get("ACTIVEFT_TESTS_FULL_OPT", "") in ("1", "true", "yes"
 # the third on; the same picks; which programs differ shifts with any change to their
 # code). Those tests run in a process of their own with the caller's flags
 # (`pytest_pyfunc_call` below); other tests that compare two programs' runs use
-# `helpers.assert_same_run` (bit for bit there, within a few ulps under these flags). ACTIVEFT_TESTS_FULL_OPT=1 runs
-# the whole suite with the default code generation instead.
+# `helpers.assert_same_run` (bit for bit there, within a few ulps under these flags).
+# ACTIVEFT_TESTS_FULL_OPT=1 runs the whole suite with the default code generation instead.
 if "ACTIVEFT_TESTS_FAST_FLAGS" not in os.environ:  # decided once, by the first conftest
     _fast = []
     if not _FULL_OPT and "xla_backend_optimization_level" not in _USER_FLAGS:

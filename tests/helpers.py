@@ -23,6 +23,7 @@ def default_codegen_options() -> dict:
              for f in os.environ.get("ACTIVEFT_TESTS_FAST_FLAGS", "").split())
     return {name: defaults[name] for name in names}
 
+
 def quick_codegen() -> bool:
     """Whether this process compiles with the suite's quicker XLA:CPU flags (tests/conftest.py)."""
     return bool(os.environ.get("ACTIVEFT_TESTS_FAST_FLAGS", "").split())
@@ -33,7 +34,7 @@ def assert_same_run(actual, desired) -> None:
     code generation, which users run; within a few float32 ulps under the suite's quicker
     flags, where LLVM level 0 and the loop emitters contract multiply-adds by how each
     program happens to fuse (tests/conftest.py). The tests marked `default_codegen` hold
-    every path of the pruned fit to bit for bit."""
+    each path of the pruned fit to bit for bit."""
     actual, desired = np.asarray(actual), np.asarray(desired)
     if not quick_codegen():
         np.testing.assert_array_equal(actual, desired)
