@@ -350,13 +350,20 @@ def _tree_reduce(op, v):
 
     Its order does not depend on the other axes' sizes, and it stays one loop
     fusion with the slices feeding it (XLA:CPU hands a plain reduction to a
-    library kernel that copies a dynamic slice of its input first).
+    library kernel that copies a dynamic slice of its input first). `v` may also
+    be a tuple of arrays reduced together, `op` then taking and returning tuples.
     """
-    while v.shape[-1] > 1:
-        h = v.shape[-1] // 2
-        head = op(v[..., :h], v[..., h:2 * h])
-        v = head if v.shape[-1] % 2 == 0 else jnp.concatenate([head, v[..., 2 * h:]], axis=-1)
-    return v[..., 0]
+    def cut(t, lo, hi):
+        return jax.tree.map(lambda a: a[..., lo:hi], t)
+
+    m = jax.tree.leaves(v)[0].shape[-1]
+    while m > 1:
+        h = m // 2
+        head = op(cut(v, 0, h), cut(v, h, 2 * h))
+        v = head if m % 2 == 0 else jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=-1),
+                                                 head, cut(v, 2 * h, m))
+        m = (m + 1) // 2
+    return jax.tree.map(lambda a: a[..., 0], v)
 
 
 def _first_argmax(scores):
@@ -373,8 +380,8 @@ def _first_argmax(scores):
     return (-jnp.max(jnp.where(scores == top, -cols, -jnp.inf), axis=1)).astype(jnp.int32)
 
 
-#: Near-tie rows are re-decided `_TIE_GROUP` at a time, each on its
-#: `_TIE_CANDIDATES` best columns (a row with more within the margin: on all of them).
+#: Near-tie rows are re-decided `_TIE_GROUP` at a time, their columns within the
+#: margin `_TIE_CANDIDATES` at a time (`_decide`).
 _TIE_GROUP = 16
 _TIE_CANDIDATES = 4
 
@@ -401,19 +408,14 @@ def _exact_dot(x, y):
     product of the float32 inputs (~1e-10 at d = 384 for unit vectors; float32
     round-off alone is up to ~1e-5 there).
     """
+    def add(a, b):
+        s, err = _two_sum(a[0], b[0])
+        return s, a[1] + b[1] + err
+
     xh, xl = _split(x)
     yh, yl = _split(y)
     s = jnp.concatenate([xh * yh, xh * yl, xl * yh, xl * yl], axis=-1)
-    e = jnp.zeros_like(s)
-    while s.shape[-1] > 1:
-        h = s.shape[-1] // 2
-        hs, err = _two_sum(s[..., :h], s[..., h:2 * h])
-        he = e[..., :h] + e[..., h:2 * h] + err
-        if s.shape[-1] % 2:
-            hs = jnp.concatenate([hs, s[..., 2 * h:]], axis=-1)
-            he = jnp.concatenate([he, e[..., 2 * h:]], axis=-1)
-        s, e = hs, he
-    return _two_sum(s[..., 0], e[..., 0])
+    return _two_sum(*_tree_reduce(add, (s, jnp.zeros_like(s))))
 
 
 def _exact_best(x, protos, cols, best):
