@@ -120,13 +120,31 @@ def official_init(res: dict) -> list:
     return random.Random(res["init_seed"]).sample(list(range(n)), res["B"])
 
 
+def our_side(res: dict, ours: list) -> None:
+    """Fills in our side of every row of `res` from our runs `ours` (one per input, the
+    unperturbed first), against each row's stored official picks and loss curve (n/a
+    where the curve was not kept: runs from before 5 Dec)."""
+    for row in res["paths"]:
+        row["ours_vs_official"] = shared(ours[0]["indices"], row["official_indices"])
+        row["cross_loss"] = (max_diff(ours[0]["losses"], row["official_losses"])
+                             if "official_losses" in row else None)
+    for row, m in zip(res["rows"], ours):
+        row["ours_self"] = shared(m["indices"], ours[0]["indices"])
+        row["ours_vs_official"] = shared(m["indices"], row["official_indices"])
+        row["ours_self_loss"] = max_diff(m["losses"], ours[0]["losses"])
+        row["cross_loss"] = (max_diff(m["losses"], row["official_losses"])
+                             if "official_losses" in row else None)
+        row["ours_indices"] = sorted(m["indices"])
+    res["ours_s_min"] = min(m["seconds"] for m in ours)
+    res["ours_s_max"] = max(m["seconds"] for m in ours)
+
+
 def rerun_ours(res: dict) -> dict:
     """Our side of an earlier run again (after a change of ours), against its stored official picks.
 
     The inputs are rebuilt from the run's problem, seed, fraction and draws (the
     perturbations are seeded), and our fits run on all of them; the official
-    picks, timings and self-comparisons are kept. Loss-curve differences against
-    the official runs need their curves, which runs before 5 Dec did not keep (n/a).
+    picks, timings and self-comparisons are kept.
     """
     name, n, d, b, clustered = next(p for p in SPEED_PROBLEMS if p[0] == res["problem"])
     base = features(res["seed"], n, d, clustered)
@@ -134,19 +152,7 @@ def rerun_ours(res: dict) -> dict:
         paths = write_inputs(tmp, base, res["fraction"], res["draws"])
         ours = run_ours({"npz": paths, "k": b, "init": official_init(res)})["runs"]
     out = json.loads(json.dumps(res))
-    for row in out["paths"]:
-        row["ours_vs_official"] = shared(ours[0]["indices"], row["official_indices"])
-        row["cross_loss"] = (max_diff(ours[0]["losses"], row["official_losses"])
-                             if "official_losses" in row else None)
-    for row, m in zip(out["rows"], ours):
-        row["ours_self"] = shared(m["indices"], ours[0]["indices"])
-        row["ours_vs_official"] = shared(m["indices"], row["official_indices"])
-        row["ours_self_loss"] = max_diff(m["losses"], ours[0]["losses"])
-        row["cross_loss"] = (max_diff(m["losses"], row["official_losses"])
-                             if "official_losses" in row else None)
-        row["ours_indices"] = sorted(m["indices"])
-    out["ours_s_min"] = min(m["seconds"] for m in ours)
-    out["ours_s_max"] = max(m["seconds"] for m in ours)
+    our_side(out, ours)
     out["ours_rerun"] = time.strftime("%Y-%m-%d")
     return out
 
@@ -358,33 +364,27 @@ def main(argv=None) -> int:
             print(f"official, MKL_CBWR={mkl}: {other[mkl]['wall_time_s']:.1f} s", flush=True)
         ours = run_ours({"npz": paths, "k": b, "init": official[0]["init_indices"]})["runs"]
     for mkl, o in other.items():
-        row = {"path": mkl, "seconds": o["wall_time_s"],
-               "official_self": shared(o["indices"], official[0]["indices"]),
-               "ours_vs_official": shared(ours[0]["indices"], o["indices"]),
-               "official_self_loss": max_diff(o["losses"], official[0]["losses"]),
-               "cross_loss": max_diff(ours[0]["losses"], o["losses"]),
-               "official_indices": sorted(map(int, o["indices"])), "official_losses": o["losses"]}
-        res["paths"].append(row)
-        print(f"MKL_CBWR={mkl}: official vs official {row['official_self']:.2%}, ours vs it "
+        res["paths"].append({
+            "path": mkl, "seconds": o["wall_time_s"],
+            "official_self": shared(o["indices"], official[0]["indices"]),
+            "official_self_loss": max_diff(o["losses"], official[0]["losses"]),
+            "official_indices": sorted(map(int, o["indices"])), "official_losses": o["losses"]})
+    for draw, o in enumerate(official):
+        res["rows"].append({
+            "input": "unperturbed" if draw == 0 else f"draw {draw}",
+            "official_self": shared(o["indices"], official[0]["indices"]),
+            "official_self_loss": max_diff(o["losses"], official[0]["losses"]),
+            "official_indices": sorted(map(int, o["indices"])), "official_losses": o["losses"]})
+    our_side(res, ours)
+    for row in res["paths"]:
+        print(f"MKL_CBWR={row['path']}: official vs official {row['official_self']:.2%}, ours vs it "
               f"{row['ours_vs_official']:.2%}", flush=True)
-    for draw, (o, m) in enumerate(zip(official, ours)):
-        row = {"input": "unperturbed" if draw == 0 else f"draw {draw}",
-               "official_self": shared(o["indices"], official[0]["indices"]),
-               "ours_self": shared(m["indices"], ours[0]["indices"]),
-               "ours_vs_official": shared(m["indices"], o["indices"]),
-               "official_self_loss": max_diff(o["losses"], official[0]["losses"]),
-               "ours_self_loss": max_diff(m["losses"], ours[0]["losses"]),
-               "cross_loss": max_diff(m["losses"], o["losses"]),
-               "official_indices": sorted(map(int, o["indices"])), "ours_indices": sorted(m["indices"]),
-               "official_losses": o["losses"]}
-        res["rows"].append(row)
+    for row in res["rows"]:
         print(f"{row['input']}: official vs itself {row['official_self']:.2%}, ours vs itself "
               f"{row['ours_self']:.2%}, ours vs official {row['ours_vs_official']:.2%}", flush=True)
     res["init_indices"] = [int(i) for i in official[0]["init_indices"]]
     res["official_s_min"] = min(o["wall_time_s"] for o in official)
     res["official_s_max"] = max(o["wall_time_s"] for o in official)
-    res["ours_s_min"] = min(m["seconds"] for m in ours)
-    res["ours_s_max"] = max(m["seconds"] for m in ours)
     write_report(out, res, markdown(res))
     plot(res, out + "_picks.png")
     print(f"wrote {out}_picks.png")
