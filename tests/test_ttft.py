@@ -78,6 +78,22 @@ def _max_diff(a, b):
                for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
+def _assert_same_steps(actual, desired, start):
+    """Two programs' runs of the same Adam steps from `start`: equal up to round-off.
+
+    Adam divides each gradient coordinate by its own running scale, so round-off in a
+    coordinate whose gradient is near zero moves that weight by a fraction of the step, not
+    of the weight: the tolerance is relative to how far the run moved the weights (4 steps
+    of lr 1e-2: ~0.04; one step more or less, or another order, differs by ~lr). Two
+    compilations of the same 4 steps differed by up to 1.24e-5 (3e-4 of the move) on an
+    AVX-512 host, over a fixed 1e-5 that had held elsewhere.
+    """
+    moved = _max_diff(desired, start)
+    assert moved > 0
+    diff = _max_diff(actual, desired)
+    assert diff <= 5e-3 * moved, (diff, moved)
+
+
 def test_one_step_lowers_its_loss_and_params_unchanged(tiny):
     params, _, loss_fn, _, _ = tiny
     before_copy = jax.tree.map(np.array, params)
@@ -122,12 +138,12 @@ def test_scan_equals_python_loop_and_repeats(tiny):
     # A float learning rate is optax.adam(lr) (TX), here against a loop of TX steps.
     scanned = test_time_finetune(loss_fn, params, tokens, mask, LR)
     looped = _python_loop(loss_fn, params, tokens, mask, TX)
-    assert _max_diff(scanned, looped) < 1e-5
+    _assert_same_steps(scanned, looped, params)
     # Repeats: selecting example 0 twice is two steps on it, not one (rows of zeros pad
     # to the same shape [4, L] and take no step).
     rep_t, rep_m = tokens[[0, 0, 0, 0]], mask[[0, 0, 0, 0]] * np.array([1, 1, 0, 0])[:, None]
     twice = test_time_finetune(loss_fn, params, rep_t, rep_m, LR)
-    assert _max_diff(twice, _python_loop(loss_fn, params, rep_t[:2], rep_m[:2], TX)) < 1e-5
+    _assert_same_steps(twice, _python_loop(loss_fn, params, rep_t[:2], rep_m[:2], TX), params)
     rep_m[1] = 0
     once = test_time_finetune(loss_fn, params, rep_t, rep_m, LR)
     assert _max_diff(twice, once) > 0.5 * LR
@@ -189,7 +205,7 @@ def test_evaluate_map_equals_per_prompt_loop_and_curve(tiny):
     # vmap over prompts gives the same fine-tuned params as one prompt at a time.
     batched = jax.vmap(lambda t, m: test_time_finetune(loss_fn, params, t, m, LR))(et[:2], em[:2])
     single = test_time_finetune(loss_fn, params, et[1], em[1], LR)
-    assert _max_diff(jax.tree.map(lambda a: a[1], batched), single) < 1e-5
+    _assert_same_steps(jax.tree.map(lambda a: a[1], batched), single, params)
 
 
 def test_text_helpers_and_in_context_scores_only_the_document(tiny, byte_lm):
