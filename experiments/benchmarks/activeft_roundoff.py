@@ -1,8 +1,8 @@
 """ActiveFT: how many picks float32 round-off alone moves, in the official code and in ours.
 
 Issue 15 asks for the official code's pick set exactly. On clustered features ours
-agrees on 98.8% of the picks (N = 20 000, B = 400), and the differences are
-float32 round-off (docs/activeft.md). This script measures two yardsticks for
+agrees on 98.8-99.8% of the picks (N = 20 000, B = 400; by CPU and version,
+docs/activeft.md), and the differences are float32 round-off. This script measures two yardsticks for
 that figure, on one problem of `compare_activeft.py`'s speed part (the same
 features and seed; the official code draws its init once, on the unperturbed
 features, and every run below starts from it):
@@ -243,17 +243,25 @@ def plot(r: dict, path: str) -> None:
 
 
 def combine(runs: list, out: str) -> str:
-    """One table and one plot over several runs' JSONs (e.g. other inits), for their first MKL path."""
+    """One table and one plot over several runs' JSONs (e.g. other inits), for every MKL path
+    that all of them ran (looked up by name: runs may list their paths in other orders)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     b = runs[0]["B"]
-    path = runs[0]["paths"][0]["path"]
-    cols = [("official vs official (MKL_CBWR=%s)" % path, lambda r: r["paths"][0]["official_self"]),
-            ("ours vs official (default path)", lambda r: r["rows"][0]["ours_vs_official"]),
-            ("ours vs official (MKL_CBWR=%s)" % path, lambda r: r["paths"][0]["ours_vs_official"])]
+    names = [q["path"] for q in runs[0]["paths"]
+             if all(any(o["path"] == q["path"] for o in r["paths"]) for r in runs)]
+
+    def on(path, field):
+        return lambda r: next(q for q in r["paths"] if q["path"] == path)[field]
+
+    cols = [(f"official vs official (MKL_CBWR={name})", on(name, "official_self"))
+            for name in names]
+    cols.append(("ours vs official (default path)", lambda r: r["rows"][0]["ours_vs_official"]))
+    cols += [(f"ours vs official (MKL_CBWR={name})", on(name, "ours_vs_official"))
+             for name in names]
     lines = [f"## ActiveFT, float32 round-off over {len(runs)} inits: {runs[0]['problem']} "
              f"(picks in common, of {b})", "",
              "| official init seed | " + " | ".join(c[0] for c in cols) + " |",
@@ -270,8 +278,10 @@ def combine(runs: list, out: str) -> str:
         f.write(md)
     fig, ax = plt.subplots(figsize=(7.2, 4.2))
     x = np.arange(len(runs))
-    for i, ((label, _), marker) in enumerate(zip(cols, ["o", "s", "^"])):
-        ax.scatter(x + (i - 1) * 0.18, [v[i] for v in values], marker=marker, s=36, label=label)
+    width = 0.72 / len(cols)
+    for i, ((label, _), marker) in enumerate(zip(cols, "os^vDP*X")):
+        ax.scatter(x + (i - (len(cols) - 1) / 2) * width, [v[i] for v in values], marker=marker,
+                   s=36, label=label)
     ax.set_xticks(x, [str(r["init_seed"]) for r in runs])
     ax.set_xlabel("the official code's init seed")
     ax.set_ylabel(f"picks in common (of {b})")
