@@ -573,7 +573,7 @@ def test_pair_bounds_assign_as_the_dense_argmax_every_step(clustered):
     dense = aft.selection.fit_activeft(feats, prune=False, **kw)
     fit = solver.finish(state)
     np.testing.assert_array_equal(fit.selection.indices, dense.selection.indices)
-    np.testing.assert_array_equal(fit.losses, dense.losses)
+    assert_same_run(fit.losses, dense.losses)   # step programs against the fit's scan
     assert skipped[0] == 0.0 and max(skipped[1:]) > 0.5  # later steps skip most of the matmul
 
 

@@ -1,10 +1,12 @@
 """ActiveFT's CPU kernels (XLA FFI) against their XLA forms and NumPy references.
 
-The kernels replace three parts of a CPU step (`activeft_jax/selection/_cpu.py`):
-the loss's scatter-add of the features into their prototypes, the check of the
-[N, B] pair bounds, and the refresh of the failing rows' pairs. The check gives
-the XLA form's exact booleans; the scatter the bits of a serial float32 sum in
-row order; the refresh the dense argmax and sound, tight bounds. The pruned run
+The kernels replace four parts of a CPU step (`activeft_jax/selection/_cpu.py`):
+the loss's scatter-add of the features into their prototypes, each feature's
+similarity to its own prototype, the check of the [N, B] pair bounds, and the
+refresh of the failing rows' pairs. The check gives the XLA form's exact
+booleans; the scatter the bits of a serial float32 sum in row order; the own
+similarities the bits of `_tree_reduce`'s halving tree with every product and
+sum rounded; the refresh the dense argmax and sound, tight bounds. The pruned run
 equals the dense one bit for bit with them and without them (test_activeft.py),
 and a fit picks the same with and without them.
 """
@@ -55,6 +57,35 @@ def test_scatter_rows_is_the_serial_scatter(m, d, b):
     for i in range(m):
         ref[c[i]] = ref[c[i]] + w[i] * x[i]
     np.testing.assert_array_equal(_bits(got), _bits(ref))
+
+
+@needs_kernels
+@pytest.mark.parametrize("m,d,b", SHAPES)
+def test_own_sims_is_the_halving_tree(m, d, b):
+    from activeft_jax.selection.prototypes import _own_similarities, _own_similarity
+
+    rng = np.random.default_rng(m + d + b + 1)
+    x = rng.standard_normal((m, d)).astype(np.float32)
+    p = rng.standard_normal((b, d)).astype(np.float32)
+    c = rng.integers(0, b, m).astype(np.int32)
+    got = jax.jit(_cpu.own_sims_kernel)(x, p, c)
+    # An independent NumPy form: the d float32 products, then the first half plus
+    # the second, an odd last element carried, until one is left (float32 each step).
+    v = x * p[c]
+    while v.shape[1] > 1:
+        h = v.shape[1] // 2
+        v = np.concatenate([v[:, :h] + v[:, h:2 * h], v[:, 2 * h:]], axis=1)
+    np.testing.assert_array_equal(_bits(got), _bits(v[:, 0]))
+    # The library's forms take it on CPU, whole or in blocks, chunked or not.
+    for form in (lambda x, p, c: _own_similarity(x, p, c),
+                 lambda x, p, c: _own_similarities(x, p, c, 64),
+                 lambda x, p, c: _own_similarity(x[: m // 2], p, c[: m // 2])):
+        out = np.asarray(jax.jit(form)(x, p, c))
+        np.testing.assert_array_equal(_bits(out), _bits(v[: out.shape[0], 0]))
+    # Within round-off of float64.
+    exact = np.einsum("ij,ij->i", x.astype(np.float64), p[c].astype(np.float64))
+    scale = np.abs(x).max() * np.abs(p).max() * d
+    np.testing.assert_allclose(np.asarray(got), exact, rtol=0, atol=1e-6 * scale)
 
 
 @needs_kernels
@@ -170,7 +201,8 @@ def test_a_step_calls_the_kernels_on_cpu():
     solver = aft.selection.activeft_solver(feats, k=12, key=jax.random.key(0), prune=True)
     state = solver.init()
     hlo = jax.jit(lambda s: solver.step(s)).lower(state).compile().as_text()
-    assert "afj_scatter_rows" in hlo and "afj_open_rows" in hlo and "afj_refresh_pairs" in hlo
+    for target in ("afj_scatter_rows", "afj_own_sims", "afj_open_rows", "afj_refresh_pairs"):
+        assert target in hlo, target
 
 
 @needs_kernels

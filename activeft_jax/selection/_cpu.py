@@ -1,15 +1,18 @@
-"""CPU kernels for three parts of ActiveFT's pruned step, built on first use (XLA FFI).
+"""CPU kernels for four parts of ActiveFT's pruned step, built on first use (XLA FFI).
 
 On CPU a pruned ActiveFT step reads the features twice and its [N, B] bounds
 once whatever it recomputes. XLA:CPU runs the loss's scatter-add of the
-features into their prototypes at ~2 GFLOP/s and checks the float16 bounds at
-about half the speed of reading them. The kernels in `_cpu_kernels.cc` do these
-two passes (`tests/test_cpu_kernels.py`): `open_rows` gives the XLA form's
-booleans exactly; `scatter_rows_kernel` adds the rows in index order with each
-product and sum rounded on its own, a serial float32 sum. (XLA:CPU's own
-scatter contracts the multiply and the add into a fused multiply-add in some
-fusions and not in others, so its bits depend on how a program is fused, by
-an ulp; the kernel's do not.) The third, `refresh_pairs`, replaces the blocks
+features into their prototypes at ~2 GFLOP/s, each feature's similarity to its
+own prototype (a gathered dot product) at about half the speed of reading the
+features, and checks the float16 bounds at about half the speed of reading
+them. The kernels in `_cpu_kernels.cc` do these three passes
+(`tests/test_cpu_kernels.py`): `open_rows` gives the XLA form's booleans
+exactly; `scatter_rows_kernel` adds the rows in index order with each product
+and sum rounded on its own, a serial float32 sum; `own_sims_kernel` sums each
+row's d products by `prototypes._tree_reduce`'s halving tree, again each product
+and sum rounded on its own. (XLA:CPU contracts a multiply and an add into a
+fused multiply-add in some fusions and not in others, so its bits depend on
+how a program is fused, by an ulp; the kernels' do not.) The fourth, `refresh_pairs`, replaces the blocks
 of matmuls that rescore the features whose bounds failed: it scores, feature by
 feature, only the pairs near opening (grouped by prototype, so that each
 prototype is read once per 128 features), and leaves near ties to the matmul,
@@ -47,10 +50,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["available", "usable", "on_cpu", "scatter_rows_kernel", "open_rows", "refresh_pairs"]
+__all__ = ["available", "usable", "on_cpu", "scatter_rows_kernel", "own_sims_kernel", "open_rows",
+           "refresh_pairs"]
 
 _SOURCE = Path(__file__).with_name("_cpu_kernels.cc")
-_TARGETS = {"afj_scatter_rows": "AfjScatterRows", "afj_open_rows": "AfjOpenRows",
+_TARGETS = {"afj_scatter_rows": "AfjScatterRows", "afj_own_sims": "AfjOwnSims",
+            "afj_open_rows": "AfjOpenRows",
             "afj_refresh_pairs": "AfjRefreshPairs"}
 _FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-fast-math", "-std=c++17",
           "-shared", "-fPIC"]
@@ -176,6 +181,15 @@ def scatter_rows_kernel(x, w, c, num_segments):
     return _call("afj_scatter_rows", jax.ShapeDtypeStruct((num_segments, x.shape[1]),
                                                           jnp.float32),
                  x, w, c.astype(jnp.int32))
+
+
+def own_sims_kernel(x, protos, c):
+    """[M, d], [B, d], [M] -> [M]: x_i · protos_{c_i}, the d products summed by the halving
+    tree of `prototypes._tree_reduce`, each product and sum rounded on its own (XLA
+    contracts some of them into fused multiply-adds, by shape and fusion). Only on CPU,
+    after `usable`."""
+    return _call("afj_own_sims", jax.ShapeDtypeStruct(x.shape[:1], jnp.float32), x, protos,
+                 c.astype(jnp.int32))
 
 
 def open_rows(gap, travel, limit, fallback):

@@ -9,6 +9,8 @@
 //
 //   afj_scatter_rows  g_k = sum over i with c_i = k of w_i f_i, rows added in index
 //                     order: [M, d], [M], [M] -> [B, d]
+//   afj_own_sims      s_i = f_i . p_{c_i}, its d products summed by the fixed halving
+//                     tree of `_tree_reduce` (prototypes.py): [M, d], [B, d], [M] -> [M]
 //   afj_open_rows     any over k of (float(gap_ik) - t_k <= l_i): [M, B] f16, [B], [M]
 //                     -> [M] pred (a row stops at its first open pair)
 //   afj_refresh_pairs for each failing row, the pairs whose bound is within a horizon
@@ -141,6 +143,51 @@ ffi::Error ScatterRowsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
       const float* __restrict xi = xs + i * d;
       float* __restrict ok = o + cs[i] * d;
       for (int64_t j = 0; j < d; ++j) ok[j] = ok[j] + wi * xi[j];
+    }
+  });
+  return ffi::Error::Success();
+}
+
+// dst[j] = dst[j] + src[j], j < h, for the two halves of one buffer (they do not
+// overlap, so the loop vectorizes).
+inline void AddHalves(float* __restrict dst, const float* __restrict src, int64_t h) {
+  for (int64_t j = 0; j < h; ++j) dst[j] = dst[j] + src[j];
+}
+
+ffi::Error OwnSimsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                       ffi::Buffer<ffi::F32> protos, ffi::Buffer<ffi::S32> c,
+                       ffi::ResultBuffer<ffi::F32> out) {
+  auto xd = x.dimensions(), pd = protos.dimensions();
+  if (xd.size() != 2 || pd.size() != 2 || pd[1] != xd[1] || c.element_count() != xd[0] ||
+      pd[0] == 0)
+    return ffi::Error::InvalidArgument("afj_own_sims: shapes [M, d], [B, d] (B >= 1), [M]");
+  const int64_t m = xd[0], d = xd[1], b = pd[0];
+  const float* xs = x.typed_data();
+  const float* ps = protos.typed_data();
+  const int32_t* cs = c.typed_data();
+  float* o = out->typed_data();
+  int64_t parts = (m + kRowsPerPart - 1) / kRowsPerPart;
+  parallel_parts(pool, parts, [&](int64_t part) {
+    std::vector<float> buf(d > 0 ? d : 1);
+    float* __restrict v = buf.data();
+    int64_t lo = part * kRowsPerPart, hi = lo + kRowsPerPart < m ? lo + kRowsPerPart : m;
+    for (int64_t i = lo; i < hi; ++i) {
+      if (d == 0) {
+        o[i] = 0.0f;
+        continue;
+      }
+      // The gather clamps an index outside [0, B) as XLA's does.
+      const int64_t k = cs[i] < 0 ? 0 : (cs[i] >= b ? b - 1 : cs[i]);
+      const float* __restrict xi = xs + i * d;
+      const float* __restrict pk = ps + k * d;
+      for (int64_t j = 0; j < d; ++j) v[j] = xi[j] * pk[j];
+      // _tree_reduce: the first half plus the second, an odd last element carried.
+      for (int64_t n = d; n > 1; n = (n + 1) / 2) {
+        const int64_t h = n / 2;
+        AddHalves(v, v + h, h);
+        if (n % 2) v[h] = v[2 * h];
+      }
+      o[i] = v[0];
     }
   });
   return ffi::Error::Success();
@@ -412,6 +459,14 @@ ffi::Error RefreshPairsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> feats,
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AfjScatterRows, ScatterRowsImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AfjOwnSims, OwnSimsImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
