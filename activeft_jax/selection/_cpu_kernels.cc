@@ -1,4 +1,4 @@
-// CPU kernels for three parts of ActiveFT's pruned step (XLA FFI custom calls).
+// CPU kernels for four parts of ActiveFT's pruned step (XLA FFI custom calls).
 //
 // Built on first use by activeft_jax/selection/_cpu.py with the host's C++ compiler
 // against the XLA FFI headers that the installed jaxlib ships; without a compiler the
@@ -19,8 +19,8 @@
 //                     than the margin, and their bounds refreshed in place; rows in a
 //                     near tie are listed for the caller to decide (see RefreshPairsImpl)
 //
-// Work is split over the calling thread and XLA's intra-op pool: rows for the check
-// and the refresh, ranges of prototypes for the scatter (each part adds only its
+// Work is split over the calling thread and XLA's intra-op pool: rows for the own
+// similarities, the check and the refresh, ranges of prototypes for the scatter (each part adds only its
 // prototypes' rows, so every row is read once and every sum keeps the serial order).
 
 #include <atomic>
