@@ -12,11 +12,12 @@ and sum rounded on its own, a serial float32 sum; `own_sims_kernel` sums each
 row's d products by `prototypes._tree_reduce`'s halving tree, again each product
 and sum rounded on its own. (XLA:CPU contracts a multiply and an add into a
 fused multiply-add in some fusions and not in others, so its bits depend on
-how a program is fused, by an ulp; the kernels' do not.) The fourth, `refresh_pairs`, replaces the blocks
-of matmuls that rescore the features whose bounds failed: it scores, feature by
-feature, only the pairs near opening (grouped by prototype, so that each
-prototype is read once per 128 features), and leaves near ties to the matmul,
-so that the run still equals the dense one bit for bit.
+how a program is fused, by an ulp; the kernels' do not.) The fourth,
+`refresh_pairs`, replaces the blocks of matmuls that rescore the features whose
+bounds failed: it scores, feature by feature, only the pairs near opening
+(grouped by prototype, so that each prototype is read once per 128 features),
+and leaves near ties to the matmul, so that the run still equals the dense one
+bit for bit.
 
 They are compiled once per (source, jaxlib, compiler, CPU) with the host's C++
 compiler (`$CXX`, else `c++`/`g++`) against the FFI headers that jaxlib ships,
@@ -55,8 +56,7 @@ __all__ = ["available", "usable", "on_cpu", "scatter_rows_kernel", "own_sims_ker
 
 _SOURCE = Path(__file__).with_name("_cpu_kernels.cc")
 _TARGETS = {"afj_scatter_rows": "AfjScatterRows", "afj_own_sims": "AfjOwnSims",
-            "afj_open_rows": "AfjOpenRows",
-            "afj_refresh_pairs": "AfjRefreshPairs"}
+            "afj_open_rows": "AfjOpenRows", "afj_refresh_pairs": "AfjRefreshPairs"}
 _FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-fast-math", "-std=c++17",
           "-shared", "-fPIC"]
 _lock = threading.Lock()

@@ -20,8 +20,9 @@
 //                     near tie are listed for the caller to decide (see RefreshPairsImpl)
 //
 // Work is split over the calling thread and XLA's intra-op pool: rows for the own
-// similarities, the check and the refresh, ranges of prototypes for the scatter (each part adds only its
-// prototypes' rows, so every row is read once and every sum keeps the serial order).
+// similarities, the check and the refresh, ranges of prototypes for the scatter (each
+// part adds only its prototypes' rows, so every row is read once and every sum keeps
+// the serial order).
 
 #include <atomic>
 #include <cmath>
@@ -166,16 +167,16 @@ ffi::Error OwnSimsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   const float* ps = protos.typed_data();
   const int32_t* cs = c.typed_data();
   float* o = out->typed_data();
+  if (d == 0) {
+    std::memset(o, 0, sizeof(float) * m);
+    return ffi::Error::Success();
+  }
   int64_t parts = (m + kRowsPerPart - 1) / kRowsPerPart;
   parallel_parts(pool, parts, [&](int64_t part) {
-    std::vector<float> buf(d > 0 ? d : 1);
+    std::vector<float> buf(d);
     float* __restrict v = buf.data();
     int64_t lo = part * kRowsPerPart, hi = lo + kRowsPerPart < m ? lo + kRowsPerPart : m;
     for (int64_t i = lo; i < hi; ++i) {
-      if (d == 0) {
-        o[i] = 0.0f;
-        continue;
-      }
       // The gather clamps an index outside [0, B) as XLA's does.
       const int64_t k = cs[i] < 0 ? 0 : (cs[i] >= b ? b - 1 : cs[i]);
       const float* __restrict xi = xs + i * d;
@@ -230,61 +231,56 @@ inline float HorizontalSum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+// The vector of the refresh's dot products: 16 lanes where the CPU has AVX-512, else 8.
 #if defined(__AVX512F__)
-// dot(p, x_r) for r < R: two accumulators of 16 lanes per row and fused multiply-adds
-// (eight independent chains for R = 4), within ~(d / 32 + 5) ulps of the exact sum, far
-// inside the margin. The value does not depend on R or on which rows are grouped.
-template <int R>
-inline void DotsR(const float* p, const float* const* x, int64_t d, float* out) {
-  __m512 a0[R], a1[R];
-  for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm512_setzero_ps();
-  int64_t j = 0;
-  for (; j + 32 <= d; j += 32) {
-    const __m512 p0 = _mm512_loadu_ps(p + j), p1 = _mm512_loadu_ps(p + j + 16);
-    for (int r = 0; r < R; ++r) {
-      a0[r] = _mm512_fmadd_ps(_mm512_loadu_ps(x[r] + j), p0, a0[r]);
-      a1[r] = _mm512_fmadd_ps(_mm512_loadu_ps(x[r] + j + 16), p1, a1[r]);
-    }
-  }
-  if (j + 16 <= d) {
-    const __m512 p0 = _mm512_loadu_ps(p + j);
-    for (int r = 0; r < R; ++r) a0[r] = _mm512_fmadd_ps(_mm512_loadu_ps(x[r] + j), p0, a0[r]);
-    j += 16;
-  }
-  for (int r = 0; r < R; ++r) {
-    float v = _mm512_reduce_add_ps(_mm512_add_ps(a0[r], a1[r]));
-    for (int64_t q = j; q < d; ++q) v += x[r][q] * p[q];
-    out[r] = v;
-  }
-}
+struct Lanes {
+  using V = __m512;
+  static constexpr int64_t kWidth = 16;
+  static V Zero() { return _mm512_setzero_ps(); }
+  static V Load(const float* p) { return _mm512_loadu_ps(p); }
+  static V Fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static float Sum(V a, V b) { return _mm512_reduce_add_ps(_mm512_add_ps(a, b)); }
+};
 #else
-// dot(p, x_r) for r < R: two accumulators of 8 lanes per row and fused multiply-adds
-// (eight independent chains for R = 4), within ~(d / 16 + 4) ulps of the exact sum, far
-// inside the margin. The value does not depend on R or on which rows are grouped.
+struct Lanes {
+  using V = __m256;
+  static constexpr int64_t kWidth = 8;
+  static V Zero() { return _mm256_setzero_ps(); }
+  static V Load(const float* p) { return _mm256_loadu_ps(p); }
+  static V Fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static float Sum(V a, V b) { return HorizontalSum(_mm256_add_ps(a, b)); }
+};
+#endif
+
+// dot(p, x_r) for r < R: two accumulators of Lanes::kWidth lanes per row and fused
+// multiply-adds (eight independent chains for R = 4), within ~(d / (2 kWidth) + 5) ulps
+// of the exact sum, far inside the margin. The value does not depend on R or on which
+// rows are grouped.
 template <int R>
 inline void DotsR(const float* p, const float* const* x, int64_t d, float* out) {
-  __m256 a0[R], a1[R];
-  for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm256_setzero_ps();
+  using V = Lanes::V;
+  constexpr int64_t w = Lanes::kWidth;
+  V a0[R], a1[R];
+  for (int r = 0; r < R; ++r) a0[r] = a1[r] = Lanes::Zero();
   int64_t j = 0;
-  for (; j + 16 <= d; j += 16) {
-    const __m256 p0 = _mm256_loadu_ps(p + j), p1 = _mm256_loadu_ps(p + j + 8);
+  for (; j + 2 * w <= d; j += 2 * w) {
+    const V p0 = Lanes::Load(p + j), p1 = Lanes::Load(p + j + w);
     for (int r = 0; r < R; ++r) {
-      a0[r] = _mm256_fmadd_ps(_mm256_loadu_ps(x[r] + j), p0, a0[r]);
-      a1[r] = _mm256_fmadd_ps(_mm256_loadu_ps(x[r] + j + 8), p1, a1[r]);
+      a0[r] = Lanes::Fma(Lanes::Load(x[r] + j), p0, a0[r]);
+      a1[r] = Lanes::Fma(Lanes::Load(x[r] + j + w), p1, a1[r]);
     }
   }
-  if (j + 8 <= d) {
-    const __m256 p0 = _mm256_loadu_ps(p + j);
-    for (int r = 0; r < R; ++r) a0[r] = _mm256_fmadd_ps(_mm256_loadu_ps(x[r] + j), p0, a0[r]);
-    j += 8;
+  if (j + w <= d) {
+    const V p0 = Lanes::Load(p + j);
+    for (int r = 0; r < R; ++r) a0[r] = Lanes::Fma(Lanes::Load(x[r] + j), p0, a0[r]);
+    j += w;
   }
   for (int r = 0; r < R; ++r) {
-    float v = HorizontalSum(_mm256_add_ps(a0[r], a1[r]));
+    float v = Lanes::Sum(a0[r], a1[r]);
     for (int64_t q = j; q < d; ++q) v += x[r][q] * p[q];
     out[r] = v;
   }
 }
-#endif
 
 inline void Dots(const float* p, const float* const* x, int count, int64_t d, float* out) {
   switch (count) {
