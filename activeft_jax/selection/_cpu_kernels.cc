@@ -24,6 +24,7 @@
 // part adds only its prototypes' rows, so every row is read once and every sum keeps
 // the serial order).
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
@@ -231,13 +232,20 @@ inline float HorizontalSum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// The vector of the refresh's dot products: 16 lanes where the CPU has AVX-512, else 8.
+// The vector of the refresh's dot products: 16 lanes where the CPU has AVX-512, else 8;
+// kMaxRows rows share one load of a prototype (as many as the registers hold: two
+// accumulators a row).
 #if defined(__AVX512F__)
 struct Lanes {
   using V = __m512;
   static constexpr int64_t kWidth = 16;
+  static constexpr int kMaxRows = 8;
   static V Zero() { return _mm512_setzero_ps(); }
   static V Load(const float* p) { return _mm512_loadu_ps(p); }
+  // The first n (0 < n < kWidth) floats at p, zeros after (nothing past them is read).
+  static V LoadFirst(const float* p, int64_t n) {
+    return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p);
+  }
   static V Fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   static float Sum(V a, V b) { return _mm512_reduce_add_ps(_mm512_add_ps(a, b)); }
 };
@@ -245,26 +253,34 @@ struct Lanes {
 struct Lanes {
   using V = __m256;
   static constexpr int64_t kWidth = 8;
+  static constexpr int kMaxRows = 4;
   static V Zero() { return _mm256_setzero_ps(); }
   static V Load(const float* p) { return _mm256_loadu_ps(p); }
+  static V LoadFirst(const float* p, int64_t n) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), lane));
+  }
   static V Fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
   static float Sum(V a, V b) { return HorizontalSum(_mm256_add_ps(a, b)); }
 };
 #endif
 
 // dot(p, x_r) for r < R: two accumulators of Lanes::kWidth lanes per row and fused
-// multiply-adds (eight independent chains for R = 4), within ~(d / (2 kWidth) + 5) ulps
-// of the exact sum, far inside the margin. The value does not depend on R or on which
-// rows are grouped.
+// multiply-adds (2R independent chains), the last d mod kWidth products in lanes of
+// their own; within ~(d / (2 kWidth) + 5) ulps of the exact sum, far inside the margin.
+// The value does not depend on R or on which rows are grouped. (The loops are unrolled
+// so that the accumulators stay in registers: indexed arrays would live on the stack.)
 template <int R>
 inline void DotsR(const float* p, const float* const* x, int64_t d, float* out) {
   using V = Lanes::V;
   constexpr int64_t w = Lanes::kWidth;
   V a0[R], a1[R];
+#pragma GCC unroll 8
   for (int r = 0; r < R; ++r) a0[r] = a1[r] = Lanes::Zero();
   int64_t j = 0;
   for (; j + 2 * w <= d; j += 2 * w) {
     const V p0 = Lanes::Load(p + j), p1 = Lanes::Load(p + j + w);
+#pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       a0[r] = Lanes::Fma(Lanes::Load(x[r] + j), p0, a0[r]);
       a1[r] = Lanes::Fma(Lanes::Load(x[r] + j + w), p1, a1[r]);
@@ -272,18 +288,27 @@ inline void DotsR(const float* p, const float* const* x, int64_t d, float* out) 
   }
   if (j + w <= d) {
     const V p0 = Lanes::Load(p + j);
+#pragma GCC unroll 8
     for (int r = 0; r < R; ++r) a0[r] = Lanes::Fma(Lanes::Load(x[r] + j), p0, a0[r]);
     j += w;
   }
-  for (int r = 0; r < R; ++r) {
-    float v = Lanes::Sum(a0[r], a1[r]);
-    for (int64_t q = j; q < d; ++q) v += x[r][q] * p[q];
-    out[r] = v;
+  if (j < d) {
+    const V p1 = Lanes::LoadFirst(p + j, d - j);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) a1[r] = Lanes::Fma(Lanes::LoadFirst(x[r] + j, d - j), p1, a1[r]);
   }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) out[r] = Lanes::Sum(a0[r], a1[r]);
 }
 
 inline void Dots(const float* p, const float* const* x, int count, int64_t d, float* out) {
   switch (count) {
+#if defined(__AVX512F__)
+    case 8: DotsR<8>(p, x, d, out); break;
+    case 7: DotsR<7>(p, x, d, out); break;
+    case 6: DotsR<6>(p, x, d, out); break;
+    case 5: DotsR<5>(p, x, d, out); break;
+#endif
     case 4: DotsR<4>(p, x, d, out); break;
     case 3: DotsR<3>(p, x, d, out); break;
     case 2: DotsR<2>(p, x, d, out); break;
@@ -314,6 +339,54 @@ inline __m128i AngleBound8(__m256 s, __m256 t, __m256 margin, __m256 acos_err) {
 }
 
 constexpr int64_t kRefreshRowsPerPart = 128;
+
+// Per-thread buffers of the refresh, grown as needed and kept between calls.
+struct Scratch {
+  std::vector<int32_t> ks, row_of, by_proto, count, fill;
+  std::vector<float> sc;
+};
+
+template <typename T>
+T* Grow(std::vector<T>& v, int64_t n) {
+  if (static_cast<int64_t>(v.size()) < n) v.resize(n);
+  return v.data();
+}
+
+// AppendWithin writes up to this many entries past its last one.
+constexpr int64_t kAppendSlack = 16;
+
+// Appends to `out` each k < b, k != skip, with float(gap_k) - t_k <= reach (in order of
+// k) and returns the new end; writes up to kAppendSlack entries past it.
+inline int32_t* AppendWithin(const uint16_t* gap, const float* t, int64_t b, float reach,
+                             int32_t skip, int32_t* out) {
+  int64_t k = 0;
+#if defined(__AVX512F__)
+  const __m512 r = _mm512_set1_ps(reach);
+  __m512i idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i step = _mm512_set1_epi32(16);
+  for (; k + 16 <= b; k += 16) {
+    const __m512 gv = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(gap + k)));
+    __mmask16 m = _mm512_cmp_ps_mask(_mm512_sub_ps(gv, _mm512_loadu_ps(t + k)), r, _CMP_LE_OQ);
+    if (static_cast<uint64_t>(skip - k) < 16) m &= static_cast<__mmask16>(~(1u << (skip - k)));
+    _mm512_storeu_si512(out, _mm512_maskz_compress_epi32(m, idx));
+    out += __builtin_popcount(m);
+    idx = _mm512_add_epi32(idx, step);
+  }
+#else
+  const __m256 r = _mm256_set1_ps(reach);
+  for (; k + 8 <= b; k += 8) {
+    int mask = WithinMask8(gap + k, t + k, r);
+    if (static_cast<uint64_t>(skip - k) < 8) mask &= ~(1 << (skip - k));
+    while (mask) {
+      *out++ = static_cast<int32_t>(k + __builtin_ctz(mask));
+      mask &= mask - 1;
+    }
+  }
+#endif
+  for (; k < b; ++k)
+    if (k != skip && Within(gap[k], t[k], reach)) *out++ = static_cast<int32_t>(k);
+  return out;
+}
 
 // For each row i with fail_i: the pairs k != c_i with float(gap_ik) - t_k <= l_i + h
 // (those open now, and those within h of opening) get their similarity s_ik, a dot
@@ -365,53 +438,45 @@ ffi::Error RefreshPairsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> feats,
     const int64_t lo = part * kRefreshRowsPerPart;
     const int64_t hi = lo + kRefreshRowsPerPart < m ? lo + kRefreshRowsPerPart : m;
     // 1. The pairs to score, row by row: ks[start[r] .. start[r + 1]) for the r-th
-    //    failing row of the part (rows[r]).
-    std::vector<int32_t> rows, start(1, 0), ks;
-    for (int64_t i = lo; i < hi; ++i) {
-      if (!fl[i]) continue;
-      const uint16_t* gi = g + i * b;
-      const int32_t c = c_in[i];
-      const float reach1 = lim[i] + horizon;
-      const __m256 reach = _mm256_set1_ps(reach1);
-      int64_t k = 0;
-      for (; k + 8 <= b; k += 8) {
-        int mask = WithinMask8(gi + k, t + k, reach);
-        while (mask) {
-          int q = __builtin_ctz(mask);
-          mask &= mask - 1;
-          if (k + q != c) ks.push_back(static_cast<int32_t>(k + q));
-        }
-      }
-      for (; k < b; ++k)
-        if (k != c && Within(gi[k], t[k], reach1)) ks.push_back(static_cast<int32_t>(k));
-      rows.push_back(static_cast<int32_t>(i));
-      start.push_back(static_cast<int32_t>(ks.size()));
-    }
-    const int64_t np = static_cast<int64_t>(ks.size());
-    scored[part] = np;
+    //    failing row of the part (rows[r]). (The buffers are the thread's, kept
+    //    between calls: allocating them each time costs page faults.)
+    thread_local Scratch scratch;
+    std::vector<int32_t> rows, start(1, 0);
+    for (int64_t i = lo; i < hi; ++i)
+      if (fl[i]) rows.push_back(static_cast<int32_t>(i));
     if (rows.empty()) return;
+    int32_t* ks = Grow(scratch.ks, static_cast<int64_t>(rows.size()) * b + kAppendSlack);
+    int32_t* end = ks;
+    for (const int32_t i : rows) {
+      end = AppendWithin(g + i * b, t, b, lim[i] + horizon, c_in[i], end);
+      start.push_back(static_cast<int32_t>(end - ks));
+    }
+    const int64_t np = end - ks;
+    scored[part] = np;
     // 2. The same pairs grouped by prototype (a counting sort), so that each prototype
     //    is read once per part and its dot products with the part's rows (which stay
-    //    in the cache) are taken four rows at a time.
-    std::vector<int32_t> row_of(np), count(b + 1, 0), by_proto(np);
+    //    in the cache) are taken up to Lanes::kMaxRows rows at a time.
+    int32_t* row_of = Grow(scratch.row_of, np);
+    int32_t* by_proto = Grow(scratch.by_proto, np);
+    int32_t* count = Grow(scratch.count, b + 1);
+    int32_t* fill = Grow(scratch.fill, b);
+    std::fill(count, count + b + 1, 0);
     for (size_t r = 0; r < rows.size(); ++r)
       for (int32_t q = start[r]; q < start[r + 1]; ++q) row_of[q] = rows[r];
     for (int64_t q = 0; q < np; ++q) ++count[ks[q] + 1];
     for (int64_t k = 0; k < b; ++k) count[k + 1] += count[k];
-    {
-      std::vector<int32_t> fill(count.begin(), count.end() - 1);
-      for (int64_t q = 0; q < np; ++q) by_proto[fill[ks[q]]++] = static_cast<int32_t>(q);
-    }
-    std::vector<float> sc(np + 8);
+    std::copy(count, count + b, fill);
+    for (int64_t q = 0; q < np; ++q) by_proto[fill[ks[q]]++] = static_cast<int32_t>(q);
+    float* sc = Grow(scratch.sc, np + 8);
     for (int64_t k = 0; k < b; ++k) {
       const float* pk = ps + k * d;
-      for (int32_t u = count[k]; u < count[k + 1]; u += 4) {
-        const int n4 = count[k + 1] - u < 4 ? count[k + 1] - u : 4;
-        const float* x[4];
-        for (int r = 0; r < n4; ++r) x[r] = xs + static_cast<int64_t>(row_of[by_proto[u + r]]) * d;
-        float out[4];
-        Dots(pk, x, n4, d, out);
-        for (int r = 0; r < n4; ++r) sc[by_proto[u + r]] = out[r];
+      for (int32_t u = count[k]; u < count[k + 1]; u += Lanes::kMaxRows) {
+        const int n = count[k + 1] - u < Lanes::kMaxRows ? count[k + 1] - u : Lanes::kMaxRows;
+        const float* x[Lanes::kMaxRows];
+        for (int r = 0; r < n; ++r) x[r] = xs + static_cast<int64_t>(row_of[by_proto[u + r]]) * d;
+        float out[Lanes::kMaxRows];
+        Dots(pk, x, n, d, out);
+        for (int r = 0; r < n; ++r) sc[by_proto[u + r]] = out[r];
       }
     }
     // 3. Each row's decision and its refreshed bounds.
