@@ -182,9 +182,18 @@ ffi::Error OwnSimsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
       const int64_t k = cs[i] < 0 ? 0 : (cs[i] >= b ? b - 1 : cs[i]);
       const float* __restrict xi = xs + i * d;
       const float* __restrict pk = ps + k * d;
-      for (int64_t j = 0; j < d; ++j) v[j] = xi[j] * pk[j];
       // _tree_reduce: the first half plus the second, an odd last element carried.
-      for (int64_t n = d; n > 1; n = (n + 1) / 2) {
+      // (For an even d the first level is taken with the products, so that these are
+      // not stored and read back: the same roundings, product then sum.)
+      int64_t n = d;
+      if (d % 2 == 0) {
+        n = d / 2;
+        const float *__restrict x1 = xi + n, *__restrict p1 = pk + n;
+        for (int64_t j = 0; j < n; ++j) v[j] = xi[j] * pk[j] + x1[j] * p1[j];
+      } else {
+        for (int64_t j = 0; j < d; ++j) v[j] = xi[j] * pk[j];
+      }
+      for (; n > 1; n = (n + 1) / 2) {
         const int64_t h = n / 2;
         AddHalves(v, v + h, h);
         if (n % 2) v[h] = v[2 * h];
