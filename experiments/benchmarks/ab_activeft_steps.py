@@ -12,10 +12,13 @@ version picks what the first one does (they should).
 
     .venv/bin/python experiments/benchmarks/ab_activeft_steps.py main HEAD
     .venv/bin/python experiments/benchmarks/ab_activeft_steps.py main HEAD --problem normal
+    .venv/bin/python experiments/benchmarks/ab_activeft_steps.py main HEAD --march haswell
 
 Features as in compare_activeft.py (N = 20 000, d = 384, B = 400, 300 steps,
 τ = 0.07). Steps are dispatched one at a time, so each pays a Python dispatch
-(~0.1 ms) that the fit's single scan does not. About 2 minutes per version.
+(~0.1 ms) that the fit's single scan does not. About 2 minutes per version. Each copy
+builds its CPU kernels into its own cache (`~/.cache/activeft_jax_ab0`, ...);
+`--march haswell` builds them for AVX2 (the 8-lane code) on an AVX-512 host.
 """
 
 from __future__ import annotations
@@ -67,6 +70,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=20000)
     ap.add_argument("--k", type=int, default=400)
     ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--march", default=None,
+                    help="build every version's CPU kernels with -march=THIS instead of native "
+                         "(e.g. haswell: the AVX2 code on an AVX-512 host)")
     args = ap.parse_args()
 
     import jax
@@ -75,6 +81,15 @@ def main() -> None:
     atexit.register(shutil.rmtree, tmp, ignore_errors=True)
     sys.path.insert(0, tmp)
     names = [export(ref, f"activeft_jax_ab{i}", tmp) for i, ref in enumerate(args.refs)]
+    if args.march:
+        for name in names:
+            path = os.path.join(tmp, name, "selection", "_cpu.py")
+            with open(path) as fh:
+                text = fh.read()
+            if '"-march=native"' not in text:
+                raise SystemExit(f"{path}: no -march=native to replace")
+            with open(path, "w") as fh:
+                fh.write(text.replace('"-march=native"', f'"-march={args.march}"'))
     clustered = args.problem == "clustered"
     feats = features(5001 + (0 if clustered else 1), args.n, 384, clustered)
     init = np.random.default_rng(5001).choice(args.n, args.k, replace=False)
