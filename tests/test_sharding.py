@@ -187,6 +187,24 @@ def test_activeft_solver_keeps_its_bounds_split_between_steps():
     np.testing.assert_allclose(fit.losses, ref.losses, rtol=1e-5)
 
 
+@pytest.mark.parametrize("mesh_kind", ["explicit", "auto"])
+def test_activeft_sweep_on_a_split_pool(mesh_kind):
+    """The sweep's pruned fits (one after another, the CPU default) on a split pool: the
+    single-device picks, and no pool-sized all-gather in the compiled program."""
+    mesh = MESHES[mesh_kind]()
+    pool = _put(POOL, mesh)
+    kw = dict(k=12, temperatures=jnp.array([0.07, 0.2]), keys=jax.random.split(jax.random.key(2), 2),
+              steps=8)
+    split = aft.selection.activeft_sweep(pool, **kw)
+    one = aft.selection.activeft_sweep(POOL, **kw)
+    np.testing.assert_array_equal(split.selection.indices, one.selection.indices)
+    np.testing.assert_allclose(split.losses, one.losses, rtol=1e-5)
+    assert np.asarray(split.recomputed)[..., 1:].mean() < 1  # pruned
+    # (Only the de-duplication's per-device candidate lists travel: [k, 8 devices x 8].)
+    text = jax.jit(lambda p: aft.selection.activeft_sweep(p, **kw)).lower(pool).compile().as_text()
+    assert not [s for s in _gathers(text) if s >= N // 2]
+
+
 # ----------------------------------------------------------------------------- several processes
 
 

@@ -45,8 +45,8 @@ keeps it, the others are scored against only the prototypes that might win
 opening, `_cpu.refresh_pairs`). When
 N·B is too large to hold the bounds, one bound per feature (Hamerly's) instead.
 
-The whole fit is one `lax.scan`; `activeft_sweep` vmaps it over temperatures
-and keys in one compiled call.
+The whole fit is one `lax.scan`; `activeft_sweep` runs it for every temperature
+and key in one compiled call (vmapped when dense; one after another when pruned).
 """
 
 from __future__ import annotations
@@ -1351,9 +1351,18 @@ def _sweep(feats, keys, init_indices, temperatures, hyper, *, cfg: _Config, layo
                                h, cfg, cfg.steps, shards)
             return state.params, state.init_indices, state.losses, state.recomputed
 
-        per_key = jax.vmap(fit_one, in_axes=(None, 0))
-        params, idx, losses, recomputed = jax.vmap(per_key, in_axes=(0, None))(temperatures, keys)
-        t, s = params.shape[:2]
+        t, s = temperatures.shape[0], keys.shape[0]
+        if cfg.prune == "off":
+            per_key = jax.vmap(fit_one, in_axes=(None, 0))
+            params, idx, losses, recomputed = jax.vmap(per_key, in_axes=(0, None))(temperatures,
+                                                                                 keys)
+        else:
+            # Pruned fits one after another: vmap would run both sides of their branches
+            # (the dense assignment every step). lax.map keeps them real branches.
+            pair = jnp.arange(t * s)
+            flat = lax.map(lambda tk: fit_one(*tk), (temperatures[pair // s], keys[pair % s]))
+            params, idx, losses, recomputed = jax.tree_util.tree_map(
+                lambda x: x.reshape((t, s) + x.shape[1:]), flat)
         # The de-duplication is sequential with a data-dependent fallback; lax.map
         # keeps its lax.cond a real branch (vmap would evaluate both sides).
         protos = l2_normalize(params)
@@ -1370,9 +1379,21 @@ def activeft_sweep(features: Any, *, k: int, temperatures: Any, keys: Any, steps
                    learning_rate: Any = 1e-3, init: str = "random", balance: Any = 1.0,
                    optimizer: Optional[optax.GradientTransformation] = None,
                    batch_size: Optional[int] = None, chunk_rows: Optional[int] = None,
-                   prune: bool = False, bounds: str = "auto", refresh: Optional[float] = None,
-                   num_fast: int = 32) -> ActiveFTFit:
+                   prune: Optional[bool] = None, bounds: str = "auto",
+                   refresh: Optional[float] = None, num_fast: int = 32) -> ActiveFTFit:
     """ActiveFT for every (temperature, key) pair in one compiled call.
+
+    Without pruning the T·S fits are vmapped: each step assigns the features of
+    every fit in one batched matmul, which suits GPUs and TPUs. With pruning
+    (the default on CPU, as in `fit_activeft`) they run one after another
+    (`lax.map`), since vmap would evaluate both sides of the pruned path's
+    branches, i.e. the dense assignment every step. On a 2-core CPU, 4 x 2 fits
+    at N = 20 000, B = 400 took 4-8x less time than vmapped dense ones
+    (`experiments/benchmarks/sweep_activeft.py`). Pruned, each fit runs the
+    program of `fit_activeft` with the same settings and key (the same bits
+    with XLA's default code generation); the vmapped dense program rounds some
+    sums differently (an ulp of the loss), which on clustered features can
+    move a pick or two.
 
     Args:
       features: [N, d] pool features.
@@ -1381,8 +1402,9 @@ def activeft_sweep(features: Any, *, k: int, temperatures: Any, keys: Any, steps
       keys: [S] PRNG keys (e.g. `jax.random.split(key, S)`); each gives its own
         random init (and batches).
       steps, learning_rate, init, balance, optimizer, batch_size, chunk_rows,
-        prune, bounds, refresh, num_fast: as in `fit_activeft`, except that
-        `prune` defaults to False (vmap would run both sides of its branches).
+        prune, bounds, refresh, num_fast: as in `fit_activeft` (`prune=None`:
+        pruned fits, one after another, when the features live on a CPU and
+        `batch_size` is None; vmapped dense fits otherwise).
 
     Returns:
       `ActiveFTFit` whose fields have leading axes [T, S]: selection.indices
