@@ -263,14 +263,42 @@ def test_pruned_sweep_equals_dense_sweep():
     assert np.asarray(pruned.recomputed).mean() < 0.5
 
 
-def test_jit_and_vmap_over_keys():
+@pytest.mark.parametrize("prune", [None, False])
+def test_jit_and_vmap_over_keys(prune):
     feats, _ = _problem(11, n=120, d=6)
     keys = jax.random.split(jax.random.key(1), 3)
-    f = jax.jit(jax.vmap(lambda key: aft.select("activeft", feats, k=8, key=key, steps=5, prune=False)))
+    f = jax.jit(jax.vmap(lambda key: aft.select("activeft", feats, k=8, key=key, steps=5, prune=prune)))
     out = f(keys)
     for j in range(3):
         one = aft.select("activeft", feats, k=8, key=keys[j], steps=5)
         np.testing.assert_array_equal(out.indices[j], one.indices)
+
+
+def test_vmapped_pruned_fits_run_one_after_another():
+    # Under vmap (CPU default: pruned) each fit keeps its branches (`_one_at_a_time`): the
+    # compiled program has no batched dense step, and the fits equal the single ones.
+    feats, _ = _problem(13, n=400, d=10)
+    temps = jnp.array([0.05, 0.1])
+    keys = jax.random.split(jax.random.key(5), 2)
+    f = jax.jit(jax.vmap(jax.vmap(
+        lambda t, key: aft.selection.fit_activeft(feats, k=12, key=key, temperature=t, steps=20),
+        in_axes=(None, 0)), in_axes=(0, None)))
+    fits = f(temps, keys)
+    assert fits.selection.indices.shape == (2, 2, 12)
+    assert np.all(np.asarray(fits.recomputed)[..., 1:].mean(-1) < 0.9)  # pruned
+    for i in range(2):
+        for j in range(2):
+            one = aft.selection.fit_activeft(feats, k=12, key=keys[j], temperature=float(temps[i]),
+                                             steps=20)
+            np.testing.assert_array_equal(fits.selection.indices[i, j], one.selection.indices)
+            np.testing.assert_allclose(fits.losses[i, j], one.losses, rtol=1e-5)
+    # Every branch of the single fit stays a branch (plain vmap turns the ones whose
+    # predicate differs between fits into selects that run both sides: 12 of 14 here).
+    single = jax.jit(lambda t, key: aft.selection.fit_activeft(feats, k=12, key=key, temperature=t,
+                                                               steps=20))
+    cases = [g.lower(t, k).as_text().count("stablehlo.case")
+             for g, t, k in ((f, temps, keys), (single, temps[0], keys[0]))]
+    assert cases[0] == cases[1] > 0
 
 
 # ----------------------------------------------------------------------------- the final de-duplication

@@ -189,8 +189,8 @@ def test_activeft_solver_keeps_its_bounds_split_between_steps():
 
 @pytest.mark.parametrize("mesh_kind", ["explicit", "auto"])
 def test_activeft_sweep_on_a_split_pool(mesh_kind):
-    """The sweep's pruned fits (one after another, the CPU default) on a split pool: the
-    single-device picks, and no pool-sized all-gather in the compiled program."""
+    """The sweep's pruned fits (one after another, the CPU default) and a vmap of select on a
+    split pool: the single-device picks, and no pool-sized all-gather in the compiled programs."""
     mesh = MESHES[mesh_kind]()
     pool = _put(POOL, mesh)
     kw = dict(k=12, temperatures=jnp.array([0.07, 0.2]), keys=jax.random.split(jax.random.key(2), 2),
@@ -203,6 +203,14 @@ def test_activeft_sweep_on_a_split_pool(mesh_kind):
     # (Only the de-duplication's per-device candidate lists travel: [k, 8 devices x 8].)
     text = jax.jit(lambda p: aft.selection.activeft_sweep(p, **kw)).lower(pool).compile().as_text()
     assert not [s for s in _gathers(text) if s >= N // 2]
+    # A vmap of select over the keys: pruned fits one after another, on the split pool too.
+    f = jax.jit(jax.vmap(lambda key, p: aft.select("activeft", p, k=12, key=key, steps=8).indices,
+                         in_axes=(0, None)))
+    out = f(kw["keys"], pool)
+    for j, key in enumerate(kw["keys"]):
+        np.testing.assert_array_equal(out[j], aft.select("activeft", POOL, k=12, key=key,
+                                                         steps=8).indices)
+    assert not [s for s in _gathers(f.lower(kw["keys"], pool).compile().as_text()) if s >= N // 2]
 
 
 # ----------------------------------------------------------------------------- several processes

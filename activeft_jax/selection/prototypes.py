@@ -1007,6 +1007,34 @@ def _solver_init(feats, key, init_indices, hyper, *, cfg, layout):
                      out_specs=_state_specs(cfg))
 
 
+def _one_at_a_time(fn):
+    """`fn`, whose `jax.vmap` runs the batch one element after another (`lax.map`).
+
+    Vmap turns data-dependent branches (`lax.cond`, `lax.while_loop`) into work on
+    both sides for every element: a vmapped pruned step would compute the dense
+    assignment as well. With this, a vmap of ActiveFT over keys or temperatures
+    (or of anything else) keeps each fit's branches real.
+    """
+    f = jax.custom_batching.custom_vmap(fn)
+
+    @f.def_vmap
+    def rule(axis_size, in_batched, *args):
+        del axis_size
+        leaves, tree = jax.tree_util.tree_flatten(args)
+        flags = jax.tree_util.tree_leaves(list(in_batched))
+        assert len(flags) == len(leaves), (len(flags), len(leaves))
+
+        def one(batched):
+            it = iter(batched)
+            return f(*jax.tree_util.tree_unflatten(tree, [next(it) if b else x
+                                                         for x, b in zip(leaves, flags)]))
+
+        out = lax.map(one, [x for x, b in zip(leaves, flags) if b])
+        return out, jax.tree_util.tree_map(lambda _: True, out)
+
+    return f
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "num_steps", "layout"),
                    donate_argnames=("state",))
 def _solver_step(state, feats, key, hyper, *, cfg, num_steps, layout):
@@ -1015,8 +1043,13 @@ def _solver_step(state, feats, key, hyper, *, cfg, num_steps, layout):
                           Shards(layout, feats.shape[0]))
 
     specs = _state_specs(cfg)
-    return on_shards(layout, local, (specs, "pool", None, None), state, feats, key, hyper,
-                     out_specs=specs)
+
+    def steps(state, feats, key, hyper):
+        return on_shards(layout, local, (specs, "pool", None, None), state, feats, key, hyper,
+                         out_specs=specs)
+
+    # Pruned steps are data-dependent branches: under vmap, one fit after another.
+    return (steps if cfg.prune == "off" else _one_at_a_time(steps))(state, feats, key, hyper)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "layout"))
@@ -1027,8 +1060,11 @@ def _solver_finish(state, feats, masks, *, cfg, layout):
             excluded = ~available_mask(feats.shape[0], *masks)
         return _finish(state, feats, excluded, Shards(layout, feats.shape[0]))
 
-    return on_shards(layout, local, (_state_specs(cfg), "pool", ("pool", "pool")), state, feats,
-                     masks)
+    # The matching has a data-dependent fallback: under vmap, one fit after another.
+    return _one_at_a_time(
+        lambda state, feats, masks: on_shards(layout, local, (_state_specs(cfg), "pool",
+                                                              ("pool", "pool")),
+                                              state, feats, masks))(state, feats, masks)
 
 
 @functools.partial(jax.jit, static_argnames=("chunk_rows",))
@@ -1274,8 +1310,9 @@ def fit_activeft(features: Any, *, k: int, key: Any = None, init_indices: Any = 
         losses with a fraction of the work. None (default): on when the
         features live on a CPU and `batch_size` is None; off on GPU and TPU,
         where the dense matmul is cheap and the pruned path's gathers and
-        branches are not. Under your own `jax.vmap` pass False: vmap turns its
-        data-dependent branches into work on both sides.
+        branches are not. Under `jax.vmap` pruned fits run one after another
+        (`lax.map`), each keeping its branches (vmap would run both sides of
+        them, the dense assignment included); pass False to vmap dense fits.
       bounds: with `prune`, 'pairs' (one bound per feature and prototype, N·B
         floats per device: the least work), 'rows' (one bound per feature) or
         'auto' (default): 'pairs' while N·B <= 2^27 per device, else 'rows'.
