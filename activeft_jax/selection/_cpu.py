@@ -15,8 +15,8 @@ fused multiply-add in some fusions and not in others, so its bits depend on
 how a program is fused, by an ulp; the kernels' do not.) The fourth,
 `refresh_pairs`, replaces the blocks of matmuls that rescore the features whose
 bounds failed: it scores, feature by feature, only the pairs near opening
-(grouped by prototype, so that each prototype is read once per 128 features),
-and leaves near ties to the matmul, so that the run still equals the dense one
+(the feature's vector, in the L1 cache, with up to 8 of its prototypes at a
+time), and leaves near ties to the matmul, so that the run still equals the dense one
 bit for bit.
 
 They are compiled once per (source, jaxlib, compiler, CPU) with the host's C++

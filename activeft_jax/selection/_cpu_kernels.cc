@@ -242,8 +242,8 @@ inline float HorizontalSum(__m256 v) {
 }
 
 // The vector of the refresh's dot products: 16 lanes where the CPU has AVX-512, else 8;
-// kMaxRows rows share one load of a prototype (as many as the registers hold: two
-// accumulators a row).
+// kMaxRows vectors share one load of the other operand (as many as the registers hold:
+// two accumulators a vector).
 #if defined(__AVX512F__)
 struct Lanes {
   using V = __m512;
@@ -274,11 +274,12 @@ struct Lanes {
 };
 #endif
 
-// dot(p, x_r) for r < R: two accumulators of Lanes::kWidth lanes per row and fused
+// dot(p, x_r) for r < R: two accumulators of Lanes::kWidth lanes per x_r and fused
 // multiply-adds (2R independent chains), the last d mod kWidth products in lanes of
 // their own; within ~(d / (2 kWidth) + 5) ulps of the exact sum, far inside the margin.
-// The value does not depend on R or on which rows are grouped. (The loops are unrolled
-// so that the accumulators stay in registers: indexed arrays would live on the stack.)
+// The value does not depend on R, on which vectors are grouped, or on which operand is
+// p (a product rounds the same either way). (The loops are unrolled so that the
+// accumulators stay in registers: indexed arrays would live on the stack.)
 template <int R>
 inline void DotsR(const float* p, const float* const* x, int64_t d, float* out) {
   using V = Lanes::V;
@@ -351,7 +352,7 @@ constexpr int64_t kRefreshRowsPerPart = 128;
 
 // Per-thread buffers of the refresh, grown as needed and kept between calls.
 struct Scratch {
-  std::vector<int32_t> ks, row_of, by_proto, count, fill;
+  std::vector<int32_t> ks;
   std::vector<float> sc;
 };
 
@@ -462,30 +463,16 @@ ffi::Error RefreshPairsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> feats,
     }
     const int64_t np = end - ks;
     scored[part] = np;
-    // 2. The same pairs grouped by prototype (a counting sort), so that each prototype
-    //    is read once per part and its dot products with the part's rows (which stay
-    //    in the cache) are taken up to Lanes::kMaxRows rows at a time.
-    int32_t* row_of = Grow(scratch.row_of, np);
-    int32_t* by_proto = Grow(scratch.by_proto, np);
-    int32_t* count = Grow(scratch.count, b + 1);
-    int32_t* fill = Grow(scratch.fill, b);
-    std::fill(count, count + b + 1, 0);
-    for (size_t r = 0; r < rows.size(); ++r)
-      for (int32_t q = start[r]; q < start[r + 1]; ++q) row_of[q] = rows[r];
-    for (int64_t q = 0; q < np; ++q) ++count[ks[q] + 1];
-    for (int64_t k = 0; k < b; ++k) count[k + 1] += count[k];
-    std::copy(count, count + b, fill);
-    for (int64_t q = 0; q < np; ++q) by_proto[fill[ks[q]]++] = static_cast<int32_t>(q);
+    // 2. Their similarities, row by row: the row's features (in the L1 cache) with up to
+    //    Lanes::kMaxRows of its prototypes at a time, each dot product as `Dots` takes it.
     float* sc = Grow(scratch.sc, np + 8);
-    for (int64_t k = 0; k < b; ++k) {
-      const float* pk = ps + k * d;
-      for (int32_t u = count[k]; u < count[k + 1]; u += Lanes::kMaxRows) {
-        const int n = count[k + 1] - u < Lanes::kMaxRows ? count[k + 1] - u : Lanes::kMaxRows;
-        const float* x[Lanes::kMaxRows];
-        for (int r = 0; r < n; ++r) x[r] = xs + static_cast<int64_t>(row_of[by_proto[u + r]]) * d;
-        float out[Lanes::kMaxRows];
-        Dots(pk, x, n, d, out);
-        for (int r = 0; r < n; ++r) sc[by_proto[u + r]] = out[r];
+    for (size_t r = 0; r < rows.size(); ++r) {
+      const float* xi = xs + static_cast<int64_t>(rows[r]) * d;
+      for (int32_t u = start[r]; u < start[r + 1]; u += Lanes::kMaxRows) {
+        const int n = start[r + 1] - u < Lanes::kMaxRows ? start[r + 1] - u : Lanes::kMaxRows;
+        const float* p[Lanes::kMaxRows];
+        for (int j = 0; j < n; ++j) p[j] = ps + static_cast<int64_t>(ks[u + j]) * d;
+        Dots(xi, p, n, d, sc + u);
       }
     }
     // 3. Each row's decision and its refreshed bounds.
