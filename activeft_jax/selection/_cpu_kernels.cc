@@ -348,6 +348,52 @@ inline __m128i AngleBound8(__m256 s, __m256 t, __m256 margin, __m256 acos_err) {
   return _mm256_cvtps_ph(_mm256_add_ps(v, t), _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
 }
 
+// The largest of v[0 .. n) and the largest of the others: returns the index of the first
+// of the largest (-1 when n = 0, with both values -inf).
+inline int32_t BestTwo(const float* v, int32_t n, float* best, float* second) {
+#if defined(__AVX512F__)
+  // Three passes of 16 lanes (max; the first lane equal to it; the max of the others)
+  // instead of a loop with a data-dependent branch per value.
+  const __m512 ninf = _mm512_set1_ps(-INFINITY);
+  auto lanes = [n](int32_t q) -> __mmask16 {
+    return n - q >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (n - q)) - 1);
+  };
+  __m512 m = ninf;
+  for (int32_t q = 0; q < n; q += 16) m = _mm512_max_ps(m, _mm512_mask_loadu_ps(ninf, lanes(q), v + q));
+  const float b = _mm512_reduce_max_ps(m);
+  int32_t at = -1;
+  for (int32_t q = 0; q < n && at < 0; q += 16) {
+    const __mmask16 eq = _mm512_mask_cmp_ps_mask(lanes(q), _mm512_mask_loadu_ps(ninf, lanes(q), v + q),
+                                                 _mm512_set1_ps(b), _CMP_EQ_OQ);
+    if (eq) at = q + __builtin_ctz(eq);
+  }
+  __m512 m2 = ninf;
+  for (int32_t q = 0; q < n; q += 16) {
+    __mmask16 k = lanes(q);
+    if (static_cast<uint32_t>(at - q) < 16) k &= static_cast<__mmask16>(~(1u << (at - q)));
+    m2 = _mm512_max_ps(m2, _mm512_mask_loadu_ps(ninf, k, v + q));
+  }
+  *best = at < 0 ? -INFINITY : v[at];
+  *second = _mm512_reduce_max_ps(m2);
+  return at;
+#else
+  float b = -INFINITY, s = -INFINITY;
+  int32_t at = -1;
+  for (int32_t q = 0; q < n; ++q) {
+    if (v[q] > b) {
+      s = b;
+      b = v[q];
+      at = q;
+    } else if (v[q] > s) {
+      s = v[q];
+    }
+  }
+  *best = b;
+  *second = s;
+  return at;
+#endif
+}
+
 constexpr int64_t kRefreshRowsPerPart = 128;
 
 // Per-thread buffers of the refresh, grown as needed and kept between calls.
@@ -486,18 +532,9 @@ ffi::Error RefreshPairsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> feats,
       uint16_t* gi = g + i * b;
       const int32_t c = c_in[i];
       // The best scored pair (the first of equal ones), the next best, and the decision.
-      float best = -INFINITY, second = -INFINITY;
-      int32_t j = -1;
-      for (int32_t q = start[r]; q < start[r + 1]; ++q) {
-        float v = sc[q];
-        if (v > best) {
-          second = best;
-          best = v;
-          j = ks[q];
-        } else if (v > second) {
-          second = v;
-        }
-      }
+      float best, second;
+      const int32_t at = BestTwo(sc + start[r], start[r + 1] - start[r], &best, &second);
+      const int32_t j = at < 0 ? -1 : ks[start[r] + at];
       const float s = s_own[i];
       const bool win = best > s;
       const float runner = win ? (second > s ? second : s) : best;
