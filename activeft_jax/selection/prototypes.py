@@ -1013,7 +1013,8 @@ def _one_at_a_time(fn):
     Vmap turns data-dependent branches (`lax.cond`, `lax.while_loop`) into work on
     both sides for every element: a vmapped pruned step would compute the dense
     assignment as well. With this, a vmap of ActiveFT over keys or temperatures
-    (or of anything else) keeps each fit's branches real.
+    (or of anything else) keeps each fit's branches real. `fn` must take every array
+    it uses as an argument: a custom_vmap function cannot close over traced values.
     """
     f = jax.custom_batching.custom_vmap(fn)
 
@@ -1060,11 +1061,12 @@ def _solver_finish(state, feats, masks, *, cfg, layout):
             excluded = ~available_mask(feats.shape[0], *masks)
         return _finish(state, feats, excluded, Shards(layout, feats.shape[0]))
 
+    def match(state, feats, masks):
+        return on_shards(layout, local, (_state_specs(cfg), "pool", ("pool", "pool")), state,
+                         feats, masks)
+
     # The matching has a data-dependent fallback: under vmap, one fit after another.
-    return _one_at_a_time(
-        lambda state, feats, masks: on_shards(layout, local, (_state_specs(cfg), "pool",
-                                                              ("pool", "pool")),
-                                              state, feats, masks))(state, feats, masks)
+    return _one_at_a_time(match)(state, feats, masks)
 
 
 @functools.partial(jax.jit, static_argnames=("chunk_rows",))
@@ -1380,32 +1382,28 @@ def activeft(features: Any, *, k: int, key: Any = None, init_indices: Any = None
 @functools.partial(jax.jit, static_argnames=("cfg", "layout"))
 def _sweep(feats, keys, init_indices, temperatures, hyper, *, cfg: _Config, layout):
     def local(feats, keys, init_indices, temperatures, hyper):
-        shards = Shards(layout, feats.shape[0])
-
-        def fit_one(temperature, key):
+        # (Arrays, `Shards` included, made inside or passed as arguments: a function given
+        # to `_one_at_a_time` cannot close over traced values.)
+        def fit_one(temperature, key, feats, init_indices, hyper):
+            shards = Shards(layout, feats.shape[0])
             h = hyper._replace(temperature=temperature)
             state = _run_steps(_init_state(feats, key, init_indices, h, cfg, shards), feats, key,
                                h, cfg, cfg.steps, shards)
             return state.params, state.init_indices, state.losses, state.recomputed
 
-        t, s = temperatures.shape[0], keys.shape[0]
-        if cfg.prune == "off":
-            per_key = jax.vmap(fit_one, in_axes=(None, 0))
-            params, idx, losses, recomputed = jax.vmap(per_key, in_axes=(0, None))(temperatures,
-                                                                                 keys)
-        else:
-            # Pruned fits one after another: vmap would run both sides of their branches
-            # (the dense assignment every step). lax.map keeps them real branches.
-            pair = jnp.arange(t * s)
-            flat = lax.map(lambda tk: fit_one(*tk), (temperatures[pair // s], keys[pair % s]))
-            params, idx, losses, recomputed = jax.tree_util.tree_map(
-                lambda x: x.reshape((t, s) + x.shape[1:]), flat)
-        # The de-duplication is sequential with a data-dependent fallback; lax.map
-        # keeps its lax.cond a real branch (vmap would evaluate both sides).
+        # Pruned fits run one after another (`_one_at_a_time`): vmap would run both sides
+        # of their branches, the dense assignment every step.
+        fit = fit_one if cfg.prune == "off" else _one_at_a_time(fit_one)
+        shared = (None, None, None)
+        params, idx, losses, recomputed = jax.vmap(
+            jax.vmap(fit, in_axes=(None, 0, *shared)), in_axes=(0, None, *shared))(
+                temperatures, keys, feats, init_indices, hyper)
+        # The de-duplication is sequential with a data-dependent fallback: one fit at a
+        # time as well.
         protos = l2_normalize(params)
-        sel = lax.map(lambda p: nearest_unique(p, feats, shards=shards),
-                      protos.reshape((t * s,) + protos.shape[2:]))
-        sel = jax.tree_util.tree_map(lambda x: x.reshape((t, s) + x.shape[1:]), sel)
+        match = _one_at_a_time(
+            lambda p, feats: nearest_unique(p, feats, shards=Shards(layout, feats.shape[0])))
+        sel = jax.vmap(jax.vmap(match, in_axes=(0, None)), in_axes=(0, None))(protos, feats)
         return ActiveFTFit(sel, protos, losses, idx, recomputed)
 
     return on_shards(layout, local, ("pool", None, None, None, None), feats, keys, init_indices,

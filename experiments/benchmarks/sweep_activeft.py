@@ -18,7 +18,7 @@ the same program), the dense sweep's last one.
 
 Features as in compare_activeft.py (clustered or standard normal, d = 384),
 B = 400, 300 steps, temperatures 0.07 * 2^j around the default. The dense
-sweep at N = 20 000 takes minutes (~40 s a fit on a 2-core host).
+sweep at N = 20 000 takes minutes (11–19 s a fit on the 2-core Intel host).
 """
 
 from __future__ import annotations
