@@ -24,6 +24,11 @@ its own venv; point --official-repo at a checkout of github.com/yichen928/Active
     .venv/bin/python experiments/benchmarks/compare_activeft.py --official-repo ../ActiveFT_official
 
 Writes experiments/results/compare_activeft.{json,md} and compare_activeft_work.png.
+With --yardstick (default COMPATIBLE), each speed problem up to --yardstick-max-n
+also runs the official code once more with Intel MKL on another code path
+(MKL_CBWR): how many of its own picks float32 summation order alone moves, next to
+how many ours shares with it (see docs/activeft.md).
+
 Takes ~40 minutes on 2 idle cores, most of it the official code (--quick: N = 20 000
 only; --repeats rounds of official / ours alternated there, best of each; --problems
 picks problems by index). On a shared machine the official code slows down far
@@ -241,10 +246,28 @@ def part_speed(a, tmp, log) -> dict:
                 o2 = run_official(a.ref_python, a.official_repo, npz, b, seed=a.seed,
                                   anomaly=False, threads=2, init_indices=off["init_indices"])
                 na_runs.append(o2["wall_time_s"])
+                # (The same arithmetic: the official code gives itself the same picks.)
+                row.setdefault("official_repeat_overlap", []).append(shared(o2["indices"],
+                                                                            off["indices"]))
                 msg += f", official without anomaly detection {o2['wall_time_s']:.1f} s"
             log(msg + f" (load {load()})")
         row["official_s"] = min(off_runs)
         row["official_runs_s"] = off_runs
+        # The yardstick for "identical picks": the same official program on the same input
+        # and init, with MKL on another code path (only the order of its float32 sums
+        # changes, as on another CPU), against its default run and against ours.
+        yard = {}
+        if n <= a.yardstick_max_n:
+            for path in [x for x in a.yardstick.split(",") if x]:
+                y = run_official(a.ref_python, a.official_repo, npz, b, seed=a.seed, anomaly=False,
+                                 threads=2, init_indices=off["init_indices"],
+                                 env={"MKL_CBWR": path})
+                yard[path] = {"official_vs_official": shared(y["indices"], off["indices"]),
+                              "official_max_loss_diff": max_diff(y["losses"], off["losses"]),
+                              "indices": y["indices"], "losses": y["losses"]}
+                log(f"speed   {name}: official with MKL_CBWR={path} shares "
+                    f"{yard[path]['official_vs_official']:.1%} of the default run's picks "
+                    f"(max |loss diff| {yard[path]['official_max_loss_diff']:.1e})")
         if na_runs:
             row["official_no_anomaly_s"] = min(na_runs)
             row["official_no_anomaly_runs_s"] = na_runs
@@ -264,6 +287,10 @@ def part_speed(a, tmp, log) -> dict:
                           "indices": ours["indices"]}
             if label == "pruned":
                 row[label]["runs_s"] = [o["warm_s"] for o in ours_runs]
+            for path, y in yard.items():
+                row[label].setdefault("vs_yardstick", {})[path] = {
+                    "overlap": shared(ours["indices"], y["indices"]),
+                    "max_loss_diff": max_diff(ours["losses"], y["losses"])}
             if "official_no_anomaly_s" in row:
                 row[label]["ratio_no_anomaly"] = row["official_no_anomaly_s"] / ours["warm_s"]
             log(f"speed   {name}: ours {label}: best warm {ours['warm_s']:.2f} s (cold "
@@ -279,6 +306,14 @@ def part_speed(a, tmp, log) -> dict:
                     f"{ours['assign_gflops']:.0f} GFLOP/s (XLA matmul 20000x384x400: "
                     f"{ours['xla_matmul_gflops']:.0f} GFLOP/s, NumPy sgemm "
                     f"{res['numpy_sgemm_gflops']:.0f} GFLOP/s)")
+        for path, y in yard.items():
+            vs = row["pruned"]["vs_yardstick"][path]
+            log(f"speed   {name}: ours pruned shares {vs['overlap']:.1%} of the picks of the "
+                f"official run with MKL_CBWR={path} (max |loss diff| {vs['max_loss_diff']:.1e})")
+            y.pop("indices")
+            y.pop("losses")
+        if yard:
+            row["yardstick"] = yard
         if "dense" in row:
             row["pruned_equals_dense"] = row["pruned"]["indices"] == row["dense"]["indices"]
             log(f"speed   {name}: pruned picks == dense picks (same order): "
@@ -373,6 +408,26 @@ def markdown(r: dict) -> str:
                 + f" | {pr['max_loss_diff']:.1e} | {pr['recomputed']:.1%} | "
                 f"{row.get('load_before', '')} → {row.get('load_after', '')} |")
         lines.append("")
+        yard = [row for row in s["problems"] if row.get("yardstick")]
+        if yard:
+            lines += ["How far \"same picks\" can go: the official code run again on the same "
+                      "input and init, with Intel MKL on another code path (`MKL_CBWR`: only the "
+                      "order of its float32 sums changes, as on another CPU):", "",
+                      "| features | MKL path | official vs official (default path): same picks | "
+                      "its max loss diff | ours pruned vs official (default path) | "
+                      "ours pruned vs official (this path) |",
+                      "|---|---|---:|---:|---:|---:|"]
+            for row in yard:
+                rep = row.get("official_repeat_overlap")
+                if rep:
+                    lines.append(f"| {row['problem']} | default (run again, anomaly detection off) | "
+                                 f"{min(rep):.1%} | — | {row['pruned']['overlap']:.1%} | — |")
+                for path, y in row["yardstick"].items():
+                    vs = row["pruned"]["vs_yardstick"][path]
+                    lines.append(f"| {row['problem']} | {path} | {y['official_vs_official']:.1%} | "
+                                 f"{y['official_max_loss_diff']:.1e} | {row['pruned']['overlap']:.1%} | "
+                                 f"{vs['overlap']:.1%} |")
+            lines.append("")
         dense = [row["dense"] for row in s["problems"] if row.get("dense")]
         if dense:
             o = dense[0]
@@ -407,6 +462,12 @@ def main(argv=None):
     p.add_argument("--repeats-no-anomaly", type=int, default=3,
                    help="how many of those rounds also run the official code without its "
                         "anomaly detection")
+    p.add_argument("--yardstick", default="COMPATIBLE",
+                   help="comma-separated MKL_CBWR code paths to run the official code under once "
+                        "more per speed problem, as the yardstick of 'same picks' (empty: none)")
+    p.add_argument("--yardstick-max-n", type=int, default=20_000,
+                   help="run the yardstick only on speed problems up to this N (an official "
+                        "run at N = 50 000 takes minutes)")
     p.add_argument("--scale-steps", type=int, default=3)
     p.add_argument("--out", default=os.path.join(ROOT, "experiments", "results", "compare_activeft"))
     p.add_argument("--worker", help=argparse.SUPPRESS)
