@@ -13,6 +13,7 @@ version picks what the first one does (they should).
     .venv/bin/python experiments/benchmarks/ab_activeft_steps.py main HEAD
     .venv/bin/python experiments/benchmarks/ab_activeft_steps.py main HEAD --problem normal
     .venv/bin/python experiments/benchmarks/ab_activeft_steps.py main HEAD --march haswell
+    .venv/bin/python experiments/benchmarks/ab_activeft_steps.py main HEAD --dense
 
 Features as in compare_activeft.py (N = 20 000, d = 384, B = 400, 300 steps,
 τ = 0.07). Steps are dispatched one at a time, so each pays a Python dispatch
@@ -70,6 +71,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=20000)
     ap.add_argument("--k", type=int, default=400)
     ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--dense", action="store_true",
+                    help="the dense fit (prune=False) instead of the default (pruned on CPU)")
     ap.add_argument("--march", default=None,
                     help="build every version's CPU kernels with -march=THIS instead of native "
                          "(e.g. haswell: the AVX2 code on an AVX-512 host)")
@@ -94,7 +97,8 @@ def main() -> None:
     feats = features(5001 + (0 if clustered else 1), args.n, 384, clustered)
     init = np.random.default_rng(5001).choice(args.n, args.k, replace=False)
     solvers = [importlib.import_module(n + ".selection").activeft_solver(
-        feats, k=args.k, steps=args.steps, temperature=0.07, init_indices=init) for n in names]
+        feats, k=args.k, steps=args.steps, temperature=0.07, init_indices=init,
+        **({"prune": False} if args.dense else {})) for n in names]
     best = np.full((len(solvers), args.steps), np.inf)
     picks = [None] * len(solvers)
     for rep in range(args.reps + 1):  # the first run compiles
@@ -107,7 +111,8 @@ def main() -> None:
                 if rep > 0:
                     best[j, t] = min(best[j, t], time.perf_counter() - t0)
         picks = [np.asarray(s.finish(st).selection.indices) for s, st in zip(solvers, states)]
-    print(f"{args.problem} N={args.n} B={args.k}, {args.steps} steps, best of {args.reps} "
+    print(f"{args.problem} N={args.n} B={args.k}{' dense' if args.dense else ''}, {args.steps} "
+          f"steps, best of {args.reps} "
           "interleaved runs per step (ms per step by 50-step window):")
     for ref, b, p in zip(args.refs, best, picks):
         windows = " ".join(f"{a}:{1e3 * b[a:a + 50].mean():.1f}" for a in range(0, args.steps, 50))
