@@ -381,18 +381,18 @@ def _tree_reduce(op, v):
     return jax.tree.map(lambda a: a[..., 0], v)
 
 
-def _first_argmax(scores):
-    """`jnp.argmax(scores, axis=1)` (the first maximum) by two plain reductions.
+def _first_argmax(scores, axis=1):
+    """`jnp.argmax(scores, axis)` (the first maximum) by two plain reductions.
 
     XLA:CPU runs argmax as a (value, index) reduction that costs ~4x a max over
-    the same [C, B] block; a max, then the smallest column holding it, vectorize.
+    the same [C, B] block; a max, then the smallest index holding it, vectorize.
     """
-    b = scores.shape[1]
+    b = scores.shape[axis]
     if b >= 1 << 24:
-        return jnp.argmax(scores, axis=1).astype(jnp.int32)
-    top = jnp.max(scores, axis=1, keepdims=True)
-    cols = jnp.arange(b, dtype=jnp.float32)
-    return (-jnp.max(jnp.where(scores == top, -cols, -jnp.inf), axis=1)).astype(jnp.int32)
+        return jnp.argmax(scores, axis=axis).astype(jnp.int32)
+    top = jnp.max(scores, axis=axis, keepdims=True)
+    idx = jnp.expand_dims(jnp.arange(b, dtype=jnp.float32), 1 - axis)
+    return (-jnp.max(jnp.where(scores == top, -idx, -jnp.inf), axis=axis)).astype(jnp.int32)
 
 
 #: Near-tie rows are re-decided `_TIE_GROUP` at a time, their columns within the
@@ -453,7 +453,7 @@ def _exact_best(x, protos, cols, best):
     return col, bh, bl
 
 
-def _decide(sims, x, protos):
+def _decide(sims, x, protos, transposed=False):
     """Each row's prototype: the first argmax of its float32 similarities, except that a
     row whose best two are within the margin is decided on the exact similarities.
 
@@ -472,15 +472,20 @@ def _decide(sims, x, protos):
     groups): one exact-similarity computation in the program, which keeps its
     compilation short.
 
-    `sims` [C, B] = `matmul(x, protos.T)`, `x` [C, d], `protos` [B, d]. Returns [C] int32.
+    `sims` [C, B] = `matmul(x, protos.T)`, or with `transposed` [B, C] =
+    `matmul(protos, x.T)`; `x` [C, d], `protos` [B, d]. Returns [C] int32.
+    (On CPU the transposed block is ~2x faster to decide: its reductions run over
+    the major axis, elementwise across rows, where XLA:CPU vectorizes them.)
     """
-    c = _first_argmax(sims)
+    axis = 0 if transposed else 1
+    c = _first_argmax(sims, axis)
     if sims.dtype != jnp.float32:
         return c
-    rows, b = sims.shape
+    b = sims.shape[axis]
+    rows = sims.shape[1 - axis]
     k = min(_TIE_CANDIDATES, b)
-    near = sims >= jnp.max(sims, axis=1, keepdims=True) - _margin(sims.dtype)
-    count = jnp.sum(near.astype(jnp.int32), axis=1)
+    near = sims >= jnp.max(sims, axis=axis, keepdims=True) - _margin(sims.dtype)
+    count = jnp.sum(near.astype(jnp.int32), axis=axis)
     tied = count >= 2
     num = jnp.sum(tied)
     g = min(_TIE_GROUP, rows)
@@ -495,7 +500,8 @@ def _decide(sims, x, protos):
         at = jnp.minimum(sel, rows - 1)
         xs = x[at]
         # Each row's columns within the margin in ascending order, then b's.
-        cand = jnp.sort(jnp.where(near[at], cols[None, :], b), axis=1)
+        cand = jnp.sort(jnp.where(near[:, at].T if transposed else near[at], cols[None, :], b),
+                        axis=1)
         cand = jnp.pad(cand, ((0, 0), (0, width - b)), constant_values=b)
 
         def chunk(j, best):
@@ -540,7 +546,7 @@ def _dense_assignment(protos, feats, rows, with_sims=False):
     """argmax_k f_iᵀθ̂_k for every feature (`_decide`), chunked (and its `_own_similarity`)."""
 
     def fn(x):
-        c = _decide(matmul(x, protos.T), x, protos)
+        c = _decide(matmul(protos, x.T), x, protos, transposed=True)
         return (c, _own_similarity(x, protos, c)) if with_sims else c
 
     return map_rows(fn, plan(feats.shape[0], rows), feats)
@@ -1094,7 +1100,10 @@ def assign_to_prototypes(prototypes: Any, features: Any, *,
     if protos.shape[1] != feats.shape[1]:
         raise ValueError(f"`prototypes` have dimension {protos.shape[1]} but `features` have "
                          f"{feats.shape[1]}.")
-    rows = int(chunk_rows) if chunk_rows else default_chunk_rows(feats.shape[0], protos.shape[0])
+    # (Blocks of ~512K similarities, as in the fits: on CPU the block's reductions then
+    # run from cache.)
+    rows = int(chunk_rows) if chunk_rows else default_chunk_rows(feats.shape[0], protos.shape[0],
+                                                                  budget=1 << 19)
     return _assign(protos, feats, chunk_rows=rows)
 
 
