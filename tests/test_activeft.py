@@ -538,6 +538,9 @@ def test_first_argmax_is_argmax_with_ties():
     scores[5] = -np.inf
     scores[6, :] = 2.0
     np.testing.assert_array_equal(_first_argmax(jnp.asarray(scores)), np.argmax(scores, axis=1))
+    # The transposed block (the dense assignment's): the first maximum down each column.
+    np.testing.assert_array_equal(_first_argmax(jnp.asarray(scores.T), axis=0),
+                                  np.argmax(scores, axis=1))
 
 
 def test_exact_dot_is_the_float64_dot_of_the_float32_inputs():
@@ -589,6 +592,11 @@ def test_assignment_decides_near_ties_on_exact_similarities(copies):
     for rows in (512, 3000):                             # chunked and in one block
         np.testing.assert_array_equal(np.asarray(assign(jnp.asarray(protos), jnp.asarray(feats), rows)),
                                       exact)
+    # The dense assignment decides [B, C] blocks; the pruned paths' whole rows decide
+    # [C, B] ones: the same exact winners.
+    p32, f32 = jnp.asarray(protos), jnp.asarray(feats)
+    rows_first = jax.jit(lambda f, p: A._decide(A.matmul(f, p.T), f, p))(f32, p32)
+    np.testing.assert_array_equal(np.asarray(rows_first), exact)
     # float64 input is decided on its matmul.
     with jax.enable_x64(True):
         got = assign(jnp.asarray(protos, jnp.float64), jnp.asarray(feats, jnp.float64), 512)
