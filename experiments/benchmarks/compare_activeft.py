@@ -265,10 +265,12 @@ def part_speed(a, tmp, log) -> dict:
                                  env={"MKL_CBWR": path})
                 yard[path] = {"official_vs_official": shared(y["indices"], off["indices"]),
                               "official_max_loss_diff": max_diff(y["losses"], off["losses"]),
+                              "wall_time_s": y["wall_time_s"],
                               "indices": y["indices"], "losses": y["losses"]}
                 log(f"speed   {name}: official with MKL_CBWR={path} shares "
                     f"{yard[path]['official_vs_official']:.1%} of the default run's picks "
-                    f"(max |loss diff| {yard[path]['official_max_loss_diff']:.1e})")
+                    f"(max |loss diff| {yard[path]['official_max_loss_diff']:.1e}; "
+                    f"{y['wall_time_s']:.1f} s)")
         if na_runs:
             row["official_no_anomaly_s"] = min(na_runs)
             row["official_no_anomaly_runs_s"] = na_runs
