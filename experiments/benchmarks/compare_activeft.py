@@ -28,7 +28,7 @@ With --yardstick (default COMPATIBLE), each speed problem up to --yardstick-max-
 also runs the official code once more with Intel MKL on another code path
 (MKL_CBWR): how many of its own picks float32 summation order alone moves, next to
 how many ours shares with it (see docs/activeft.md). MKL's COMPATIBLE path is slow:
-~2-4 minutes a run at N = 20 000 on the 2-core Intel host (the default path: ~25 s).
+~75 s a run at N = 20 000 on the 2-core Intel host, against ~25 s on the default path.
 
 Takes ~40 minutes on 2 idle cores, most of it the official code (--quick: N = 20 000
 only; --repeats rounds of official / ours alternated there, best of each; --problems
