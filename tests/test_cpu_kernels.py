@@ -102,14 +102,55 @@ def test_open_rows_is_the_xla_check(m, d, b):
     limit[i] = gap[i, k].astype(np.float32) - travel[k]
 
     def xla(g, t, l):
-        return _any(g - t[None, :] <= l[:, None], axis=1)
+        return _any(g - t[None, :] <= l[:, None], axis=1), jnp.full(l.shape, -jnp.inf, l.dtype)
 
-    got = np.asarray(jax.jit(lambda g, t, l: _cpu.open_rows(g, t, l, xla))(gap, travel, limit))
-    want = np.asarray(jax.jit(xla)(gap, travel, limit))
+    psi = np.float32(0.25)
+    unread = np.full(m, -np.inf, np.float32)  # every row read
+    got, rowmin = jax.jit(lambda g, t, l, r, p: _cpu.open_rows(g, t, l, r, p, xla))(
+        gap, travel, limit, unread, psi)
+    got, rowmin = np.asarray(got), np.asarray(rowmin)
+    want = np.asarray(jax.jit(xla)(gap, travel, limit)[0])
     np.testing.assert_array_equal(got, want)
-    ref = np.any(gap.astype(np.float32) - travel[None, :] <= limit[:, None], axis=1)
+    diff = gap.astype(np.float32) - travel[None, :]
+    ref = np.any(diff <= limit[:, None], axis=1)
     np.testing.assert_array_equal(got, ref)
     assert 0 < got.sum() or m * b < 50   # both outcomes occur
+    # The rows read and not open keep their smallest gap - travel, plus psi; open ones -inf.
+    np.testing.assert_array_equal(rowmin, np.where(ref, -np.inf, diff.min(axis=1) + psi))
+
+
+@needs_kernels
+def test_open_rows_skips_only_rows_that_cannot_open():
+    # After a step in which every prototype turned by at most the growth of psi, a row
+    # whose bound was read before either is skipped (and cannot be open) or is read.
+    rng = np.random.default_rng(11)
+    m, b = 3000, 40
+    gap = (rng.random((m, b)) * 2 + 1).astype(np.float16)
+    travel0 = (rng.random(b) * 0.2).astype(np.float32)
+    limit = (rng.random(m) * 1.2).astype(np.float32)
+    xla = lambda g, t, l: (_any(g - t[None, :] <= l[:, None], axis=1),  # noqa: E731
+                           jnp.full(l.shape, -jnp.inf, l.dtype))
+    run = jax.jit(lambda g, t, l, r, p: _cpu.open_rows(g, t, l, r, p, xla))
+    psi0 = np.float32(1.0)
+    open0, rowmin = run(gap, travel0, limit, np.full(m, -np.inf, np.float32), psi0)
+    turn = (rng.random(b) * 0.05).astype(np.float32)
+    travel1 = travel0 + turn
+    psi1 = np.nextafter(psi0 + turn.max() + travel1.max() * np.finfo(np.float32).eps, np.float32(np.inf))
+    open1, rowmin1 = run(gap, travel1, limit, rowmin, psi1)
+    open1, rowmin1, rowmin = np.asarray(open1), np.asarray(rowmin1), np.asarray(rowmin)
+    diff = gap.astype(np.float32) - travel1[None, :]
+    ref = np.any(diff <= limit[:, None], axis=1)
+    np.testing.assert_array_equal(open1, ref)          # skipping changes no answer
+    # The kernel's rule: skip when rowmin - psi - limit exceeds a slack for round-off.
+    with np.errstate(invalid="ignore"):
+        head = (rowmin - psi1) - limit
+    slack = 1e-5 + 8 * np.finfo(np.float32).eps * (np.abs(rowmin) + psi1 + np.abs(limit))
+    skipped = head > slack
+    assert 0.2 < skipped.mean() < 0.95 and not ref[skipped].any()
+    np.testing.assert_array_equal(rowmin1[skipped], rowmin[skipped])
+    read = ~skipped
+    np.testing.assert_array_equal(rowmin1[read],
+                                  np.where(ref, -np.inf, diff.min(axis=1) + psi1)[read])
 
 
 def _unit(x):

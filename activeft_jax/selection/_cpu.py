@@ -192,16 +192,23 @@ def own_sims_kernel(x, protos, c):
                  c.astype(jnp.int32))
 
 
-def open_rows(gap, travel, limit, fallback):
-    """[M, B] f16, [B], [M] -> [M] bool: whether any gap_ik − travel_k <= limit_i.
+def open_rows(gap, travel, limit, rowmin, turned, fallback):
+    """[M, B] f16, [B], [M], [M], [] -> ([M] bool, [M]): whether any gap_ik − travel_k <= limit_i,
+    and the rows' new `rowmin` (`prototypes._PairBounds`).
 
-    On CPU the kernel, elsewhere (or for other dtypes) `fallback(gap, travel, limit)`.
+    On CPU the kernel: a row whose rowmin_i − turned clears limit_i (by a slack for
+    round-off) has no open pair and is not read; a row read and not open gets
+    rowmin_i = min_k(gap_ik − travel_k) + turned, an open one −inf. Elsewhere (or for
+    other dtypes) `fallback(gap, travel, limit)`, which returns both.
     """
-    if gap.dtype != jnp.float16 or gap.ndim != 2 or not usable(travel, limit):
+    if (gap.dtype != jnp.float16 or gap.ndim != 2
+            or not usable(travel, limit, rowmin, turned)):
         return fallback(gap, travel, limit)
-    return on_cpu(lambda g, t, l: _call("afj_open_rows",
-                                        jax.ShapeDtypeStruct(g.shape[:1], jnp.bool_), g, t, l),
-                  fallback, gap, travel, limit)
+    n = gap.shape[0]
+    return on_cpu(lambda g, t, l, r, p: _call(
+        "afj_open_rows", (jax.ShapeDtypeStruct((n,), jnp.bool_),
+                          jax.ShapeDtypeStruct((n,), jnp.float32)), g, t, l, r, p),
+        lambda g, t, l, r, p: fallback(g, t, l), gap, travel, limit, rowmin, turned)
 
 
 def refresh_pairs(feats, protos, gap, travel, limit, own, assign, fail, *, horizon, margin,

@@ -11,8 +11,9 @@
 //                     order: [M, d], [M], [M] -> [B, d]
 //   afj_own_sims      s_i = f_i . p_{c_i}, its d products summed by the fixed halving
 //                     tree of `_tree_reduce` (prototypes.py): [M, d], [B, d], [M] -> [M]
-//   afj_open_rows     any over k of (float(gap_ik) - t_k <= l_i): [M, B] f16, [B], [M]
-//                     -> [M] pred (a row stops at its first open pair)
+//   afj_open_rows     any over k of (float(gap_ik) - t_k <= l_i): [M, B] f16, [B], [M],
+//                     rowmin [M], psi [] -> [M] pred, rowmin [M] (a row stops at its first
+//                     open pair; a row whose rowmin - psi clears l_i is not read at all)
 //   afj_refresh_pairs for each failing row, the pairs whose bound is within a horizon
 //                     of opening: their similarities (dot products), the row's new
 //                     prototype when one of them beats its own similarity by more
@@ -25,6 +26,7 @@
 // the serial order).
 
 #include <algorithm>
+#include <cfloat>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
@@ -206,26 +208,58 @@ ffi::Error OwnSimsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
 
 ffi::Error OpenRowsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F16> gap,
                         ffi::Buffer<ffi::F32> travel, ffi::Buffer<ffi::F32> limit,
-                        ffi::ResultBuffer<ffi::PRED> out) {
+                        ffi::Buffer<ffi::F32> rowmin, ffi::Buffer<ffi::F32> turned,
+                        ffi::ResultBuffer<ffi::PRED> out, ffi::ResultBuffer<ffi::F32> rowmin_out) {
   auto gd = gap.dimensions();
-  if (gd.size() != 2 || travel.element_count() != gd[1] || limit.element_count() != gd[0])
-    return ffi::Error::InvalidArgument("afj_open_rows: shapes [M, B] f16, [B], [M]");
+  if (gd.size() != 2 || travel.element_count() != gd[1] || limit.element_count() != gd[0] ||
+      rowmin.element_count() != gd[0] || turned.element_count() != 1)
+    return ffi::Error::InvalidArgument("afj_open_rows: shapes [M, B] f16, [B], [M], [M], []");
   const int64_t m = gd[0], b = gd[1];
   const uint16_t* g = reinterpret_cast<const uint16_t*>(gap.typed_data());
   const float* t = travel.typed_data();
   const float* l = limit.typed_data();
+  const float* r_in = rowmin.typed_data();
+  const float psi = turned.typed_data()[0];
   bool* o = out->typed_data();
+  float* r_out = rowmin_out->typed_data();
   int64_t parts = (m + kRowsPerPart - 1) / kRowsPerPart;
   parallel_parts(pool, parts, [&](int64_t part) {
     int64_t lo = part * kRowsPerPart, hi = lo + kRowsPerPart < m ? lo + kRowsPerPart : m;
     for (int64_t i = lo; i < hi; ++i) {
+      // The row bound: no pair can be open when rowmin - psi clears the limit (with
+      // slack for the few roundings between them); then the row is not read.
+      const float head = r_in[i] - psi - l[i];
+      const float slack =
+          1e-5f + 8 * FLT_EPSILON * (std::fabs(r_in[i]) + std::fabs(psi) + std::fabs(l[i]));
+      if (head > slack) {  // (false for -inf and NaN)
+        o[i] = false;
+        r_out[i] = r_in[i];
+        continue;
+      }
       const uint16_t* gi = g + i * b;
       const __m256 li = _mm256_set1_ps(l[i]);
+      __m256 lowest = _mm256_set1_ps(INFINITY);
       bool open = false;
       int64_t k = 0;
-      for (; k + 8 <= b && !open; k += 8) open = WithinMask8(gi + k, t + k, li) != 0;
-      for (; k < b && !open; ++k) open = Within(gi[k], t[k], l[i]);
+      for (; k + 8 <= b && !open; k += 8) {
+        const __m256 v = _mm256_sub_ps(
+            _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(gi + k))),
+            _mm256_loadu_ps(t + k));
+        open = _mm256_movemask_ps(_mm256_cmp_ps(v, li, _CMP_LE_OQ)) != 0;
+        lowest = _mm256_min_ps(lowest, v);
+      }
+      float low = INFINITY;
+      alignas(32) float lanes[8];
+      _mm256_store_ps(lanes, lowest);
+      for (int e = 0; e < 8; ++e) low = lanes[e] < low ? lanes[e] : low;
+      for (; k < b && !open; ++k) {
+        const float v = _cvtsh_ss(gi[k]) - t[k];
+        open = v <= l[i];
+        low = v < low ? v : low;
+      }
       o[i] = open;
+      // A row with an open pair is refreshed this step: read it again next time.
+      r_out[i] = open ? -INFINITY : low + psi;
     }
   });
   return ffi::Error::Success();
@@ -603,7 +637,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AfjOpenRows, OpenRowsImpl,
                                   .Arg<ffi::Buffer<ffi::F16>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::PRED>>());
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::PRED>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AfjRefreshPairs, RefreshPairsImpl,
                               ffi::Ffi::Bind()

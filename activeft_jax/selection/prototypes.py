@@ -148,6 +148,13 @@ class _PairBounds(NamedTuple):
     travel: jax.Array  # [B] Φ_k at the last step
     last: jax.Array    # [B, d] prototypes at the last step
     order: jax.Array   # [N] int32 features in `_chain_rank` order of their prototype
+    # A bound per row on top (CPU kernel only): `turned` = Ψ, the sum over steps of the
+    # largest turn of any prototype (rounded up), and rowmin[i] = min_k(gap[i, k] − Φ_k)
+    # + Ψ when the check last read row i (−inf: read it next time). Since no Φ_k grew
+    # by more than Ψ since, a row with rowmin[i] − Ψ(now) above its limit has no open
+    # pair and its B bounds need not be read (`_cpu.open_rows`).
+    rowmin: jax.Array  # [N]
+    turned: jax.Array  # []
 
 
 class ActiveFTState(NamedTuple):
@@ -734,7 +741,13 @@ def _pair_assignment(protos, feats, bounds: _PairBounds, step, rows: int, refres
     new assignment [N]).
     """
     n, b = feats.shape[0], protos.shape[0]
-    travel = bounds.travel + _step_angle(protos, bounds.last)                    # Φ_k(now)
+    turn = _step_angle(protos, bounds.last)
+    travel = bounds.travel + turn                                                # Φ_k(now)
+    # Ψ(now) ≥ Ψ + every Φ_k's growth as float arithmetic gives it: the largest turn,
+    # plus an ulp of the largest Φ_k (Φ_k's own rounding), rounded up.
+    grow = jnp.max(turn) + jnp.max(travel) * jnp.finfo(travel.dtype).eps
+    turned = jnp.nextafter(bounds.turned + grow, jnp.asarray(jnp.inf, travel.dtype))
+    unread = jnp.full((n,), -jnp.inf, travel.dtype)
     margin = _margin(feats.dtype)
     cols = jnp.arange(b)
     gap_dtype = bounds.gap.dtype
@@ -749,10 +762,10 @@ def _pair_assignment(protos, feats, bounds: _PairBounds, step, rows: int, refres
     # one, XLA:CPU recomputes the [C] polynomial for each element of the [C, B] compare.)
     own = _own_similarities(feats, protos, bounds.assign, rows)
     limit = _acos_upper(own - margin)
-    fail = _cpu.open_rows(
-        bounds.gap, travel, limit,
-        lambda gap, t, lim: map_rows(lambda g, l: _any(g - t[None, :] <= l[:, None], axis=1),
-                                     plan(n, rows), gap, lim))
+    fail, rowmin = _cpu.open_rows(
+        bounds.gap, travel, limit, bounds.rowmin, turned,
+        lambda gap, t, lim: (map_rows(lambda g, l: _any(g - t[None, :] <= l[:, None], axis=1),
+                                      plan(n, rows), gap, lim), unread))
 
     def whole_rows(x):
         sims = matmul(x, protos.T)
@@ -774,7 +787,7 @@ def _pair_assignment(protos, feats, bounds: _PairBounds, step, rows: int, refres
 
     def everything(_):
         assign, gap, sims = map_rows(whole_rows_own, plan(n, rows), feats)
-        return (_PairBounds(assign, gap, travel, protos, by_prototype(assign)),
+        return (_PairBounds(assign, gap, travel, protos, by_prototype(assign), unread, turned),
                 jnp.asarray(n * b, jnp.float32), sims)
 
     r = min(block, n)
@@ -851,7 +864,7 @@ def _pair_assignment(protos, feats, bounds: _PairBounds, step, rows: int, refres
             (jnp.zeros((), jnp.int32), bounds.assign, bounds.gap, jnp.zeros((), jnp.float32),
              own))
         order = lax.cond(step % resort == 0, by_prototype, lambda _: bounds.order, assign)
-        return _PairBounds(assign, gap, travel, protos, order), work, sims
+        return _PairBounds(assign, gap, travel, protos, order, rowmin, turned), work, sims
 
     def partial_kernel(gap, assign, fail):
         # On CPU: the kernel scores, row by row, each failing row's pairs that are open
@@ -883,7 +896,7 @@ def _pair_assignment(protos, feats, bounds: _PairBounds, step, rows: int, refres
         _, sims = lax.while_loop(lambda st: st[0] * r < counts[0], sim_block,
                                  (jnp.zeros((), jnp.int32), own))
         # (`order` is only read by the blocks above: kept as it is.)
-        return (_PairBounds(assign, gap, travel, protos, bounds.order),
+        return (_PairBounds(assign, gap, travel, protos, bounds.order, rowmin, turned),
                 work + counts[1].astype(jnp.float32) * b, sims)
 
     def partial_cpu(_):
@@ -927,7 +940,8 @@ def _init_state(feats, key, init_indices, hyper, cfg: _Config,
         bounds = _PairBounds(jnp.zeros((n,), jnp.int32),
                              jnp.full((n, b), -jnp.inf, _gap_dtype(feats.dtype)),
                              jnp.zeros((b,), feats.dtype), l2_normalize(params),
-                             jnp.arange(n, dtype=jnp.int32))
+                             jnp.arange(n, dtype=jnp.int32), jnp.full((n,), -jnp.inf, feats.dtype),
+                             jnp.zeros((), feats.dtype))
     opt_state = _optimizer(cfg, hyper).init(params)
     curve = jnp.zeros((cfg.steps,), feats.dtype)
     return ActiveFTState(params, opt_state, bounds, jnp.zeros((), jnp.int32), idx, curve, curve)
@@ -997,7 +1011,7 @@ _STATE_SPECS = ActiveFTState(params=None, opt_state=None, bounds=None, step=None
                              init_indices=None, losses=None, recomputed=None)
 _BOUND_SPECS = {"off": None, "rows": _Bounds(assign="pool", upper="pool", anchor=None),
                 "pairs": _PairBounds(assign="pool", gap="pool", travel=None, last=None,
-                                     order="pool")}
+                                     order="pool", rowmin="pool", turned=None)}
 
 
 def _state_specs(cfg: _Config):
