@@ -26,8 +26,8 @@
 // the serial order).
 
 #include <algorithm>
-#include <cfloat>
 #include <atomic>
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -81,15 +81,25 @@ void parallel_parts(ffi::ThreadPool& pool, int64_t parts, F fn) {
   }
 }
 
-// Which of 8 pairs have float(gap_k) - t_k <= reach (a bit each), and the same for one
-// pair: the bound comparison of the check and of the refresh.
-inline int WithinMask8(const uint16_t* gap, const float* t, __m256 reach) {
-  __m256 gv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(gap)));
-  return _mm256_movemask_ps(_mm256_cmp_ps(_mm256_sub_ps(gv, _mm256_loadu_ps(t)), reach,
-                                          _CMP_LE_OQ));
+// float(gap_k) - t_k for 8 pairs, and for one: the lower bound on a pair's angle now.
+inline __m256 Slack8(const uint16_t* gap, const float* t) {
+  return _mm256_sub_ps(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(gap))),
+                       _mm256_loadu_ps(t));
 }
 
-inline bool Within(uint16_t gap, float t, float reach) { return _cvtsh_ss(gap) - t <= reach; }
+inline float Slack(uint16_t gap, float t) { return _cvtsh_ss(gap) - t; }
+
+// Which of 8 pairs have float(gap_k) - t_k <= reach (a bit each): the bound comparison
+// of the check and of the refresh.
+inline int Within8(__m256 slack, __m256 reach) {
+  return _mm256_movemask_ps(_mm256_cmp_ps(slack, reach, _CMP_LE_OQ));
+}
+
+inline int WithinMask8(const uint16_t* gap, const float* t, __m256 reach) {
+  return Within8(Slack8(gap, t), reach);
+}
+
+inline bool Within(uint16_t gap, float t, float reach) { return Slack(gap, t) <= reach; }
 
 constexpr int64_t kRowsPerPart = 1024;
 
@@ -242,10 +252,8 @@ ffi::Error OpenRowsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F16> gap,
       bool open = false;
       int64_t k = 0;
       for (; k + 8 <= b && !open; k += 8) {
-        const __m256 v = _mm256_sub_ps(
-            _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(gi + k))),
-            _mm256_loadu_ps(t + k));
-        open = _mm256_movemask_ps(_mm256_cmp_ps(v, li, _CMP_LE_OQ)) != 0;
+        const __m256 v = Slack8(gi + k, t + k);
+        open = Within8(v, li) != 0;
         lowest = _mm256_min_ps(lowest, v);
       }
       float low = INFINITY;
@@ -253,7 +261,7 @@ ffi::Error OpenRowsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F16> gap,
       _mm256_store_ps(lanes, lowest);
       for (int e = 0; e < 8; ++e) low = lanes[e] < low ? lanes[e] : low;
       for (; k < b && !open; ++k) {
-        const float v = _cvtsh_ss(gi[k]) - t[k];
+        const float v = Slack(gi[k], t[k]);
         open = v <= l[i];
         low = v < low ? v : low;
       }
