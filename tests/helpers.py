@@ -6,9 +6,25 @@ solves: nothing is shared with the library's rank-1 machinery.
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 
 import numpy as np
+
+#: experiments/benchmarks, whose scripts import each other as top-level modules.
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "experiments", "benchmarks")
+
+
+def benchmark_module(name: str):
+    """The script experiments/benchmarks/`name`.py, imported as a module (its own imports
+    of its neighbours, e.g. `_reference`, resolved there)."""
+    sys.path.insert(0, BENCHMARKS)
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(BENCHMARKS)
 
 
 def default_codegen_options() -> dict:

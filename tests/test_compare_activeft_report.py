@@ -7,22 +7,16 @@ the MKL yardstick in the report can be checked against them.
 
 import argparse
 import os
-import sys
 
 import pytest
 
-BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "benchmarks")
+from helpers import benchmark_module
 
 B = 400
 
 
 def _module():
-    sys.path.insert(0, BENCH)
-    try:
-        import compare_activeft
-    finally:
-        sys.path.remove(BENCH)
-    return compare_activeft
+    return benchmark_module("compare_activeft")
 
 
 def _stub(monkeypatch, m, device="cpu"):

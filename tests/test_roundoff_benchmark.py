@@ -1,20 +1,12 @@
 """experiments/benchmarks/activeft_roundoff.py: its inputs differ from the features as it says."""
 
-import os
-import sys
-
 import numpy as np
 
-BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "benchmarks")
+from helpers import benchmark_module
 
 
 def _module():
-    sys.path.insert(0, BENCH)
-    try:
-        import activeft_roundoff
-    finally:
-        sys.path.remove(BENCH)
-    return activeft_roundoff
+    return benchmark_module("activeft_roundoff")
 
 
 def test_perturb_moves_the_given_share_of_entries_by_one_ulp_each():
