@@ -257,17 +257,16 @@ def part_speed(a, tmp, log) -> dict:
         # The yardstick for "identical picks": the same official program on the same input
         # and init, with MKL on another code path (only the order of its float32 sums
         # changes, as on another CPU), against its default run and against ours.
-        yard = {}
+        yard, yard_runs = {}, {}
         # (MKL only sums the CPU runs: on a GPU the official code's matmuls are cuBLAS's.)
         if n <= a.yardstick_max_n and str(off.get("device", "cpu")).startswith("cpu"):
             for path in [x for x in a.yardstick.split(",") if x]:
-                y = run_official(a.ref_python, a.official_repo, npz, b, seed=a.seed, anomaly=False,
-                                 threads=2, init_indices=off["init_indices"],
-                                 env={"MKL_CBWR": path})
+                y = yard_runs[path] = run_official(
+                    a.ref_python, a.official_repo, npz, b, seed=a.seed, anomaly=False, threads=2,
+                    init_indices=off["init_indices"], env={"MKL_CBWR": path})
                 yard[path] = {"official_vs_official": shared(y["indices"], off["indices"]),
                               "official_max_loss_diff": max_diff(y["losses"], off["losses"]),
-                              "wall_time_s": y["wall_time_s"],
-                              "indices": y["indices"], "losses": y["losses"]}
+                              "wall_time_s": y["wall_time_s"]}
                 log(f"speed   {name}: official with MKL_CBWR={path} shares "
                     f"{yard[path]['official_vs_official']:.1%} of the default run's picks "
                     f"(max |loss diff| {yard[path]['official_max_loss_diff']:.1e}; "
@@ -291,7 +290,7 @@ def part_speed(a, tmp, log) -> dict:
                           "indices": ours["indices"]}
             if label == "pruned":
                 row[label]["runs_s"] = [o["warm_s"] for o in ours_runs]
-            for path, y in yard.items():
+            for path, y in yard_runs.items():
                 row[label].setdefault("vs_yardstick", {})[path] = {
                     "overlap": shared(ours["indices"], y["indices"]),
                     "max_loss_diff": max_diff(ours["losses"], y["losses"])}
@@ -310,12 +309,10 @@ def part_speed(a, tmp, log) -> dict:
                     f"{ours['assign_gflops']:.0f} GFLOP/s (XLA matmul 20000x384x400: "
                     f"{ours['xla_matmul_gflops']:.0f} GFLOP/s, NumPy sgemm "
                     f"{res['numpy_sgemm_gflops']:.0f} GFLOP/s)")
-        for path, y in yard.items():
+        for path in yard:
             vs = row["pruned"]["vs_yardstick"][path]
             log(f"speed   {name}: ours pruned shares {vs['overlap']:.1%} of the picks of the "
                 f"official run with MKL_CBWR={path} (max |loss diff| {vs['max_loss_diff']:.1e})")
-            y.pop("indices")
-            y.pop("losses")
         if yard:
             row["yardstick"] = yard
         if "dense" in row:
