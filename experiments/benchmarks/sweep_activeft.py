@@ -83,7 +83,7 @@ def main(argv=None) -> int:
               f"({best / (args.temps * args.keys):.2f} s a fit), "
               f"{100 * record[name]['computed']:.2f}% of the similarities computed", flush=True)
         # Fits of the sweep against fit_activeft with the same settings: every one when
-        # pruned (~2 s each), the last one when dense (~40 s each).
+        # pruned (~1.5-3 s each), the last one when dense (9-15 s each on the 2-core Intel host).
         pairs = [(args.temps - 1, args.keys - 1)] if name == "dense" else \
             [(i, j) for i in range(args.temps) for j in range(args.keys)]
         same = []
