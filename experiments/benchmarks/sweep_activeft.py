@@ -12,7 +12,7 @@ differently (an ulp), which on clustered features can flip a near tie and a few
 picks. The pruned sweep's fits are each checked against `fit_activeft` (they run
 the same program), the dense sweep's last one.
 
-    .venv/bin/python experiments/benchmarks/sweep_activeft.py                    # N = 20 000, 2 x 2 fits
+    .venv/bin/python experiments/benchmarks/sweep_activeft.py      # N = 20 000, 2 x 2 fits
     .venv/bin/python experiments/benchmarks/sweep_activeft.py --n 5000 --temps 4 --keys 2
     .venv/bin/python experiments/benchmarks/sweep_activeft.py --only pruned
 
@@ -56,7 +56,8 @@ def main(argv=None) -> int:
     import activeft_jax as aft
 
     feats = jnp.asarray(features(7001, args.n, args.d, args.problem == "clustered"))
-    temps = jnp.asarray([0.07 * 2.0 ** (j - args.temps // 2) for j in range(args.temps)], jnp.float32)
+    temps = jnp.asarray([0.07 * 2.0 ** (j - args.temps // 2) for j in range(args.temps)],
+                        jnp.float32)
     keys = jax.random.split(jax.random.key(3), args.keys)
     kw = dict(k=args.k, temperatures=temps, keys=keys, steps=args.steps)
     record = {"n": args.n, "d": args.d, "k": args.k, "steps": args.steps, "problem": args.problem,
@@ -94,13 +95,15 @@ def main(argv=None) -> int:
                                             np.asarray(one.selection.indices))))
         record[name]["fits_checked"] = pairs
         record[name]["equal_to_fit_activeft"] = same
-        print(f"        equal to fit_activeft's picks, in order: {sum(same)} of {len(same)} fits checked")
+        print(f"        equal to fit_activeft's picks, in order: {sum(same)} of {len(same)} "
+              "fits checked")
     if len(fits) == 2:
         a = np.asarray(fits["dense"].selection.indices)
         b = np.asarray(fits["pruned"].selection.indices)
         common = [[len(set(a[i, j].tolist()) & set(b[i, j].tolist())) for j in range(args.keys)]
                   for i in range(args.temps)]
-        loss = float(np.max(np.abs(np.asarray(fits["dense"].losses) - np.asarray(fits["pruned"].losses))))
+        loss = float(np.max(np.abs(np.asarray(fits["dense"].losses)
+                                   - np.asarray(fits["pruned"].losses))))
         record["picks_in_common"] = common
         record["max_loss_diff"] = loss
         record["speedup"] = record["dense"]["best_s"] / record["pruned"]["best_s"]
