@@ -1,10 +1,12 @@
 """ActiveFT's CPU kernels (XLA FFI) against their XLA forms and NumPy references.
 
 The kernels replace four parts of a CPU step (`activeft_jax/selection/_cpu.py`):
-the loss's scatter-add of the features into their prototypes, each feature's
-similarity to its own prototype, the check of the [N, B] pair bounds, and the
-refresh of the failing rows' pairs. The check gives the XLA form's exact
-booleans; the scatter the bits of a serial float32 sum in row order; the own
+the loss's weights and scatter-add of the features into their prototypes, each
+feature's similarity to its own prototype (the pruned step does both in one
+pass, and corrects the sums where features changed prototype), the check of the
+[N, B] pair bounds, and the refresh of the failing rows' pairs. The check gives
+the XLA form's exact booleans; the scatter the bits of a serial float32 sum in
+row order; the own
 similarities the bits of `_tree_reduce`'s halving tree with every product and
 sum rounded; the refresh the dense argmax and sound, tight bounds. The pruned run
 equals the dense one bit for bit with them and without them (test_activeft.py),
@@ -36,27 +38,79 @@ def _bits(x):
 SHAPES = [(2000, 384, 400), (1000, 383, 37), (7, 1, 5), (513, 96, 150), (3, 2, 1), (100, 8, 1000)]
 
 
-@needs_kernels
-@pytest.mark.parametrize("m,d,b", SHAPES)
-def test_scatter_rows_is_the_serial_scatter(m, d, b):
-    rng = np.random.default_rng(m + d + b)
+def _grad_problem(m, d, b, seed):
+    rng = np.random.default_rng(seed)
     x = rng.standard_normal((m, d)).astype(np.float32)
+    p = rng.standard_normal((b, d)).astype(np.float32)
     c = rng.integers(0, b, m).astype(np.int32)
     c[: m // 5] = 0                       # one crowded prototype, some empty ones
-    w = rng.standard_normal(m).astype(np.float32)
-    w[::7] = 0.0
+    a = (rng.standard_normal(b) + 3).astype(np.float32)
+    return x, p, c, a, np.float32(0.07)
 
-    def xla(x, w, c):
-        return jnp.zeros((b, d), jnp.float32).at[c].add(w[:, None] * x)
 
-    got = jax.jit(lambda x, w, c: _cpu.scatter_rows_kernel(x, w, c, b))(x, w, c)
-    want = jax.jit(xla)(x, w, c)
-    np.testing.assert_array_equal(_bits(got), _bits(want))
+def _weights(s, c, a, tau):
+    # An independent form of the loss's weights: a - s / τ in float32 (as the kernels
+    # and XLA round it), the sigmoid in float64.
+    t = (a[np.clip(c, 0, a.size - 1)] - np.asarray(s, np.float32) / tau).astype(np.float64)
+    return 1 / (1 + np.exp(-t))
+
+
+@needs_kernels
+@pytest.mark.parametrize("m,d,b", SHAPES)
+def test_grad_rows_is_the_serial_scatter(m, d, b):
+    x, _, c, a, tau = _grad_problem(m, d, b, m + d + b)
+    c[1::11] = -1                         # rows outside [0, B) add nothing
+    c[2::13] = b
+    s = np.random.default_rng(m).uniform(-1, 1, m).astype(np.float32)
+    w, got = jax.jit(_cpu.grad_rows)(x, s, c, a, tau)
+    np.testing.assert_allclose(w, _weights(s, c, a, tau), rtol=4 * np.finfo(np.float32).eps)
+    coef = -(np.asarray(w) / tau)
+
+    def xla(x, coef, c):
+        c = jnp.where((c >= 0) & (c < b), c, b)       # (.at would wrap a negative index)
+        return jnp.zeros((b, d), jnp.float32).at[c].add(coef[:, None] * x, mode="drop")
+
+    np.testing.assert_array_equal(_bits(got), _bits(jax.jit(xla)(x, coef, c)))
     # And against an independent serial sum in NumPy (row order, float32 each step).
     ref = np.zeros((b, d), np.float32)
     for i in range(m):
-        ref[c[i]] = ref[c[i]] + w[i] * x[i]
+        if 0 <= c[i] < b:
+            ref[c[i]] = ref[c[i]] + coef[i] * x[i]
     np.testing.assert_array_equal(_bits(got), _bits(ref))
+
+
+@needs_kernels
+@pytest.mark.parametrize("m,d,b", SHAPES)
+def test_own_sims_grad_is_own_sims_then_grad_rows(m, d, b):
+    x, p, c, a, tau = _grad_problem(m, d, b, m + d + b + 2)
+    s, w, g = jax.jit(_cpu.own_sims_grad)(x, p, c, a, tau)
+    np.testing.assert_array_equal(_bits(s), _bits(jax.jit(_cpu.own_sims_kernel)(x, p, c)))
+    w2, g2 = jax.jit(_cpu.grad_rows)(x, s, c, a, tau)
+    np.testing.assert_array_equal(_bits(w), _bits(w2))
+    np.testing.assert_array_equal(_bits(g), _bits(g2))
+
+
+@needs_kernels
+@pytest.mark.parametrize("m,d,b", SHAPES)
+def test_fix_grad_gives_grad_rows_of_the_new_assignment(m, d, b):
+    x, p, c0, a, tau = _grad_problem(m, d, b, m + d + b + 3)
+    rng = np.random.default_rng(m + 3)
+    spec = jax.jit(_cpu.own_sims_grad)(x, p, c0, a, tau)
+    fix = jax.jit(_cpu.fix_grad)
+    own = jax.jit(_cpu.own_sims_kernel)
+    for share in (0.0, 0.01, 0.2, 1.0):
+        c = c0.copy()
+        moved = rng.random(m) < share
+        c[moved] = rng.integers(0, b, moved.sum())
+        s = np.array(own(x, p, c))
+        if share == 0.01 and m > 1:
+            s[m // 2] = np.nextafter(s[m // 2], np.float32(2))   # a similarity alone changed
+        w, g = fix(x, s, c, a, tau, spec[0], c0, spec[1], spec[2])
+        w2, g2 = jax.jit(_cpu.grad_rows)(x, s, c, a, tau)
+        np.testing.assert_array_equal(_bits(w), _bits(w2))
+        np.testing.assert_array_equal(_bits(g), _bits(g2))
+        if share == 0.0:
+            np.testing.assert_array_equal(_bits(g), _bits(spec[2]))
 
 
 @needs_kernels
@@ -242,8 +296,13 @@ def test_a_step_calls_the_kernels_on_cpu():
     solver = aft.selection.activeft_solver(feats, k=12, key=jax.random.key(0), prune=True)
     state = solver.init()
     hlo = jax.jit(lambda s: solver.step(s)).lower(state).compile().as_text()
-    for target in ("afj_scatter_rows", "afj_own_sims", "afj_open_rows", "afj_refresh_pairs"):
+    for target in ("afj_own_sims_grad", "afj_fix_grad", "afj_own_sims", "afj_open_rows",
+                   "afj_refresh_pairs"):
         assert target in hlo, target
+    assert "afj_grad_rows" not in hlo
+    dense = aft.selection.activeft_solver(feats, k=12, key=jax.random.key(0), prune=False)
+    hlo = jax.jit(lambda s: dense.step(s)).lower(dense.init()).compile().as_text()
+    assert "afj_grad_rows" in hlo and "afj_own_sims_grad" not in hlo
 
 
 @needs_kernels

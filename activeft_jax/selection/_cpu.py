@@ -1,23 +1,26 @@
-"""CPU kernels for four parts of ActiveFT's pruned step, built on first use (XLA FFI).
+"""CPU kernels for the passes of ActiveFT's step, built on first use (XLA FFI).
 
-On CPU a pruned ActiveFT step reads the features twice and its [N, B] bounds
-once whatever it recomputes. XLA:CPU runs the loss's scatter-add of the
-features into their prototypes at ~2 GFLOP/s, each feature's similarity to its
-own prototype (a gathered dot product) at about half the speed of reading the
-features, and checks the float16 bounds at about half the speed of reading
-them. The kernels in `_cpu_kernels.cc` do these three passes
+On CPU a pruned ActiveFT step reads its [N, B] bounds once and the features
+at least once whatever it recomputes. XLA:CPU runs the loss's scatter-add of
+the features into their prototypes at ~2 GFLOP/s, each feature's similarity to
+its own prototype (a gathered dot product) at about half the speed of reading
+the features, and checks the float16 bounds at about half the speed of reading
+them. The kernels in `_cpu_kernels.cc` do these passes
 (`tests/test_cpu_kernels.py`): `open_rows` gives the XLA form's booleans
-exactly; `scatter_rows_kernel` adds the rows in index order with each product
-and sum rounded on its own, a serial float32 sum; `own_sims_kernel` sums each
-row's d products by `prototypes._tree_reduce`'s halving tree, again each product
-and sum rounded on its own. (XLA:CPU contracts a multiply and an add into a
-fused multiply-add in some fusions and not in others, so its bits depend on
-how a program is fused, by an ulp; the kernels' do not.) The fourth,
-`refresh_pairs`, replaces the blocks of matmuls that rescore the features whose
-bounds failed: it scores, feature by feature, only the pairs near opening
-(the feature's vector, in the L1 cache, with up to 8 of its prototypes at a
-time), and leaves near ties to the matmul, so that the run still equals the dense one
-bit for bit.
+exactly; `own_sims_kernel` sums each row's d products by
+`prototypes._tree_reduce`'s halving tree, each product and sum rounded on its
+own; `grad_rows` computes the loss's weights and adds the weighted rows in index
+order, each product and sum rounded on its own, a serial float32 sum.
+`own_sims_grad` does the last two in one pass, reading each feature once, for
+the assignment a pruned step starts from, and `fix_grad` then sums again only
+the gradient rows whose features changed prototype: the bits of `grad_rows`.
+(XLA:CPU contracts a multiply and an add into a fused multiply-add in some
+fusions and not in others, so its bits depend on how a program is fused, by an
+ulp; the kernels' do not.) `refresh_pairs` replaces the blocks of matmuls that
+rescore the features whose bounds failed: it scores, feature by feature, only
+the pairs near opening (the feature's vector, in the L1 cache, with up to 8 of
+its prototypes at a time), and leaves near ties to the matmul, so that the run
+still equals the dense one bit for bit.
 
 They are compiled once per (source, jaxlib, compiler, CPU) with the host's C++
 compiler (`$CXX`, else `c++`/`g++`) against the FFI headers that jaxlib ships,
@@ -51,12 +54,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["available", "usable", "on_cpu", "scatter_rows_kernel", "own_sims_kernel", "open_rows",
-           "refresh_pairs"]
+__all__ = ["available", "usable", "on_cpu", "own_sims_kernel", "own_sims_grad", "grad_rows",
+           "fix_grad", "open_rows", "refresh_pairs"]
 
 _SOURCE = Path(__file__).with_name("_cpu_kernels.cc")
-_TARGETS = {"afj_scatter_rows": "AfjScatterRows", "afj_own_sims": "AfjOwnSims",
-            "afj_open_rows": "AfjOpenRows", "afj_refresh_pairs": "AfjRefreshPairs"}
+_TARGETS = {"afj_own_sims": "AfjOwnSims", "afj_own_sims_grad": "AfjOwnSimsGrad",
+            "afj_grad_rows": "AfjGradRows", "afj_fix_grad": "AfjFixGrad",
+            "afj_open_rows": "AfjOpenRows",
+            "afj_refresh_pairs": "AfjRefreshPairs"}
 _FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-fast-math", "-std=c++17",
           "-shared", "-fPIC"]
 _lock = threading.Lock()
@@ -173,16 +178,6 @@ def _call(target, out, *args, aliases=None, **attrs):
                             input_output_aliases=aliases)(*args, **attrs)
 
 
-def scatter_rows_kernel(x, w, c, num_segments):
-    """[M, d], [M], [M] -> [num_segments, d]: Σ_{i: c_i = k} w_i x_i, rows added in index
-    order, each product and sum rounded on its own (`zeros.at[c].add(w[:, None] * x)`
-    where XLA does not contract them). Rows with c_i outside [0, num_segments) are
-    dropped. Only on CPU, after `usable`."""
-    return _call("afj_scatter_rows", jax.ShapeDtypeStruct((num_segments, x.shape[1]),
-                                                          jnp.float32),
-                 x, w, c.astype(jnp.int32))
-
-
 def own_sims_kernel(x, protos, c):
     """[M, d], [B, d], [M] -> [M]: x_i · protos_{c_i}, the d products summed by the halving
     tree of `prototypes._tree_reduce`, each product and sum rounded on its own (XLA
@@ -190,6 +185,46 @@ def own_sims_kernel(x, protos, c):
     after `usable`."""
     return _call("afj_own_sims", jax.ShapeDtypeStruct(x.shape[:1], jnp.float32), x, protos,
                  c.astype(jnp.int32))
+
+
+def _grad_out(x, b):
+    m, d = x.shape
+    return (jax.ShapeDtypeStruct((m,), jnp.float32), jax.ShapeDtypeStruct((b, d), jnp.float32))
+
+
+def grad_rows(x, s, c, a, tau):
+    """The loss's weights and gradient rows of an assignment: [M, d], [M], [M], [B], [] ->
+    ([M], [B, d]).
+
+    w_i = 1 / (1 + exp(−(a_{c_i} − s_i / τ))) (each operation rounded on its own) and
+    g_k = Σ_{i: c_i = k} −(w_i / τ) x_i, rows added in index order as
+    a serial float32 scatter (`zeros.at[c].add(...)` where XLA does not contract them) adds
+    them. A row with c_i outside [0, B) adds nothing (its w_i
+    takes the clamped index). Only on CPU, after `usable`.
+    """
+    return _call("afj_grad_rows", _grad_out(x, a.shape[0]), x, s, c.astype(jnp.int32), a,
+                 jnp.asarray(tau, jnp.float32))
+
+
+def own_sims_grad(x, protos, c, a, tau):
+    """[M, d], [B, d], [M], [B], [] -> (s [M], w [M], g [B, d]): `own_sims_kernel` and then
+    `grad_rows` of its s, in one pass over the features (each row is read once for
+    both). Only on CPU, after `usable`."""
+    m = x.shape[0]
+    return _call("afj_own_sims_grad", (jax.ShapeDtypeStruct((m,), jnp.float32),
+                                       *_grad_out(x, protos.shape[0])),
+                 x, protos, c.astype(jnp.int32), a, jnp.asarray(tau, jnp.float32))
+
+
+def fix_grad(x, s, c, a, tau, s0, c0, w0, g0):
+    """`grad_rows(x, s, c, a, tau)`, given `own_sims_grad`'s (s0, w0, g0) of an earlier
+    assignment c0 of the same rows (the same prototypes, a and τ): a row of g0 is kept
+    when none of its rows changed prototype or similarity (bit for bit), the others
+    are summed again. Same bits as `grad_rows`. g0 is updated in place. Only on CPU,
+    after `usable`."""
+    return _call("afj_fix_grad", _grad_out(x, a.shape[0]), x, s, c.astype(jnp.int32), a,
+                 jnp.asarray(tau, jnp.float32), s0, c0.astype(jnp.int32), w0, g0,
+                 aliases={8: 1})
 
 
 def open_rows(gap, travel, limit, rowmin, turned, fallback):

@@ -1,4 +1,4 @@
-// CPU kernels for four parts of ActiveFT's pruned step (XLA FFI custom calls).
+// CPU kernels for the passes of ActiveFT's step (XLA FFI custom calls).
 //
 // Built on first use by activeft_jax/selection/_cpu.py with the host's C++ compiler
 // against the XLA FFI headers that the installed jaxlib ships; without a compiler the
@@ -7,10 +7,15 @@
 // (afj_refresh_pairs's dot products use explicit fused multiply-adds: their values
 // only need to lie within the margin of the exact ones).
 //
-//   afj_scatter_rows  g_k = sum over i with c_i = k of w_i f_i, rows added in index
-//                     order: [M, d], [M], [M] -> [B, d]
 //   afj_own_sims      s_i = f_i . p_{c_i}, its d products summed by the fixed halving
 //                     tree of `_tree_reduce` (prototypes.py): [M, d], [B, d], [M] -> [M]
+//   afj_grad_rows     the loss's weights w_i = 1 / (1 + exp(-(a_{c_i} - s_i / tau))) and
+//                     gradient rows g_k = sum over i with c_i = k of -(w_i / tau) f_i, rows
+//                     added in index order: [M, d], [M], [M], [B], [] -> [M], [B, d]
+//   afj_own_sims_grad afj_own_sims, then afj_grad_rows of its s, reading each row once
+//   afj_fix_grad      afj_grad_rows of a new assignment from afj_own_sims_grad's outputs
+//                     for an earlier one, summing again only the rows of g whose
+//                     features changed prototype (or similarity)
 //   afj_open_rows     any over k of (float(gap_ik) - t_k <= l_i): [M, B] f16, [B], [M],
 //                     rowmin [M], psi [] -> [M] pred, rowmin [M] (a row stops at its first
 //                     open pair; a row whose rowmin - psi clears l_i is not read at all)
@@ -21,9 +26,9 @@
 //                     near tie are listed for the caller to decide (see RefreshPairsImpl)
 //
 // Work is split over the calling thread and XLA's intra-op pool: rows for the own
-// similarities, the check and the refresh, ranges of prototypes for the scatter (each
-// part adds only its prototypes' rows, so every row is read once and every sum keeps
-// the serial order).
+// similarities, the check and the refresh, ranges of prototypes for the gradient rows
+// (each part adds only its prototypes' rows, so every row is read once and every sum
+// keeps the serial order).
 
 #include <algorithm>
 #include <atomic>
@@ -105,67 +110,105 @@ constexpr int64_t kRowsPerPart = 1024;
 
 constexpr int64_t kScatterParts = 8;
 
-ffi::Error ScatterRowsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
-                           ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::S32> c,
-                           ffi::ResultBuffer<ffi::F32> out) {
-  auto xd = x.dimensions(), od = out->dimensions();
-  if (xd.size() != 2 || od.size() != 2 || xd[1] != od[1] || w.element_count() != xd[0] ||
-      c.element_count() != xd[0])
-    return ffi::Error::InvalidArgument("afj_scatter_rows: shapes [M, d], [M], [M] -> [B, d]");
-  const int64_t m = xd[0], d = xd[1], b = od[0];
-  const float* xs = x.typed_data();
-  const float* ws = w.typed_data();
-  const int32_t* cs = c.typed_data();
-  float* o = out->typed_data();
-  std::memset(o, 0, sizeof(float) * b * d);
-  if (b == 0 || d == 0) return ffi::Error::Success();
-  // Parts are contiguous ranges of prototypes holding about equal numbers of rows:
-  // each part scans the assignments and adds its own rows, in row order, so every
-  // row is read once and every sum keeps the order of a serial scatter.
-  std::vector<int64_t> count(b, 0);
-  for (int64_t i = 0; i < m; ++i)
-    if (cs[i] >= 0 && cs[i] < b) ++count[cs[i]];
-  int64_t parts = kScatterParts < b ? kScatterParts : b;
-  std::vector<int64_t> cut(parts + 1, b);
-  cut[0] = 0;
-  int64_t seen = 0, part = 1;
-  for (int64_t k = 0; k < b && part < parts; ++k) {
-    seen += count[k];
-    while (part < parts && seen * parts >= part * m) cut[part++] = k + 1;
-  }
-  // The rows of each part, in row order (a stable counting sort by part).
-  std::vector<int32_t> part_of(b);
-  for (int64_t q = 0; q < parts; ++q)
-    for (int64_t k = cut[q]; k < cut[q + 1]; ++k) part_of[k] = static_cast<int32_t>(q);
-  std::vector<int64_t> start(parts + 1, 0);
-  for (int64_t k = 0; k < b; ++k) start[part_of[k] + 1] += count[k];
-  for (int64_t q = 0; q < parts; ++q) start[q + 1] += start[q];
-  std::vector<int32_t> rows(start[parts]);
-  {
-    std::vector<int64_t> fill(start.begin(), start.end() - 1);
-    for (int64_t i = 0; i < m; ++i)
-      if (cs[i] >= 0 && cs[i] < b) rows[fill[part_of[cs[i]]]++] = static_cast<int32_t>(i);
-  }
-  parallel_parts(pool, parts, [&](int64_t part) {
-    for (int64_t r = start[part]; r < start[part + 1]; ++r) {
-      const int64_t i = rows[r];
-      if (r + 2 < start[part + 1]) {
-        const char* next = reinterpret_cast<const char*>(xs + rows[r + 2] * d);
-        for (int64_t q = 0; q < d * 4; q += 64) _mm_prefetch(next + q, _MM_HINT_T0);
-      }
-      const float wi = ws[i];
-      const float* __restrict xi = xs + i * d;
-      float* __restrict ok = o + cs[i] * d;
-      for (int64_t j = 0; j < d; ++j) ok[j] = ok[j] + wi * xi[j];
-    }
-  });
-  return ffi::Error::Success();
-}
-
 // dst[j] = dst[j] + src[j], j < h, for the two halves of one buffer (they do not
 // overlap, so the loop vectorizes).
 inline void AddHalves(float* __restrict dst, const float* __restrict src, int64_t h) {
   for (int64_t j = 0; j < h; ++j) dst[j] = dst[j] + src[j];
+}
+
+// x . p with its d products summed by the halving tree of `_tree_reduce`
+// (prototypes.py): the first half plus the second, an odd last element carried.
+// (For an even d the first level is taken with the products, so that these are not
+// stored and read back: the same roundings, product then sum.) v: d floats of scratch.
+inline float TreeDot(const float* __restrict xi, const float* __restrict pk, int64_t d,
+                     float* __restrict v) {
+  int64_t n = d;
+  if (d % 2 == 0) {
+    n = d / 2;
+    const float *__restrict x1 = xi + n, *__restrict p1 = pk + n;
+    for (int64_t j = 0; j < n; ++j) v[j] = xi[j] * pk[j] + x1[j] * p1[j];
+  } else {
+    for (int64_t j = 0; j < d; ++j) v[j] = xi[j] * pk[j];
+  }
+  for (; n > 1; n = (n + 1) / 2) {
+    const int64_t h = n / 2;
+    AddHalves(v, v + h, h);
+    if (n % 2) v[h] = v[2 * h];
+  }
+  return v[0];
+}
+
+// The loss's weight of a feature, w = sigmoid(a_c - s / tau) = 1 / (1 + exp(-(a_c - s / tau))),
+// each operation rounded on its own (the same bits in every kernel that computes it).
+inline float Weight(float a, float s, float tau) {
+  const float t = a - s / tau;
+  return 1.0f / (1.0f + std::exp(-t));
+}
+
+// o_k += coef * x_i, each product and sum rounded on its own.
+inline void AddRow(float* __restrict ok, const float* __restrict xi, float coef, int64_t d) {
+  for (int64_t j = 0; j < d; ++j) ok[j] = ok[j] + coef * xi[j];
+}
+
+inline void PrefetchRow(const float* row, int64_t d) {
+  const char* p = reinterpret_cast<const char*>(row);
+  for (int64_t q = 0; q < d * 4; q += 64) _mm_prefetch(p + q, _MM_HINT_T0);
+}
+
+inline int64_t Clamp(int32_t c, int64_t b) { return c < 0 ? 0 : (c >= b ? b - 1 : c); }
+
+// The rows i < m with c_i in [0, b) and keep(c_i), sorted by prototype, each
+// prototype's in row order (a stable counting sort), and up to kScatterParts
+// contiguous ranges of prototypes that hold about equal numbers of them. A part
+// that adds its prototypes' rows in this order reads every row once, keeps the order
+// of a serial scatter in every sum, and adds each prototype's rows one after the
+// other (its sum and its prototype stay in the L1 cache).
+struct ByPrototype {
+  int64_t parts = 0;
+  std::vector<int64_t> cut;     // part q: prototypes [cut[q], cut[q + 1])
+  std::vector<int64_t> first;   // prototype k: rows[first[k] .. first[k + 1])
+  std::vector<int32_t> rows;
+
+  template <typename Keep>
+  ByPrototype(const int32_t* cs, int64_t m, int64_t b, Keep keep) : first(b + 1, 0) {
+    for (int64_t i = 0; i < m; ++i)
+      if (cs[i] >= 0 && cs[i] < b && keep(cs[i])) ++first[cs[i] + 1];
+    for (int64_t k = 0; k < b; ++k) first[k + 1] += first[k];
+    const int64_t total = first[b];
+    rows.resize(total);
+    std::vector<int64_t> fill(first.begin(), first.end() - 1);
+    for (int64_t i = 0; i < m; ++i)
+      if (cs[i] >= 0 && cs[i] < b && keep(cs[i])) rows[fill[cs[i]]++] = static_cast<int32_t>(i);
+    parts = kScatterParts < b ? kScatterParts : b;
+    cut.assign(parts + 1, b);
+    cut[0] = 0;
+    for (int64_t k = 0, part = 1; k < b && part < parts; ++k)
+      while (part < parts && first[k + 1] * parts >= part * total) cut[part++] = k + 1;
+  }
+};
+
+constexpr auto kEveryPrototype = [](int32_t) { return true; };
+
+constexpr int64_t kGroup = 4;
+
+// visit(k, rows, count) for groups of up to kGroup consecutive rows of each prototype
+// k, prototypes in order within a part, parts in parallel: a group's rows are
+// independent, so that one row's chain of dependent operations (its dot product's
+// tree, its weight's exp) overlaps the next ones'. The next group's features are
+// prefetched.
+template <typename Visit>
+void RunGroups(ffi::ThreadPool& pool, const ByPrototype& by, const float* xs, int64_t d,
+               Visit visit) {
+  parallel_parts(pool, by.parts, [&](int64_t part) {
+    const int64_t end = by.first[by.cut[part + 1]];
+    for (int64_t k = by.cut[part]; k < by.cut[part + 1]; ++k) {
+      for (int64_t r = by.first[k], stop = by.first[k + 1]; r < stop; r += kGroup) {
+        for (int64_t q = r + kGroup; q < r + 2 * kGroup && q < end; ++q)
+          PrefetchRow(xs + by.rows[q] * d, d);
+        visit(k, by.rows.data() + r, stop - r < kGroup ? stop - r : kGroup);
+      }
+    }
+  });
 }
 
 ffi::Error OwnSimsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
@@ -187,31 +230,153 @@ ffi::Error OwnSimsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   int64_t parts = (m + kRowsPerPart - 1) / kRowsPerPart;
   parallel_parts(pool, parts, [&](int64_t part) {
     std::vector<float> buf(d);
-    float* __restrict v = buf.data();
     int64_t lo = part * kRowsPerPart, hi = lo + kRowsPerPart < m ? lo + kRowsPerPart : m;
-    for (int64_t i = lo; i < hi; ++i) {
-      // The gather clamps an index outside [0, B) as XLA's does.
-      const int64_t k = cs[i] < 0 ? 0 : (cs[i] >= b ? b - 1 : cs[i]);
-      const float* __restrict xi = xs + i * d;
-      const float* __restrict pk = ps + k * d;
-      // _tree_reduce: the first half plus the second, an odd last element carried.
-      // (For an even d the first level is taken with the products, so that these are
-      // not stored and read back: the same roundings, product then sum.)
-      int64_t n = d;
-      if (d % 2 == 0) {
-        n = d / 2;
-        const float *__restrict x1 = xi + n, *__restrict p1 = pk + n;
-        for (int64_t j = 0; j < n; ++j) v[j] = xi[j] * pk[j] + x1[j] * p1[j];
-      } else {
-        for (int64_t j = 0; j < d; ++j) v[j] = xi[j] * pk[j];
-      }
-      for (; n > 1; n = (n + 1) / 2) {
-        const int64_t h = n / 2;
-        AddHalves(v, v + h, h);
-        if (n % 2) v[h] = v[2 * h];
-      }
-      o[i] = v[0];
+    // The gather clamps an index outside [0, B) as XLA's does.
+    for (int64_t i = lo; i < hi; ++i) o[i] = TreeDot(xs + i * d, ps + Clamp(cs[i], b) * d, d,
+                                                     buf.data());
+  });
+  return ffi::Error::Success();
+}
+
+// The loss's gradient rows, g_k = sum over i with c_i = k of -(w_i / tau) f_i (rows
+// added in index order), with w_i = Weight(a_{c_i}, s_i, tau).
+// Shapes: x [M, d], a [B], tau []; the kernels below check them.
+bool GradShapes(ffi::Span<const int64_t> xd, int64_t a_count, int64_t tau_count,
+                ffi::Span<const int64_t> od) {
+  return xd.size() == 2 && od.size() == 2 && od[1] == xd[1] && a_count == od[0] &&
+         a_count >= 1 && tau_count == 1;
+}
+
+// afj_own_sims_grad: one pass over the features for the own similarities s_i (as
+// afj_own_sims) and, from them, the weights w_i and the gradient rows g_k (as
+// afj_grad_rows) of the assignment c; the caller corrects g with afj_fix_grad
+// once it knows which features changed prototype.
+ffi::Error OwnSimsGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                           ffi::Buffer<ffi::F32> protos, ffi::Buffer<ffi::S32> c,
+                           ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> tau,
+                           ffi::ResultBuffer<ffi::F32> s_out, ffi::ResultBuffer<ffi::F32> w_out,
+                           ffi::ResultBuffer<ffi::F32> g_out) {
+  auto xd = x.dimensions(), pd = protos.dimensions(), od = g_out->dimensions();
+  if (!GradShapes(xd, a.element_count(), tau.element_count(), od) || pd.size() != 2 ||
+      pd[0] != od[0] || pd[1] != xd[1] || c.element_count() != xd[0])
+    return ffi::Error::InvalidArgument(
+        "afj_own_sims_grad: shapes [M, d], [B, d], [M], [B], [] -> [M], [M], [B, d] (B >= 1)");
+  const int64_t m = xd[0], d = xd[1], b = pd[0];
+  const float* xs = x.typed_data();
+  const float* ps = protos.typed_data();
+  const int32_t* cs = c.typed_data();
+  const float* as = a.typed_data();
+  const float t = tau.typed_data()[0];
+  float* so = s_out->typed_data();
+  float* wo = w_out->typed_data();
+  float* g = g_out->typed_data();
+  std::memset(g, 0, sizeof(float) * b * d);
+  std::vector<float> buf(d > 0 ? d : 1);
+  for (int64_t i = 0; i < m; ++i) {
+    // A row outside [0, B) adds nothing; its s and w take the clamped index, as XLA's gathers.
+    if (cs[i] >= 0 && cs[i] < b) continue;
+    const int64_t k = Clamp(cs[i], b);
+    so[i] = d > 0 ? TreeDot(xs + i * d, ps + k * d, d, buf.data()) : 0.0f;
+    wo[i] = Weight(as[k], so[i], t);
+  }
+  if (d == 0) {
+    for (int64_t i = 0; i < m; ++i) so[i] = 0.0f, wo[i] = Weight(as[Clamp(cs[i], b)], 0.0f, t);
+    return ffi::Error::Success();
+  }
+  RunGroups(pool, ByPrototype(cs, m, b, kEveryPrototype), xs, d,
+            [&](int64_t k, const int32_t* rows, int64_t count) {
+    thread_local std::vector<float> v;
+    if (static_cast<int64_t>(v.size()) < kGroup * d) v.resize(kGroup * d);
+    for (int64_t j = 0; j < count; ++j)
+      so[rows[j]] = TreeDot(xs + rows[j] * d, ps + k * d, d, v.data() + j * d);
+    for (int64_t j = 0; j < count; ++j) wo[rows[j]] = Weight(as[k], so[rows[j]], t);
+    for (int64_t j = 0; j < count; ++j) AddRow(g + k * d, xs + rows[j] * d, -(wo[rows[j]] / t), d);
+  });
+  return ffi::Error::Success();
+}
+
+// afj_grad_rows: the weights and gradient rows of assignment c given the own
+// similarities s: [M, d], [M], [M], [B], [] -> [M], [B, d].
+ffi::Error GradRowsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> s,
+                        ffi::Buffer<ffi::S32> c, ffi::Buffer<ffi::F32> a,
+                        ffi::Buffer<ffi::F32> tau, ffi::ResultBuffer<ffi::F32> w_out,
+                        ffi::ResultBuffer<ffi::F32> g_out) {
+  auto xd = x.dimensions(), od = g_out->dimensions();
+  if (!GradShapes(xd, a.element_count(), tau.element_count(), od) ||
+      s.element_count() != xd[0] || c.element_count() != xd[0])
+    return ffi::Error::InvalidArgument(
+        "afj_grad_rows: shapes [M, d], [M], [M], [B], [] -> [M], [B, d] (B >= 1)");
+  const int64_t m = xd[0], d = xd[1], b = od[0];
+  const float* xs = x.typed_data();
+  const float* ss = s.typed_data();
+  const int32_t* cs = c.typed_data();
+  const float* as = a.typed_data();
+  const float t = tau.typed_data()[0];
+  float* wo = w_out->typed_data();
+  float* g = g_out->typed_data();
+  std::memset(g, 0, sizeof(float) * b * d);
+  for (int64_t i = 0; i < m; ++i)
+    if (cs[i] < 0 || cs[i] >= b) wo[i] = Weight(as[Clamp(cs[i], b)], ss[i], t);
+  RunGroups(pool, ByPrototype(cs, m, b, kEveryPrototype), xs, d,
+            [&](int64_t k, const int32_t* rows, int64_t count) {
+    for (int64_t j = 0; j < count; ++j) wo[rows[j]] = Weight(as[k], ss[rows[j]], t);
+    for (int64_t j = 0; j < count; ++j) AddRow(g + k * d, xs + rows[j] * d, -(wo[rows[j]] / t), d);
+  });
+  return ffi::Error::Success();
+}
+
+// afj_fix_grad: afj_grad_rows of (s, c), given afj_own_sims_grad's (s0, w0, g0) of an
+// earlier assignment c0 of the same features and prototypes (same a, tau). A row of
+// g0 stays when none of its features changed prototype or similarity (its sum then
+// has the same terms in the same order); the others are summed again over their
+// features. g0 [B, d] is updated in place: [M, d], [M], [M], [B], [], [M], [M], [M],
+// [B, d] -> [M], [B, d].
+ffi::Error FixGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> s,
+                       ffi::Buffer<ffi::S32> c, ffi::Buffer<ffi::F32> a,
+                       ffi::Buffer<ffi::F32> tau, ffi::Buffer<ffi::F32> s0,
+                       ffi::Buffer<ffi::S32> c0, ffi::Buffer<ffi::F32> w0,
+                       ffi::Buffer<ffi::F32> g0, ffi::ResultBuffer<ffi::F32> w_out,
+                       ffi::ResultBuffer<ffi::F32> g_out) {
+  auto xd = x.dimensions(), od = g_out->dimensions();
+  const int64_t m = xd.size() == 2 ? xd[0] : -1;
+  if (!GradShapes(xd, a.element_count(), tau.element_count(), od) || s.element_count() != m ||
+      c.element_count() != m || s0.element_count() != m || c0.element_count() != m ||
+      w0.element_count() != m || g0.element_count() != od[0] * od[1])
+    return ffi::Error::InvalidArgument(
+        "afj_fix_grad: shapes [M, d], [M], [M], [B], [], [M], [M], [M], [B, d] -> [M], [B, d]");
+  const int64_t d = xd[1], b = od[0];
+  const float* xs = x.typed_data();
+  const float* ss = s.typed_data();
+  const int32_t* cs = c.typed_data();
+  const float* as = a.typed_data();
+  const float t = tau.typed_data()[0];
+  const float* s0s = s0.typed_data();
+  const int32_t* c0s = c0.typed_data();
+  const float* w0s = w0.typed_data();
+  float* wo = w_out->typed_data();
+  float* g = g_out->typed_data();
+  if (g != g0.typed_data()) std::memcpy(g, g0.typed_data(), sizeof(float) * b * d);
+  std::vector<uint8_t> dirty(b, 0);
+  int64_t changed = 0;
+  for (int64_t i = 0; i < m; ++i) {
+    uint32_t bits, bits0;
+    std::memcpy(&bits, ss + i, 4);
+    std::memcpy(&bits0, s0s + i, 4);
+    if (cs[i] == c0s[i] && bits == bits0) {
+      wo[i] = w0s[i];
+      continue;
     }
+    ++changed;
+    wo[i] = Weight(as[Clamp(cs[i], b)], ss[i], t);
+    if (c0s[i] >= 0 && c0s[i] < b) dirty[c0s[i]] = 1;
+    if (cs[i] >= 0 && cs[i] < b) dirty[cs[i]] = 1;
+  }
+  if (changed == 0 || d == 0) return ffi::Error::Success();
+  for (int64_t k = 0; k < b; ++k)
+    if (dirty[k]) std::memset(g + k * d, 0, sizeof(float) * d);
+  RunGroups(pool, ByPrototype(cs, m, b, [&](int32_t k) { return dirty[k] != 0; }), xs, d,
+            [&](int64_t k, const int32_t* rows, int64_t count) {
+    for (int64_t j = 0; j < count; ++j) AddRow(g + k * d, xs + rows[j] * d, -(wo[rows[j]] / t), d);
   });
   return ffi::Error::Success();
 }
@@ -623,7 +788,7 @@ ffi::Error RefreshPairsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> feats,
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(AfjScatterRows, ScatterRowsImpl,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AfjOwnSims, OwnSimsImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
@@ -631,12 +796,42 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AfjScatterRows, ScatterRowsImpl,
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(AfjOwnSims, OwnSimsImpl,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AfjOwnSimsGrad, OwnSimsGradImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AfjGradRows, GradRowsImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AfjFixGrad, FixGradImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AfjOpenRows, OpenRowsImpl,

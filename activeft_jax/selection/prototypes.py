@@ -250,13 +250,18 @@ def _loss(params, feats, assign, temperature, balance, rows):
     return -jnp.mean(_loss_terms(params, feats, assign, temperature, balance, rows))
 
 
+def _diversity(protos, temperature, balance):
+    """`_log_diversity` and its vjp in the prototypes."""
+    return jax.vjp(lambda p: _log_diversity(p, temperature, balance), protos)
+
+
 def _log_diversity(protos, temperature, balance):
     """log(balance · S_k) for every prototype k: [B] (the row side stop-gradiented)."""
     gram = matmul(lax.stop_gradient(protos), protos.T) / temperature      # [B, B]
     return jnp.log(balance) + jax.nn.logsumexp(gram, axis=0)
 
 
-def _loss_grad_sums(protos, feats, assign, a, temperature, rows, sims=None):
+def _loss_grad_sums(protos, feats, assign, a, temperature, rows, sims=None, spec=None):
     """One pass over the features: the loss and its gradients, summed over them.
 
     With s_i = f_iᵀθ̂_{c_i}, z_i = s_i / τ and a_k = log(balance · S_k), each
@@ -267,8 +272,11 @@ def _loss_grad_sums(protos, feats, assign, a, temperature, rows, sims=None):
 
     `sims` [N], when given, are the s_i (`_own_similarity`, computed by the
     assignment pass that chose c_i): the features are then read only for the
-    scatter-add. On CPU (float32) the scatter-add is the kernel
-    `_cpu.scatter_rows_kernel` (~1.5–2x XLA's on a 2-core host).
+    scatter-add. On CPU (float32) the w_i and the scatter-add are the kernel
+    `_cpu.grad_rows` (~1.5–2x XLA's scatter on a 2-core host); `spec`, when given, is
+    `_cpu.own_sims_grad`'s (s, c, w, g) of the assignment the step started from
+    (`_pair_assignment`), and `_cpu.fix_grad` only sums again the rows of g whose
+    features changed prototype (the same bits as `_cpu.grad_rows`).
 
     Returns (Σ loss, Σ ∂/∂θ̂ [B, d], Σ ∂/∂a [B]) over these features.
     """
@@ -291,23 +299,26 @@ def _loss_grad_sums(protos, feats, assign, a, temperature, rows, sims=None):
         return scan_rows(fn, init, plan(feats.shape[0], rows), feats, assign, *sims)
 
     def kernel(feats, assign, *sims):
-        # The chunked sums of the loss and of ∂/∂a as above (over [N] scalars, the
-        # same bits), then the scatter-add of the rows by the kernel: in row order as
-        # XLA's scatter adds them, each product and sum rounded on its own (XLA:CPU
-        # contracts them into fused multiply-adds in some fusions and not in others,
-        # so its bits can differ from the kernel's by an ulp; dense and pruned runs
-        # both take the kernel, and stay bit for bit the same).
+        # The w_i and the scatter-add of the rows by the kernels: in row order as XLA's
+        # scatter adds them, each operation rounded on its own (XLA:CPU contracts them
+        # into fused multiply-adds in some fusions and not in others, and its sigmoid is
+        # its own, so its bits can differ from the kernels' by an ulp; dense and pruned
+        # runs both take the kernels, and stay bit for bit the same). Then the chunked
+        # sums of the loss and of ∂/∂a as above, over [N] scalars, with the kernels' w_i.
         s = sims[0] if sims else _own_similarities(feats, protos, assign, rows)
+        if spec is None:
+            w, grad = _cpu.grad_rows(feats, s, assign, a, temperature)
+        else:
+            w, grad = _cpu.fix_grad(feats, s, assign, a, temperature, *spec)
 
-        def scalars(acc, valid, c, s):
+        def scalars(acc, valid, c, s, w):
             loss, grad_a = acc
-            part, w = terms(valid, c, s)
-            return loss - part, grad_a.at[c].add(w)
+            part, _ = terms(valid, c, s)
+            return loss - part, grad_a.at[c].add(jnp.where(valid, w, 0))
 
         init = (jnp.zeros((), feats.dtype), jnp.zeros((b,), feats.dtype))
-        loss, grad_a = scan_rows(scalars, init, plan(feats.shape[0], rows), assign, s)
-        w = jax.nn.sigmoid(a[assign] - s / temperature)
-        return loss, _cpu.scatter_rows_kernel(feats, -(w / temperature), assign, b), grad_a
+        loss, grad_a = scan_rows(scalars, init, plan(feats.shape[0], rows), assign, s, w)
+        return loss, grad, grad_a
 
     arrays = (feats, assign) if sims is None else (feats, assign, sims)
     if not _cpu.usable(feats, protos):
@@ -315,17 +326,19 @@ def _loss_grad_sums(protos, feats, assign, a, temperature, rows, sims=None):
     return _cpu.on_cpu(kernel, xla, *arrays)
 
 
-def _loss_and_grad(normalized, feats, assign, temperature, balance, rows, shards=None, sims=None):
+def _loss_and_grad(normalized, feats, assign, temperature, balance, rows, shards=None, sims=None,
+                   diversity=None, spec=None):
     """The official loss and its gradient in the raw prototypes, in one pass (`_loss`'s value).
 
     `normalized` is `jax.vjp(l2_normalize, params)`: the step normalizes once, so its
     assignment and its loss read the same bits. With `shards`, `feats` is this
     device's block: the sums cross devices (a scalar, [B, d] and [B]), the rest is
-    the same on every device.
+    the same on every device. `diversity`: `_diversity`'s (a, vjp) when the step has
+    it already; `spec`: see `_loss_grad_sums`.
     """
     protos, normalize_vjp = normalized
-    a, a_vjp = jax.vjp(lambda p: _log_diversity(p, temperature, balance), protos)
-    sums = _loss_grad_sums(protos, feats, assign, a, temperature, rows, sims)
+    a, a_vjp = _diversity(protos, temperature, balance) if diversity is None else diversity
+    sums = _loss_grad_sums(protos, feats, assign, a, temperature, rows, sims, spec)
     n = feats.shape[0]
     if shards is not None and shards.sharded:
         sums, n = shards.psum(sums), shards.n
@@ -709,7 +722,7 @@ def _pruned_assignment(protos, feats, bounds: _Bounds, rows: int, refresh: float
 
 
 def _pair_assignment(protos, feats, bounds: _PairBounds, step, rows: int, refresh: float,
-                     block: int = 512, resort: int = 16):
+                     block: int = 512, resort: int = 16, diversity=None):
     """Exact argmax assignment that recomputes only what the per-pair bounds cannot decide.
 
     Elkan's bounds, on angles (`_PairBounds`): for a pair last computed at step
@@ -737,8 +750,14 @@ def _pair_assignment(protos, feats, bounds: _PairBounds, step, rows: int, refres
     as above; near ties get their whole row from the matmul, and the features
     that changed prototype their `_own_similarity`.
 
+    With `diversity` = (a, τ) (`_log_diversity`'s a), on CPU the pass that
+    computes the own similarities also sums the loss's gradient rows of the
+    assignment the step starts from (`_cpu.own_sims_grad`: each feature is read
+    once for both); the loss then sums again only the rows whose features changed
+    prototype (`_loss_grad_sums`' `spec`).
+
     Returns (bounds, number of similarities computed, `_own_similarity` of the
-    new assignment [N]).
+    new assignment [N], spec or None).
     """
     n, b = feats.shape[0], protos.shape[0]
     turn = _step_angle(protos, bounds.last)
@@ -760,7 +779,22 @@ def _pair_assignment(protos, feats, bounds: _PairBounds, step, rows: int, refres
     # A pair is open when the lower bound on its angle reaches the upper bound on the
     # angle of the feature's own similarity less the margin, `limit`. (Two passes: in
     # one, XLA:CPU recomputes the [C] polynomial for each element of the [C, B] compare.)
-    own = _own_similarities(feats, protos, bounds.assign, rows)
+    use_kernel = gap_dtype == jnp.float16 and _cpu.usable(feats, protos)
+    spec = None
+    if diversity is not None and use_kernel:
+        a, tau = diversity
+
+        def fused(feats, protos, assign):
+            return _cpu.own_sims_grad(feats, protos, assign, a, tau)
+
+        def apart(feats, protos, assign):   # (other platforms: the loss computes its own)
+            s = _own_similarities(feats, protos, assign, rows)
+            return s, jnp.zeros_like(s), jnp.zeros_like(protos)
+
+        own, w0, g0 = _cpu.on_cpu(fused, apart, feats, protos, bounds.assign)
+        spec = (own, bounds.assign, w0, g0)
+    else:
+        own = _own_similarities(feats, protos, bounds.assign, rows)
     limit = _acos_upper(own - margin)
     fail, rowmin = _cpu.open_rows(
         bounds.gap, travel, limit, bounds.rowmin, turned,
@@ -903,9 +937,9 @@ def _pair_assignment(protos, feats, bounds: _PairBounds, step, rows: int, refres
         return _cpu.on_cpu(partial_kernel, lambda *_: partial(None), bounds.gap, bounds.assign,
                            fail)
 
-    use_kernel = gap_dtype == jnp.float16 and _cpu.usable(feats, protos)
-    return lax.cond(jnp.sum(fail) > refresh * n, everything,
-                    partial_cpu if use_kernel else partial, None)
+    out = lax.cond(jnp.sum(fail) > refresh * n, everything,
+                   partial_cpu if use_kernel else partial, None)
+    return (*out, spec)
 
 
 # ----------------------------------------------------------------------------- the fit
@@ -965,12 +999,14 @@ def _run_steps(state: ActiveFTState, feats, key, hyper: _Hyper, cfg: _Config,
             x = shards.rows(feats, pick)
         normalized = jax.vjp(l2_normalize, carry.params)
         protos = lax.stop_gradient(normalized[0])
+        diversity = _diversity(protos, hyper.temperature, hyper.balance)
         bounds = carry.bounds
         n, b = x.shape[0], cfg.k
-        sims = None
+        sims = spec = None
         if cfg.prune == "pairs":
-            bounds, work, sims = _pair_assignment(protos, x, bounds, carry.step, cfg.chunk_rows,
-                                                  cfg.refresh)
+            bounds, work, sims, spec = _pair_assignment(
+                protos, x, bounds, carry.step, cfg.chunk_rows, cfg.refresh,
+                diversity=(diversity[0], hyper.temperature))
         elif cfg.prune == "rows":
             bounds, count = _pruned_assignment(protos, x, bounds, cfg.chunk_rows, cfg.refresh,
                                                cfg.num_fast)
@@ -984,7 +1020,8 @@ def _run_steps(state: ActiveFTState, feats, key, hyper: _Hyper, cfg: _Config,
             total = shards.psum(work) if split else work
             frac = (total / (float(shards.n if split else n) * b)).astype(feats.dtype)
         loss, grad = _loss_and_grad(normalized, x, assign, hyper.temperature, hyper.balance,
-                                    cfg.chunk_rows, shards if split else None, sims)
+                                    cfg.chunk_rows, shards if split else None, sims,
+                                    diversity, spec)
         updates, opt_state = opt.update(grad, carry.opt_state, carry.params)
         params = optax.apply_updates(carry.params, updates)
         new = ActiveFTState(params, opt_state, bounds, carry.step + 1, carry.init_indices,
