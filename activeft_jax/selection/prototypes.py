@@ -302,7 +302,7 @@ def _loss_grad_sums(protos, feats, assign, a, temperature, rows, sims=None, spec
         # The w_i and the scatter-add of the rows by the kernels: in row order as XLA's
         # scatter adds them, each operation rounded on its own (XLA:CPU contracts them
         # into fused multiply-adds in some fusions and not in others, and its sigmoid is
-        # its own, so its bits can differ from the kernels' by an ulp; dense and pruned
+        # its own, so its bits can differ from the kernels' by round-off; dense and pruned
         # runs both take the kernels, and stay bit for bit the same). Then the chunked
         # sums of the loss and of ∂/∂a as above, over [N] scalars, with the kernels' w_i.
         s = sims[0] if sims else _own_similarities(feats, protos, assign, rows)
@@ -722,7 +722,7 @@ def _pruned_assignment(protos, feats, bounds: _Bounds, rows: int, refresh: float
 
 
 def _pair_assignment(protos, feats, bounds: _PairBounds, step, rows: int, refresh: float,
-                     block: int = 512, resort: int = 16, diversity=None):
+                     block: int = 512, resort: int = 16, for_grad=None):
     """Exact argmax assignment that recomputes only what the per-pair bounds cannot decide.
 
     Elkan's bounds, on angles (`_PairBounds`): for a pair last computed at step
@@ -750,7 +750,7 @@ def _pair_assignment(protos, feats, bounds: _PairBounds, step, rows: int, refres
     as above; near ties get their whole row from the matmul, and the features
     that changed prototype their `_own_similarity`.
 
-    With `diversity` = (a, τ) (`_log_diversity`'s a), on CPU the pass that
+    With `for_grad` = (a, τ) (`_log_diversity`'s a), on CPU the pass that
     computes the own similarities also sums the loss's gradient rows of the
     assignment the step starts from (`_cpu.own_sims_grad`: each feature is read
     once for both); the loss then sums again only the rows whose features changed
@@ -781,8 +781,8 @@ def _pair_assignment(protos, feats, bounds: _PairBounds, step, rows: int, refres
     # one, XLA:CPU recomputes the [C] polynomial for each element of the [C, B] compare.)
     use_kernel = gap_dtype == jnp.float16 and _cpu.usable(feats, protos)
     spec = None
-    if diversity is not None and use_kernel:
-        a, tau = diversity
+    if for_grad is not None and use_kernel:
+        a, tau = for_grad
 
         def fused(feats, protos, assign):
             return _cpu.own_sims_grad(feats, protos, assign, a, tau)
@@ -1006,7 +1006,7 @@ def _run_steps(state: ActiveFTState, feats, key, hyper: _Hyper, cfg: _Config,
         if cfg.prune == "pairs":
             bounds, work, sims, spec = _pair_assignment(
                 protos, x, bounds, carry.step, cfg.chunk_rows, cfg.refresh,
-                diversity=(diversity[0], hyper.temperature))
+                for_grad=(diversity[0], hyper.temperature))
         elif cfg.prune == "rows":
             bounds, count = _pruned_assignment(protos, x, bounds, cfg.chunk_rows, cfg.refresh,
                                                cfg.num_fast)
