@@ -150,6 +150,12 @@ inline void AddRow(float* __restrict ok, const float* __restrict xi, float coef,
   for (int64_t j = 0; j < d; ++j) ok[j] = ok[j] + coef * xi[j];
 }
 
+// g_k += -(w_i / tau) x_i for the given rows i of prototype k, in their order.
+inline void AddRows(float* gk, const float* xs, const int32_t* rows, int64_t count,
+                    const float* w, float tau, int64_t d) {
+  for (int64_t j = 0; j < count; ++j) AddRow(gk, xs + rows[j] * d, -(w[rows[j]] / tau), d);
+}
+
 inline void PrefetchRow(const float* row, int64_t d) {
   const char* p = reinterpret_cast<const char*>(row);
   for (int64_t q = 0; q < d * 4; q += 64) _mm_prefetch(p + q, _MM_HINT_T0);
@@ -271,17 +277,17 @@ ffi::Error OwnSimsGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   float* wo = w_out->typed_data();
   float* g = g_out->typed_data();
   std::memset(g, 0, sizeof(float) * b * d);
-  std::vector<float> buf(d > 0 ? d : 1);
+  if (d == 0) {
+    for (int64_t i = 0; i < m; ++i) so[i] = 0.0f, wo[i] = Weight(as[Clamp(cs[i], b)], 0.0f, t);
+    return ffi::Error::Success();
+  }
+  std::vector<float> buf(d);
   for (int64_t i = 0; i < m; ++i) {
     // A row outside [0, B) adds nothing; its s and w take the clamped index, as XLA's gathers.
     if (cs[i] >= 0 && cs[i] < b) continue;
     const int64_t k = Clamp(cs[i], b);
-    so[i] = d > 0 ? TreeDot(xs + i * d, ps + k * d, d, buf.data()) : 0.0f;
+    so[i] = TreeDot(xs + i * d, ps + k * d, d, buf.data());
     wo[i] = Weight(as[k], so[i], t);
-  }
-  if (d == 0) {
-    for (int64_t i = 0; i < m; ++i) so[i] = 0.0f, wo[i] = Weight(as[Clamp(cs[i], b)], 0.0f, t);
-    return ffi::Error::Success();
   }
   RunGroups(pool, ByPrototype(cs, m, b, kEveryPrototype), xs, d,
             [&](int64_t k, const int32_t* rows, int64_t count) {
@@ -290,7 +296,7 @@ ffi::Error OwnSimsGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
     for (int64_t j = 0; j < count; ++j)
       so[rows[j]] = TreeDot(xs + rows[j] * d, ps + k * d, d, v.data() + j * d);
     for (int64_t j = 0; j < count; ++j) wo[rows[j]] = Weight(as[k], so[rows[j]], t);
-    for (int64_t j = 0; j < count; ++j) AddRow(g + k * d, xs + rows[j] * d, -(wo[rows[j]] / t), d);
+    AddRows(g + k * d, xs, rows, count, wo, t, d);
   });
   return ffi::Error::Success();
 }
@@ -320,7 +326,7 @@ ffi::Error GradRowsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buff
   RunGroups(pool, ByPrototype(cs, m, b, kEveryPrototype), xs, d,
             [&](int64_t k, const int32_t* rows, int64_t count) {
     for (int64_t j = 0; j < count; ++j) wo[rows[j]] = Weight(as[k], ss[rows[j]], t);
-    for (int64_t j = 0; j < count; ++j) AddRow(g + k * d, xs + rows[j] * d, -(wo[rows[j]] / t), d);
+    AddRows(g + k * d, xs, rows, count, wo, t, d);
   });
   return ffi::Error::Success();
 }
@@ -376,7 +382,7 @@ ffi::Error FixGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
     if (dirty[k]) std::memset(g + k * d, 0, sizeof(float) * d);
   RunGroups(pool, ByPrototype(cs, m, b, [&](int32_t k) { return dirty[k] != 0; }), xs, d,
             [&](int64_t k, const int32_t* rows, int64_t count) {
-    for (int64_t j = 0; j < count; ++j) AddRow(g + k * d, xs + rows[j] * d, -(wo[rows[j]] / t), d);
+    AddRows(g + k * d, xs, rows, count, wo, t, d);
   });
   return ffi::Error::Success();
 }
