@@ -28,3 +28,36 @@ def test_shared_counts_common_picks_as_sets():
     m = _module()
     assert m.shared([3, 1, 2, 9], [9, 2, 4, 5]) == 0.5
     assert m.shared(np.array([1, 2]), [2, 1]) == 1.0
+
+
+def test_report_compares_the_official_paths_and_ours_in_float64():
+    m = _module()
+    b = 6
+    default, avx2, compat = [0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 9, 8], [0, 1, 2, 3, 4, 7]
+    ours32, ours64 = [0, 1, 2, 3, 4, 9], [0, 1, 2, 3, 9, 8]
+    r = {"problem": "clustered", "seed": 1, "init_seed": 2, "B": b, "draws": 0, "fraction": 1e-4,
+         "official_s_min": 1.0, "official_s_max": 1.0, "ours_s_min": 0.5, "ours_s_max": 0.5,
+         "ours64_indices": ours64, "ours64_losses": [1.0], "ours64_s": 3.0,
+         "rows": [{"input": "unperturbed", "official_self": 1.0, "ours_self": 1.0,
+                   "ours_vs_official": 5 / 6, "official_self_loss": 0.0, "ours_self_loss": 0.0,
+                   "cross_loss": 1e-4, "official_indices": default, "ours_indices": ours32}],
+         "paths": [{"path": p, "seconds": 1.0, "official_self": m.shared(idx, default),
+                    "ours_vs_official": m.shared(ours32, idx), "official_self_loss": 1e-5,
+                    "cross_loss": 1e-4, "official_indices": idx}
+                   for p, idx in (("AVX2", avx2), ("COMPATIBLE", compat))]}
+    lines = m.markdown(r).splitlines()
+    # the official runs against each other: default/AVX2 share 4, default/COMPATIBLE 5,
+    # AVX2/COMPATIBLE 4 (an upper triangle, the diagonal B)
+    assert "| default | 6 | 4 | 5 |" in lines
+    assert "| AVX2 |  | 6 | 4 |" in lines
+    assert "| COMPATIBLE |  |  | 6 |" in lines
+    # ours in float32 and float64 against each official run, and against each other
+    assert "| default | 5 | 4 |" in lines
+    assert "| AVX2 | 5 | 6 |" in lines
+    assert "| COMPATIBLE | 5 | 4 |" in lines
+    assert "| ours, float32 | | 5 |" in lines
+    # without --float64 (and with one path) neither table appears
+    del r["ours64_indices"]
+    r["paths"] = r["paths"][:1]
+    text = m.markdown(r)
+    assert "float64" not in text and "against each other" not in text

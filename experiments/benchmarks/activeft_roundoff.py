@@ -20,6 +20,11 @@ features, and every run below starts from it):
    compared with its own run on the unperturbed features, and ours with the
    official run on the same copy.
 
+With `--float64`, ours also runs once in float64 on the unperturbed features
+(`jax_enable_x64`, float64 features): whether more precision on our side brings
+ours nearer to each official run, and so whose round-off the differences are.
+The official runs on the MKL paths are also compared with each other.
+
 Reported: the share of the B picks two runs have in common (as sets) and the
 largest difference of their loss curves (the official code prints the loss
 with 6 decimals). The official code runs with anomaly detection off (it does
@@ -33,6 +38,9 @@ not change the values).
     # one table and plot over such runs
     .venv/bin/python experiments/benchmarks/activeft_roundoff.py --combine \
         experiments/results/activeft_roundoff_clustered.json experiments/results/activeft_roundoff_clustered_init*.json
+    # the official code on two more MKL paths, and ours in float64 too (~6 minutes)
+    .venv/bin/python experiments/benchmarks/activeft_roundoff.py --draws 0 \
+        --mkl-paths AVX2,COMPATIBLE --float64 --out experiments/results/activeft_roundoff_clustered_paths
     # after a change of ours: our side again, against the stored official picks (~1 minute)
     .venv/bin/python experiments/benchmarks/activeft_roundoff.py --rerun-ours \
         experiments/results/activeft_roundoff_clustered.json experiments/results/activeft_roundoff_clustered_init*.json
@@ -83,15 +91,23 @@ def write_inputs(tmp: str, base: np.ndarray, fraction: float, draws: int) -> lis
 
 
 def worker(spec: dict) -> dict:
-    """Our fits on every input, in this process (one compilation); JSON-able picks and losses."""
+    """Our fits on every input, in this process (one compilation); JSON-able picks and losses.
+
+    With `spec["x64"]`, in float64: `jax_enable_x64` and the features cast to float64
+    (as near to exact arithmetic as the library goes; no CPU kernels, so slower).
+    """
     import jax
 
+    if spec.get("x64"):
+        jax.config.update("jax_enable_x64", True)
     from activeft_jax.selection import fit_activeft
 
     init = np.asarray(spec["init"])
     out = []
     for path in spec["npz"]:
         feats = np.load(path)["features"]
+        if spec.get("x64"):
+            feats = feats.astype(np.float64)
         t0 = time.perf_counter()
         fit = jax.block_until_ready(fit_activeft(feats, k=spec["k"], init_indices=init,
                                                  key=jax.random.key(0)))
@@ -143,16 +159,22 @@ def rerun_ours(res: dict) -> dict:
     """Our side of an earlier run again (after a change of ours), against its stored official picks.
 
     The inputs are rebuilt from the run's problem, seed, fraction and draws (the
-    perturbations are seeded), and our fits run on all of them; the official
-    picks, timings and self-comparisons are kept.
+    perturbations are seeded), and our fits run on all of them (and in float64
+    again, where the run has a float64 fit); the official picks, timings and
+    self-comparisons are kept.
     """
     name, n, d, b, clustered = next(p for p in SPEED_PROBLEMS if p[0] == res["problem"])
     base = features(res["seed"], n, d, clustered)
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_inputs(tmp, base, res["fraction"], res["draws"])
         ours = run_ours({"npz": paths, "k": b, "init": official_init(res)})["runs"]
+        ours64 = (run_ours({"npz": paths[:1], "k": b, "init": official_init(res), "x64": True})
+                  ["runs"][0] if "ours64_indices" in res else None)
     out = json.loads(json.dumps(res))
     our_side(out, ours)
+    if ours64 is not None:
+        out.update(ours64_indices=sorted(ours64["indices"]), ours64_losses=ours64["losses"],
+                   ours64_s=ours64["seconds"])
     out["ours_rerun"] = time.strftime("%Y-%m-%d")
     return out
 
@@ -187,6 +209,7 @@ def markdown(r: dict) -> str:
     if r["paths"]:
         lines += ["", "(A path whose loss difference is 0 ran bit for bit the default computation: MKL "
                   "kept its kernels on this CPU. Only the others change the arithmetic.)"]
+    lines += official_paths_table(r) + float64_table(r)
     lines += ["",
               f"### {r['draws']} inputs with {r['fraction']:g} of the feature entries moved by one ulp",
               "",
@@ -211,6 +234,41 @@ def markdown(r: dict) -> str:
     lines += [f"Official runs (MKL's default path) took {r['official_s_min']:.1f}-{r['official_s_max']:.1f} s, ours "
               f"{r['ours_s_min']:.2f}-{r['ours_s_max']:.2f} s (the first includes compilation).", ""]
     return "\n".join(lines)
+
+
+def official_paths_table(r: dict) -> list:
+    """Markdown lines: the official runs on the MKL paths against each other (two or more paths)."""
+    runs = [("default", r["rows"][0]["official_indices"])] + [
+        (q["path"], q["official_indices"]) for q in r["paths"]]
+    if len(runs) < 3:
+        return []
+    lines = ["", "### The official runs against each other (picks in common, of "
+             f"{r['B']}; unperturbed features)", "",
+             "| | " + " | ".join(name for name, _ in runs) + " |",
+             "|---|" + "---:|" * len(runs)]
+    for i, (name, idx) in enumerate(runs):
+        cells = [str(round(shared(idx, other) * r["B"])) if j >= i else ""
+                 for j, (_, other) in enumerate(runs)]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def float64_table(r: dict) -> list:
+    """Markdown lines: ours in float32 and in float64 against each official run (`--float64`)."""
+    if "ours64_indices" not in r:
+        return []
+    runs = [("default", r["rows"][0]["official_indices"])] + [
+        (q["path"], q["official_indices"]) for q in r["paths"]]
+    ours32 = r["rows"][0]["ours_indices"]
+    lines = ["", "### Ours in float32 and in float64 (`jax_enable_x64`, float64 features) against "
+             f"each official run (picks in common, of {r['B']}; unperturbed features)", "",
+             "| official run (MKL path) | ours, float32 | ours, float64 |", "|---|---:|---:|"]
+    for name, idx in runs:
+        lines.append(f"| {name} | {round(shared(ours32, idx) * r['B'])} | "
+                     f"{round(shared(r['ours64_indices'], idx) * r['B'])} |")
+    lines.append(f"| ours, float32 | | {round(shared(r['ours64_indices'], ours32) * r['B'])} |")
+    lines += ["", f"(Ours in float64 took {r['ours64_s']:.1f} s, compilation included.)"]
+    return lines
 
 
 def plot(r: dict, path: str) -> None:
@@ -309,6 +367,8 @@ def main(argv=None) -> int:
                    help="share of the feature entries moved by one ulp in each perturbed input")
     p.add_argument("--mkl-paths", default="COMPATIBLE",
                    help="comma-separated MKL_CBWR values to run the official code under (empty: none)")
+    p.add_argument("--float64", action="store_true",
+                   help="also run ours once in float64 (jax_enable_x64) on the unperturbed features")
     p.add_argument("--out", default=None)
     p.add_argument("--replot", metavar="JSON", help="redraw the tables and plot of an earlier run's JSON")
     p.add_argument("--combine", metavar="JSON", nargs="+",
@@ -373,6 +433,13 @@ def main(argv=None) -> int:
                                       env={"MKL_CBWR": mkl})
             print(f"official, MKL_CBWR={mkl}: {other[mkl]['wall_time_s']:.1f} s", flush=True)
         ours = run_ours({"npz": paths, "k": b, "init": official[0]["init_indices"]})["runs"]
+        if a.float64:
+            ours64 = run_ours({"npz": paths[:1], "k": b, "init": official[0]["init_indices"],
+                               "x64": True})["runs"][0]
+            res["ours64_indices"] = sorted(ours64["indices"])
+            res["ours64_losses"] = ours64["losses"]
+            res["ours64_s"] = ours64["seconds"]
+            print(f"ours in float64: {ours64['seconds']:.1f} s", flush=True)
     for mkl, o in other.items():
         res["paths"].append({
             "path": mkl, "seconds": o["wall_time_s"],
