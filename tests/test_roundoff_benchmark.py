@@ -61,3 +61,32 @@ def test_report_compares_the_official_paths_and_ours_in_float64():
     r["paths"] = r["paths"][:1]
     text = m.markdown(r)
     assert "float64" not in text and "against each other" not in text
+
+
+def test_combine_tables_ours_in_float64_over_runs(tmp_path):
+    m = _module()
+
+    def run(seed, default, avx2, ours32, ours64):
+        return {"problem": "clustered", "B": 4, "init_seed": seed, "ours64_indices": ours64,
+                "rows": [{"ours_vs_official": m.shared(ours32, default),
+                          "official_indices": default, "ours_indices": ours32}],
+                "paths": [{"path": "AVX2", "official_self": m.shared(avx2, default),
+                           "ours_vs_official": m.shared(ours32, avx2),
+                           "official_indices": avx2}]}
+
+    runs = [run(1, [0, 1, 2, 3], [0, 1, 2, 5], [0, 1, 2, 3], [0, 1, 2, 5]),
+            run(2, [0, 1, 2, 3], [0, 1, 2, 3], [0, 1, 6, 7], [0, 1, 2, 3])]
+    md = m.combine(runs, str(tmp_path / "inits"))
+    lines = md.splitlines()
+    header = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert header[1:] == ["official vs official (MKL_CBWR=AVX2)", "ours vs official (default path)",
+                          "ours vs official (MKL_CBWR=AVX2)", "ours float64 vs official (default path)",
+                          "ours float64 vs official (MKL_CBWR=AVX2)", "ours float64 vs ours float32"]
+    assert lines[4] == "| 1 | 3 | 4 | 3 | 3 | 4 | 3 |"
+    assert lines[5] == "| 2 | 4 | 2 | 2 | 4 | 4 | 2 |"
+    assert lines[7] == "| identical sets | 1 of 2 | 1 of 2 | 0 of 2 | 1 of 2 | 2 of 2 | 0 of 2 |"
+    assert (tmp_path / "inits.png").exists()
+    # runs without --float64: no float64 columns
+    for r in runs:
+        del r["ours64_indices"]
+    assert "float64" not in m.combine(runs, str(tmp_path / "plain"))

@@ -22,8 +22,9 @@ features, and every run below starts from it):
 
 With `--float64`, ours also runs once in float64 on the unperturbed features
 (`jax_enable_x64`, float64 features): whether more precision on our side brings
-ours nearer to each official run, and so whose round-off the differences are.
-The official runs on the MKL paths are also compared with each other.
+ours nearer to each official run, and so whose round-off the differences are
+(`--combine` adds its columns when every run given has it). The official runs on
+the MKL paths are also compared with each other.
 
 Reported: the share of the B picks two runs have in common (as sets) and the
 largest difference of their loss curves (the official code prints the loss
@@ -320,6 +321,15 @@ def combine(runs: list, out: str) -> str:
     cols.append(("ours vs official (default path)", lambda r: r["rows"][0]["ours_vs_official"]))
     cols += [(f"ours vs official (MKL_CBWR={name})", on(name, "ours_vs_official"))
              for name in names]
+    if all("ours64_indices" in r for r in runs):   # runs with --float64
+        def ours64_vs(field_of):
+            return lambda r: shared(r["ours64_indices"], field_of(r))
+
+        cols.append(("ours float64 vs official (default path)",
+                     ours64_vs(lambda r: r["rows"][0]["official_indices"])))
+        cols += [(f"ours float64 vs official (MKL_CBWR={name})",
+                  ours64_vs(on(name, "official_indices"))) for name in names]
+        cols.append(("ours float64 vs ours float32", ours64_vs(lambda r: r["rows"][0]["ours_indices"])))
     lines = [f"## ActiveFT, float32 round-off over {len(runs)} inits: {runs[0]['problem']} "
              f"(picks in common, of {b})", "",
              "| official init seed | " + " | ".join(c[0] for c in cols) + " |",
@@ -337,7 +347,7 @@ def combine(runs: list, out: str) -> str:
     fig, ax = plt.subplots(figsize=(7.2, 4.2))
     x = np.arange(len(runs))
     width = 0.72 / len(cols)
-    for i, ((label, _), marker) in enumerate(zip(cols, "os^vDP*X")):
+    for i, ((label, _), marker) in enumerate(zip(cols, "os^vDP*Xph<>")):
         ax.scatter(x + (i - (len(cols) - 1) / 2) * width, [v[i] for v in values], marker=marker,
                    s=36, label=label)
     ax.set_xticks(x, [str(r["init_seed"]) for r in runs])
