@@ -123,6 +123,13 @@ def run_ours(spec: dict) -> dict:
     return run_worker(__file__, spec)
 
 
+def ours_in_float64(path: str, b: int, init) -> dict:
+    """Our fit in float64 on one input (`worker`'s `x64`), as the report's `ours64_*` fields."""
+    run = run_ours({"npz": [path], "k": b, "init": init, "x64": True})["runs"][0]
+    return {"ours64_indices": sorted(run["indices"]), "ours64_losses": run["losses"],
+            "ours64_s": run["seconds"]}
+
+
 def official_init(res: dict) -> list:
     """The official run's initial indices: stored, or drawn again as the official code draws them.
 
@@ -169,13 +176,11 @@ def rerun_ours(res: dict) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_inputs(tmp, base, res["fraction"], res["draws"])
         ours = run_ours({"npz": paths, "k": b, "init": official_init(res)})["runs"]
-        ours64 = (run_ours({"npz": paths[:1], "k": b, "init": official_init(res), "x64": True})
-                  ["runs"][0] if "ours64_indices" in res else None)
+        ours64 = (ours_in_float64(paths[0], b, official_init(res))
+                  if "ours64_indices" in res else {})
     out = json.loads(json.dumps(res))
     our_side(out, ours)
-    if ours64 is not None:
-        out.update(ours64_indices=sorted(ours64["indices"]), ours64_losses=ours64["losses"],
-                   ours64_s=ours64["seconds"])
+    out.update(ours64)
     out["ours_rerun"] = time.strftime("%Y-%m-%d")
     return out
 
@@ -237,10 +242,15 @@ def markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
+def official_runs(r: dict) -> list:
+    """(MKL path, picks) of the official runs on the unperturbed features, the default path first."""
+    return [("default", r["rows"][0]["official_indices"])] + [
+        (q["path"], q["official_indices"]) for q in r["paths"]]
+
+
 def official_paths_table(r: dict) -> list:
     """Markdown lines: the official runs on the MKL paths against each other (two or more paths)."""
-    runs = [("default", r["rows"][0]["official_indices"])] + [
-        (q["path"], q["official_indices"]) for q in r["paths"]]
+    runs = official_runs(r)
     if len(runs) < 3:
         return []
     lines = ["", "### The official runs against each other (picks in common, of "
@@ -258,13 +268,11 @@ def float64_table(r: dict) -> list:
     """Markdown lines: ours in float32 and in float64 against each official run (`--float64`)."""
     if "ours64_indices" not in r:
         return []
-    runs = [("default", r["rows"][0]["official_indices"])] + [
-        (q["path"], q["official_indices"]) for q in r["paths"]]
     ours32 = r["rows"][0]["ours_indices"]
     lines = ["", "### Ours in float32 and in float64 (`jax_enable_x64`, float64 features) against "
              f"each official run (picks in common, of {r['B']}; unperturbed features)", "",
              "| official run (MKL path) | ours, float32 | ours, float64 |", "|---|---:|---:|"]
-    for name, idx in runs:
+    for name, idx in official_runs(r):
         lines.append(f"| {name} | {round(shared(ours32, idx) * r['B'])} | "
                      f"{round(shared(r['ours64_indices'], idx) * r['B'])} |")
     lines.append(f"| ours, float32 | | {round(shared(r['ours64_indices'], ours32) * r['B'])} |")
@@ -444,12 +452,8 @@ def main(argv=None) -> int:
             print(f"official, MKL_CBWR={mkl}: {other[mkl]['wall_time_s']:.1f} s", flush=True)
         ours = run_ours({"npz": paths, "k": b, "init": official[0]["init_indices"]})["runs"]
         if a.float64:
-            ours64 = run_ours({"npz": paths[:1], "k": b, "init": official[0]["init_indices"],
-                               "x64": True})["runs"][0]
-            res["ours64_indices"] = sorted(ours64["indices"])
-            res["ours64_losses"] = ours64["losses"]
-            res["ours64_s"] = ours64["seconds"]
-            print(f"ours in float64: {ours64['seconds']:.1f} s", flush=True)
+            res.update(ours_in_float64(paths[0], b, official[0]["init_indices"]))
+            print(f"ours in float64: {res['ours64_s']:.1f} s", flush=True)
     for mkl, o in other.items():
         res["paths"].append({
             "path": mkl, "seconds": o["wall_time_s"],
