@@ -113,6 +113,17 @@ def test_fix_grad_gives_grad_rows_of_the_new_assignment(m, d, b):
             np.testing.assert_array_equal(_bits(g), _bits(spec[2]))
 
 
+def _numpy_tree(x, p, c):
+    """An independent NumPy form of the own similarities: the d float32 products, then
+    the first half plus the second, an odd last element carried, until one is left
+    (float32 each step). Returns [m, 1]."""
+    v = x * p[c]
+    while v.shape[1] > 1:
+        h = v.shape[1] // 2
+        v = np.concatenate([v[:, :h] + v[:, h:2 * h], v[:, 2 * h:]], axis=1)
+    return v
+
+
 @needs_kernels
 @pytest.mark.parametrize("m,d,b", SHAPES)
 def test_own_sims_is_the_halving_tree(m, d, b):
@@ -123,12 +134,7 @@ def test_own_sims_is_the_halving_tree(m, d, b):
     p = rng.standard_normal((b, d)).astype(np.float32)
     c = rng.integers(0, b, m).astype(np.int32)
     got = jax.jit(_cpu.own_sims_kernel)(x, p, c)
-    # An independent NumPy form: the d float32 products, then the first half plus
-    # the second, an odd last element carried, until one is left (float32 each step).
-    v = x * p[c]
-    while v.shape[1] > 1:
-        h = v.shape[1] // 2
-        v = np.concatenate([v[:, :h] + v[:, h:2 * h], v[:, 2 * h:]], axis=1)
+    v = _numpy_tree(x, p, c)
     np.testing.assert_array_equal(_bits(got), _bits(v[:, 0]))
     # The library's forms take it on CPU, whole or in blocks, chunked or not.
     for form in (lambda x, p, c: _own_similarity(x, p, c),
@@ -140,6 +146,24 @@ def test_own_sims_is_the_halving_tree(m, d, b):
     exact = np.einsum("ij,ij->i", x.astype(np.float64), p[c].astype(np.float64))
     scale = np.abs(x).max() * np.abs(p).max() * d
     np.testing.assert_allclose(np.asarray(got), exact, rtol=0, atol=1e-6 * scale)
+
+
+@needs_kernels
+@pytest.mark.parametrize("d", [3, 63, 64, 65, 127, 128, 129, 130, 256, 512, 576, 768, 1000, 1024])
+def test_own_sims_tree_at_every_width(d):
+    # The kernel compiles the tree for some widths (every level in registers) and
+    # runs the others by a loop down to 64 values; both give the tree's bits, in the
+    # plain pass and in the fused one with the gradient.
+    rng = np.random.default_rng(d)
+    m, b = 300, 7
+    x = rng.standard_normal((m, d)).astype(np.float32)
+    p = rng.standard_normal((b, d)).astype(np.float32)
+    c = rng.integers(0, b, m).astype(np.int32)
+    want = _bits(_numpy_tree(x, p, c)[:, 0])
+    np.testing.assert_array_equal(_bits(jax.jit(_cpu.own_sims_kernel)(x, p, c)), want)
+    a = rng.standard_normal(b).astype(np.float32)
+    s, _, _ = jax.jit(_cpu.own_sims_grad)(x, p, c, a, np.float32(0.07))
+    np.testing.assert_array_equal(_bits(s), want)
 
 
 @needs_kernels

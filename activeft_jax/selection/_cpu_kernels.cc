@@ -31,12 +31,14 @@
 // keeps the serial order).
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include <immintrin.h>
@@ -116,12 +118,49 @@ inline void AddHalves(float* __restrict dst, const float* __restrict src, int64_
   for (int64_t j = 0; j < h; ++j) dst[j] = dst[j] + src[j];
 }
 
+// The halving tree's levels from N values on, N known at compile time: the values
+// live in a local array that the compiler keeps in registers, where the loop of
+// TreeDotAny stores each level and reads it back (~1.4x faster at d = 384, ~1.8x with
+// every level here). The same roundings as those loops: half plus half, an odd last
+// element carried.
+template <int N>
+struct Halving {
+  static inline float Sum(float* r) {
+    constexpr int h = N / 2;
+    for (int j = 0; j < h; ++j) r[j] = r[j] + r[j + h];
+    if constexpr (N % 2 == 1) r[h] = r[2 * h];
+    return Halving<(N + 1) / 2>::Sum(r);
+  }
+};
+template <>
+struct Halving<1> {
+  static inline float Sum(float* r) { return r[0]; }
+};
+
+template <int N>
+float HalvingFrom(const float* v) {
+  float r[N];
+  for (int j = 0; j < N; ++j) r[j] = v[j];
+  return Halving<N>::Sum(r);
+}
+
+// HalvingFrom<n> for n = 1 .. kHalvingTail.
+constexpr int kHalvingTail = 64;
+template <int... I>
+constexpr std::array<float (*)(const float*), sizeof...(I)> HalvingTable(
+    std::integer_sequence<int, I...>) {
+  return {&HalvingFrom<I + 1>...};
+}
+constexpr auto kHalvingFrom = HalvingTable(std::make_integer_sequence<int, kHalvingTail>{});
+
 // x . p with its d products summed by the halving tree of `_tree_reduce`
 // (prototypes.py): the first half plus the second, an odd last element carried.
 // (For an even d the first level is taken with the products, so that these are not
 // stored and read back: the same roundings, product then sum.) v: d floats of scratch.
-inline float TreeDot(const float* __restrict xi, const float* __restrict pk, int64_t d,
-                     float* __restrict v) {
+using TreeDotFn = float (*)(const float*, const float*, int64_t, float*);
+
+float TreeDotAny(const float* __restrict xi, const float* __restrict pk, int64_t d,
+                 float* __restrict v) {
   int64_t n = d;
   if (d % 2 == 0) {
     n = d / 2;
@@ -130,12 +169,41 @@ inline float TreeDot(const float* __restrict xi, const float* __restrict pk, int
   } else {
     for (int64_t j = 0; j < d; ++j) v[j] = xi[j] * pk[j];
   }
-  for (; n > 1; n = (n + 1) / 2) {
+  for (; n > kHalvingTail; n = (n + 1) / 2) {
     const int64_t h = n / 2;
     AddHalves(v, v + h, h);
     if (n % 2) v[h] = v[2 * h];
   }
-  return v[0];
+  return kHalvingFrom[n - 1](v);
+}
+
+// TreeDotAny for one d known at compile time, every level in registers.
+template <int D>
+float TreeDotFixed(const float* __restrict xi, const float* __restrict pk, int64_t,
+                   float*) {
+  constexpr int n = D % 2 == 0 ? D / 2 : D;
+  float r[n];
+  if constexpr (D % 2 == 0) {
+    for (int j = 0; j < n; ++j) r[j] = xi[j] * pk[j] + xi[j + n] * pk[j + n];
+  } else {
+    for (int j = 0; j < n; ++j) r[j] = xi[j] * pk[j];
+  }
+  return Halving<n>::Sum(r);
+}
+
+// The tree dot product for d >= 1: the widths of common embeddings compiled for their d.
+TreeDotFn TreeDotFor(int64_t d) {
+  switch (d) {
+    case 64: return &TreeDotFixed<64>;
+    case 128: return &TreeDotFixed<128>;
+    case 256: return &TreeDotFixed<256>;
+    case 384: return &TreeDotFixed<384>;
+    case 512: return &TreeDotFixed<512>;
+    case 576: return &TreeDotFixed<576>;
+    case 768: return &TreeDotFixed<768>;
+    case 1024: return &TreeDotFixed<1024>;
+    default: return &TreeDotAny;
+  }
 }
 
 // The loss's weight of a feature, w = sigmoid(a_c - s / tau) = 1 / (1 + exp(-(a_c - s / tau))),
@@ -233,12 +301,13 @@ ffi::Error OwnSimsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
     std::memset(o, 0, sizeof(float) * m);
     return ffi::Error::Success();
   }
+  const TreeDotFn dot = TreeDotFor(d);
   int64_t parts = (m + kRowsPerPart - 1) / kRowsPerPart;
   parallel_parts(pool, parts, [&](int64_t part) {
     std::vector<float> buf(d);
     int64_t lo = part * kRowsPerPart, hi = lo + kRowsPerPart < m ? lo + kRowsPerPart : m;
     // The gather clamps an index outside [0, B) as XLA's does.
-    for (int64_t i = lo; i < hi; ++i) o[i] = TreeDot(xs + i * d, ps + Clamp(cs[i], b) * d, d,
+    for (int64_t i = lo; i < hi; ++i) o[i] = dot(xs + i * d, ps + Clamp(cs[i], b) * d, d,
                                                      buf.data());
   });
   return ffi::Error::Success();
@@ -281,12 +350,13 @@ ffi::Error OwnSimsGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
     for (int64_t i = 0; i < m; ++i) so[i] = 0.0f, wo[i] = Weight(as[Clamp(cs[i], b)], 0.0f, t);
     return ffi::Error::Success();
   }
+  const TreeDotFn dot = TreeDotFor(d);
   std::vector<float> buf(d);
   for (int64_t i = 0; i < m; ++i) {
     // A row outside [0, B) adds nothing; its s and w take the clamped index, as XLA's gathers.
     if (cs[i] >= 0 && cs[i] < b) continue;
     const int64_t k = Clamp(cs[i], b);
-    so[i] = TreeDot(xs + i * d, ps + k * d, d, buf.data());
+    so[i] = dot(xs + i * d, ps + k * d, d, buf.data());
     wo[i] = Weight(as[k], so[i], t);
   }
   RunGroups(pool, ByPrototype(cs, m, b, kEveryPrototype), xs, d,
@@ -294,7 +364,7 @@ ffi::Error OwnSimsGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
     thread_local std::vector<float> v;
     if (static_cast<int64_t>(v.size()) < kGroup * d) v.resize(kGroup * d);
     for (int64_t j = 0; j < count; ++j)
-      so[rows[j]] = TreeDot(xs + rows[j] * d, ps + k * d, d, v.data() + j * d);
+      so[rows[j]] = dot(xs + rows[j] * d, ps + k * d, d, v.data() + j * d);
     for (int64_t j = 0; j < count; ++j) wo[rows[j]] = Weight(as[k], so[rows[j]], t);
     AddRows(g + k * d, xs, rows, count, wo, t, d);
   });
