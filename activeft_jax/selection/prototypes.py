@@ -356,9 +356,10 @@ def _own_similarity(x, protos, c):
     XLA would choose by the block's shape (it differs between a chunk of the
     features and a block of open ones). On CPU with float32 inputs (and the
     kernels built) it is the kernel `_cpu.own_sims_kernel`: the same tree, each
-    product and sum rounded on its own, ~2x XLA's gathered product on a 2-core
-    host, and the same bits whatever program calls it (XLA contracts some of the
-    tree's multiply-adds, by shape and fusion).
+    product and sum rounded on its own, ~4x XLA's form of it on a 2-core host
+    (0.9 against 3.8 ms for 20 000 rows at d = 384), and the same bits
+    whatever program calls it (XLA contracts some of the tree's multiply-adds,
+    by shape and fusion).
     """
     def xla(x, protos, c):
         return _tree_reduce(jnp.add, x * protos[c])
