@@ -157,8 +157,6 @@ constexpr auto kHalvingFrom = HalvingTable(std::make_integer_sequence<int, kHalv
 // (prototypes.py): the first half plus the second, an odd last element carried.
 // (For an even d the first level is taken with the products, so that these are not
 // stored and read back: the same roundings, product then sum.) v: d floats of scratch.
-using TreeDotFn = float (*)(const float*, const float*, int64_t, float*);
-
 float TreeDotAny(const float* __restrict xi, const float* __restrict pk, int64_t d,
                  float* __restrict v) {
   int64_t n = d;
@@ -177,21 +175,20 @@ float TreeDotAny(const float* __restrict xi, const float* __restrict pk, int64_t
   return kHalvingFrom[n - 1](v);
 }
 
-// TreeDotAny for one d known at compile time, every level in registers.
+// TreeDotAny for one even d known at compile time, every level in registers.
 template <int D>
 float TreeDotFixed(const float* __restrict xi, const float* __restrict pk, int64_t,
                    float*) {
-  constexpr int n = D % 2 == 0 ? D / 2 : D;
+  static_assert(D % 2 == 0, "TreeDotFixed: the first level pairs x[j] with x[j + D / 2]");
+  constexpr int n = D / 2;
   float r[n];
-  if constexpr (D % 2 == 0) {
-    for (int j = 0; j < n; ++j) r[j] = xi[j] * pk[j] + xi[j + n] * pk[j + n];
-  } else {
-    for (int j = 0; j < n; ++j) r[j] = xi[j] * pk[j];
-  }
+  for (int j = 0; j < n; ++j) r[j] = xi[j] * pk[j] + xi[j + n] * pk[j + n];
   return Halving<n>::Sum(r);
 }
 
 // The tree dot product for d >= 1: the widths of common embeddings compiled for their d.
+using TreeDotFn = float (*)(const float*, const float*, int64_t, float*);
+
 TreeDotFn TreeDotFor(int64_t d) {
   switch (d) {
     case 64: return &TreeDotFixed<64>;
