@@ -235,9 +235,7 @@ def _unit(x):
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-@needs_kernels
-@pytest.mark.parametrize("m,d,b", SHAPES)
-def test_refresh_pairs_scores_the_pairs_near_opening_and_keeps_the_bounds_sound(m, d, b):
+def _refresh_problem(m, d, b):
     rng = np.random.default_rng(m + 3 * d + 7 * b)
     x = _unit(rng.standard_normal((m, d))).astype(np.float32)
     p = _unit(rng.standard_normal((b, d))).astype(np.float32)
@@ -259,11 +257,23 @@ def test_refresh_pairs_scores_the_pairs_near_opening_and_keeps_the_bounds_sound(
     limit = np.asarray(_acos_upper(jnp.asarray(own) - margin))
     fail = np.any(gap.astype(np.float32) - travel[None, :] <= limit[:, None], axis=1)
     fail[::5] = False                    # rows the check passed are left alone
+    return x, p, sims, angle, c, own, travel, gap, margin, limit, fail
 
+
+def _refresh(x, p, gap, travel, limit, own, c, fail, margin, amx_min=0):
     out = jax.jit(lambda g: _cpu.refresh_pairs(
         x, p, g, travel, limit, own, c, fail, horizon=_HORIZON, margin=margin,
-        acos_err=_ACOS_ERR, pad=16))(gap)
-    new_gap, new_c, touched, ties, counts, work = (np.asarray(v) for v in out)
+        acos_err=_ACOS_ERR, pad=16, amx_min=amx_min))(gap)
+    return [np.asarray(v) for v in out]
+
+
+@needs_kernels
+@pytest.mark.parametrize("m,d,b", SHAPES)
+def test_refresh_pairs_scores_the_pairs_near_opening_and_keeps_the_bounds_sound(m, d, b):
+    x, p, sims, angle, c, own, travel, gap, margin, limit, fail = _refresh_problem(m, d, b)
+    rows = np.arange(m)
+    new_gap, new_c, touched, ties, counts, work = _refresh(x, p, gap, travel, limit, own, c,
+                                                           fail, margin)
 
     # The pairs scored: every pair of a failing row within the horizon of opening.
     reach = (limit + np.float32(_HORIZON)).astype(np.float32)
@@ -312,6 +322,70 @@ def test_refresh_pairs_scores_the_pairs_near_opening_and_keeps_the_bounds_sound(
     np.testing.assert_array_equal(new_gap[untouched], gap[untouched])
     if m * b > 1000:
         assert done.sum() > 0 and moved.sum() > 0 and refreshed.sum() < scored.size / 2
+
+
+needs_amx = pytest.mark.skipif(not _cpu.amx_usable(),
+                               reason="no matrix unit (AMX) on this CPU, or not granted")
+
+
+@needs_amx
+@pytest.mark.parametrize("m,d,b", SHAPES)
+def test_refresh_pairs_on_the_matrix_unit_decides_alike_with_sound_tight_bounds(m, d, b):
+    # amx_min=1: every failing row goes to the matrix unit (each has an open pair).
+    x, p, sims, angle, c, own, travel, gap, margin, limit, fail = _refresh_problem(m, d, b)
+    rows = np.arange(m)
+    pairs = _refresh(x, p, gap, travel, limit, own, c, fail, margin)
+    wide = _refresh(x, p, gap, travel, limit, own, c, fail, margin, amx_min=1)
+    # The same decisions: assignments, moved and tied rows.
+    for got, want in zip(wide[1:5], pairs[1:5]):
+        np.testing.assert_array_equal(got, want)
+    new_gap, new_c, touched, ties, counts, work = wide
+    tied = np.isin(rows, ties[:counts[1]])
+    done = fail & ~tied
+    assert work == b * done.sum()        # every similarity of the decided rows, approximated
+    # Rows not failing, and near ties, are left as they were.
+    np.testing.assert_array_equal(new_gap[~done], gap[~done])
+    # The decided rows: every bound sound (below the exact angle), never below the old
+    # one, and within the approximation's error of the exact angle's bound; a row that
+    # moved holds the own pair's bound (as the pairs give it) and +inf at its new prototype.
+    moved = done & (new_c != c)
+    new = new_gap[done].astype(np.float64) - travel[None, :]
+    finite = np.isfinite(new)
+    assert np.all(new[finite] <= angle[done][finite])
+    kept = done[:, None] & np.ones((m, b), bool)
+    kept[rows[moved], c[moved]] = False                # (+inf before: the own pair)
+    assert np.all(new_gap[kept].astype(np.float64) >= gap[kept].astype(np.float64))
+    loose = np.asarray(_round_down(_acos_lower(jnp.asarray(sims[done], jnp.float32)
+                                               + margin + 0.016) + travel[None, :],
+                                   jnp.float16)).astype(np.float64) - travel
+    ulp = np.spacing(np.abs(new_gap[done][finite]).astype(np.float16)).astype(np.float64)
+    assert np.all(new[finite] >= loose[finite] - ulp - 1e-6)
+    assert np.all(np.isinf(new_gap[rows[done], new_c[done]]))
+    np.testing.assert_array_equal(new_gap[rows[moved], c[moved]], pairs[0][rows[moved], c[moved]])
+    if m * b > 1000:
+        assert moved.sum() > 0 and (~finite).sum() == done.sum()
+
+
+@needs_amx
+def test_fits_pick_the_same_with_and_without_the_matrix_unit(monkeypatch):
+    # Standard-normal features: many rows with many pairs near opening in the early steps.
+    feats = np.random.default_rng(3).standard_normal((3000, 96)).astype(np.float32)
+    fits = {}
+    for amx in ("0", "1"):
+        monkeypatch.setenv("ACTIVEFT_JAX_AMX", amx)
+        jax.clear_caches()                # (read when a fit is compiled)
+        fits[amx] = aft.selection.fit_activeft(feats, k=160, key=jax.random.key(0), steps=60,
+                                              prune=True)
+    a, b = fits["0"], fits["1"]
+    np.testing.assert_array_equal(a.selection.indices, b.selection.indices)
+    np.testing.assert_array_equal(_bits(a.losses), _bits(b.losses))
+    np.testing.assert_array_equal(_bits(a.prototypes), _bits(b.prototypes))
+    # The matrix unit ran: its rows count all B similarities as computed.
+    assert float(b.recomputed.sum()) > float(a.recomputed.sum())
+    dense = aft.selection.fit_activeft(feats, k=160, key=jax.random.key(0), steps=60,
+                                       prune=False)
+    np.testing.assert_array_equal(dense.selection.indices, b.selection.indices)
+    np.testing.assert_array_equal(_bits(dense.prototypes), _bits(b.prototypes))
 
 
 @needs_kernels

@@ -55,7 +55,7 @@ import numpy as np
 from jax import lax
 
 __all__ = ["available", "usable", "on_cpu", "own_sims_kernel", "own_sims_grad", "grad_rows",
-           "fix_grad", "open_rows", "refresh_pairs"]
+           "fix_grad", "open_rows", "refresh_pairs", "wide_rows", "amx_usable"]
 
 _SOURCE = Path(__file__).with_name("_cpu_kernels.cc")
 _TARGETS = {"afj_own_sims": "AfjOwnSims", "afj_own_sims_grad": "AfjOwnSimsGrad",
@@ -159,6 +159,12 @@ def available() -> bool:
         return ok
 
 
+def amx_usable() -> bool:
+    """Whether `refresh_pairs` can send wide rows to the CPU's matrix unit: the kernels
+    are built for a CPU with AMX (bfloat16 tiles) and the OS grants its use."""
+    return available() and bool(_state["lib"].afj_amx_usable())
+
+
 def usable(*arrays) -> bool:
     """Whether the kernels can take these arrays: built, and every array float32."""
     return all(x.dtype == jnp.float32 for x in arrays) and available()
@@ -246,13 +252,26 @@ def open_rows(gap, travel, limit, rowmin, turned, fallback):
         lambda g, t, l, r, p: fallback(g, t, l), gap, travel, limit, rowmin, turned)
 
 
+def wide_rows(b: int) -> int:
+    """`refresh_pairs`' `amx_min` for B prototypes: a failing row with at least this many
+    pairs to score goes to the CPU's matrix unit where it has one (Intel AMX), which
+    scores all B of its pairs in about the time of B / 16 dot products
+    (`ACTIVEFT_JAX_AMX=0`: never)."""
+    if os.environ.get("ACTIVEFT_JAX_AMX", "1") == "0":
+        return 0
+    return max(8, b // 16)
+
+
 def refresh_pairs(feats, protos, gap, travel, limit, own, assign, fail, *, horizon, margin,
-                  acos_err, pad):
+                  acos_err, pad, amx_min=0):
     """The pair refresh of ActiveFT's failing rows (`afj_refresh_pairs`); CPU only, after `usable`.
 
     [N, d], [B, d], [N, B] f16, [B], [N], [N], [N] int32, [N] bool ->
     (gap [N, B] f16, updated in place; assign [N] int32; touched [N + pad] int32;
-    ties [N + pad] int32; counts [2] int32; pairs scored [] float32). See the kernel.
+    ties [N + pad] int32; counts [2] int32; similarities computed [] float32). See the
+    kernel. With `amx_min` > 0, on a CPU with a matrix unit (AMX) a failing row with at
+    least that many pairs to score has all its B similarities approximated there and
+    its bounds refreshed from them (the same decisions; see the kernel).
     """
     n, b = gap.shape
     out = (jax.ShapeDtypeStruct((n, b), jnp.float16), jax.ShapeDtypeStruct((n,), jnp.int32),
@@ -260,4 +279,5 @@ def refresh_pairs(feats, protos, gap, travel, limit, own, assign, fail, *, horiz
            jax.ShapeDtypeStruct((2,), jnp.int32), jax.ShapeDtypeStruct((), jnp.float32))
     return _call("afj_refresh_pairs", out, feats, protos, gap, travel, limit, own,
                  assign.astype(jnp.int32), fail, aliases={2: 0}, horizon=np.float32(horizon),
-                 margin=np.float32(margin), acos_err=np.float32(acos_err))
+                 margin=np.float32(margin), acos_err=np.float32(acos_err),
+                 amx_min=np.int64(amx_min))

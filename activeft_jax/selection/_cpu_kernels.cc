@@ -23,7 +23,12 @@
 //                     of opening: their similarities (dot products), the row's new
 //                     prototype when one of them beats its own similarity by more
 //                     than the margin, and their bounds refreshed in place; rows in a
-//                     near tie are listed for the caller to decide (see RefreshPairsImpl)
+//                     near tie are listed for the caller to decide (see RefreshPairsImpl).
+//                     On a CPU with AMX, rows with many such pairs ("wide" rows) get all
+//                     their similarities approximated on the matrix unit in bfloat16,
+//                     exact dot products only for the pairs near their own similarity,
+//                     and every bound refreshed from the approximations (the same
+//                     decisions; the bounds stay sound)
 //
 // Work is split over the calling thread and XLA's intra-op pool: rows for the own
 // similarities, the check and the refresh, ranges of prototypes for the gradient rows
@@ -38,10 +43,17 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <utility>
 #include <vector>
 
 #include <immintrin.h>
+
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__) && defined(__linux__)
+#define AFJ_AMX 1
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #include "xla/ffi/api/ffi.h"
 
@@ -724,6 +736,134 @@ inline int32_t* AppendWithin(const uint16_t* gap, const float* t, int64_t b, flo
   return out;
 }
 
+#if defined(AFJ_AMX)
+// The refresh of rows with many pairs near opening, on the CPU's matrix unit (AMX):
+// all B similarities of up to 16 rows at a time, from bfloat16 copies of the rows and
+// of the prototypes, summed in float32 by the tile unit.
+
+// Linux hands the tile state to a process that asks for it (once, for all its threads).
+bool AmxUsable() {
+  static const bool ok = [] {
+    constexpr long kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
+  }();
+  return ok;
+}
+
+// Every tile: 16 rows of 64 bytes (C: 16 x 16 float32; A: 16 x 32 bfloat16; B: 16 x 16
+// pairs of bfloat16).
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+  TileConfig() {
+    for (int t = 0; t < 8; ++t) {
+      colsb[t] = 64;
+      rows[t] = 16;
+    }
+  }
+};
+
+// The d floats at x as bfloat16 (round to nearest even), zeros from d up to dp.
+inline void ToBf16(const float* x, int64_t d, int64_t dp, uint16_t* out) {
+  int64_t j = 0;
+  for (; j < d; j += 16) {
+    const __mmask16 mk = d - j >= 16 ? static_cast<__mmask16>(0xFFFF)
+                                     : static_cast<__mmask16>((1u << (d - j)) - 1);
+    const __m256bh h = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mk, x + j));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + j), reinterpret_cast<const __m256i&>(h));
+  }
+  for (; j < dp; ++j) out[j] = 0;  // (j ran past d to a multiple of 16: those are zeros too)
+}
+
+// A bound on |approximation - x . p| for unit vectors x and p (norms up to 1.001) with dp
+// padded entries: each bfloat16 rounding moves an entry by at most 2^-8 of itself, so the
+// products by at most (2^-7 + 2^-16) |x_j p_j| (sum <= |x| |p|); the tile unit's float32
+// sums add at most gamma_dp = dp u / (1 - dp u) of the sum of |products|, with u = 2^-23
+// whatever its rounding. A second gamma_dp covers the float32 dot products that
+// the candidates get (`Dots`), and 1e-6 the rest (flushed subnormals, the threshold's
+// own rounding).
+inline float AmxError(int64_t dp) {
+  const double u = std::ldexp(1.0, -23), gamma = dp * u / (1 - dp * u);
+  const double e = 1.001 * (std::ldexp(1.0, -7) + std::ldexp(1.0, -16) +
+                            gamma * (1 + std::ldexp(1.0, -8)) * (1 + std::ldexp(1.0, -8)));
+  return static_cast<float>(e + 1.001 * gamma + 1e-6);
+}
+
+// The prototypes as the tile unit's B operand: for tile nt (prototypes 16 nt ..) and
+// chunk q (entries 32 q ..), 16 rows of 16 words (pairs of bfloat16), row w holding
+// entries 32 q + 2 w and + 1 of each prototype: out[((nt * chunks + q) * 16 + w) * 16 + k].
+// Prototypes past b and entries past d are zeros.
+void PackPrototypes(const float* ps, int64_t b, int64_t d, int64_t bp, int64_t dp,
+                    uint32_t* out) {
+  alignas(64) uint16_t row[4096];
+  const int64_t chunks = dp / 32;
+  for (int64_t k = 0; k < bp; ++k) {
+    for (int64_t j0 = 0; j0 < dp; j0 += 4096) {
+      const int64_t len = dp - j0 < 4096 ? dp - j0 : 4096;
+      const int64_t real = k >= b ? 0 : (d - j0 < 0 ? 0 : (d - j0 < len ? d - j0 : len));
+      ToBf16(ps + k * d + j0, real, len, row);
+      const uint32_t* words = reinterpret_cast<const uint32_t*>(row);
+      for (int64_t w = 0; w < len / 2; ++w) {
+        const int64_t at = j0 / 2 + w, q = at / 16;
+        out[(((k / 16) * chunks + q) * 16 + at % 16) * 16 + k % 16] = words[w];
+      }
+    }
+  }
+}
+
+// approx[r * bp + k] ~ x_{rows[r]} . p_k for r < n <= 16 and k < bp, from `pv`
+// (`PackPrototypes`). Scratch: `xb` (16 * dp bfloat16).
+void AmxBlock(const float* xs, int64_t d, int64_t dp, const int32_t* rows, int n,
+              const uint32_t* pv, int64_t bp, uint16_t* xb, float* approx) {
+  // The rows as the A operand, in bfloat16: 16 rows of dp entries (zeros past n).
+  for (int r = 0; r < 16; ++r) {
+    if (r < n) ToBf16(xs + static_cast<int64_t>(rows[r]) * d, d, dp, xb + r * dp);
+    else std::memset(xb + r * dp, 0, sizeof(uint16_t) * dp);
+  }
+  const int64_t chunks = dp / 32, tiles = bp / 16;
+  for (int64_t nt = 0; nt < tiles; nt += 2) {
+    const bool two = nt + 1 < tiles;
+    _tile_zero(0);
+    _tile_zero(1);
+    for (int64_t q = 0; q < chunks; ++q) {
+      _tile_loadd(4, xb + q * 32, dp * 2);
+      _tile_loadd(6, pv + (nt * chunks + q) * 256, 64);
+      _tile_dpbf16ps(0, 4, 6);
+      if (two) {
+        _tile_loadd(7, pv + ((nt + 1) * chunks + q) * 256, 64);
+        _tile_dpbf16ps(1, 4, 7);
+      }
+    }
+    _tile_stored(0, approx + nt * 16, bp * 4);
+    if (two) _tile_stored(1, approx + (nt + 1) * 16, bp * 4);
+  }
+}
+#endif
+
+// Appends to `out` each k < b, k != skip, with v_k >= floor (in order of k) and returns
+// the new end; writes up to kAppendSlack entries past it.
+inline int32_t* AppendAtLeast(const float* v, int64_t b, float floor, int32_t skip,
+                              int32_t* out) {
+  int64_t k = 0;
+#if defined(__AVX512F__)
+  const __m512 f = _mm512_set1_ps(floor);
+  __m512i idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i step = _mm512_set1_epi32(16);
+  for (; k + 16 <= b; k += 16) {
+    __mmask16 m = _mm512_cmp_ps_mask(_mm512_loadu_ps(v + k), f, _CMP_GE_OQ);
+    if (static_cast<uint64_t>(skip - k) < 16) m &= static_cast<__mmask16>(~(1u << (skip - k)));
+    _mm512_storeu_si512(out, _mm512_maskz_compress_epi32(m, idx));
+    out += __builtin_popcount(m);
+    idx = _mm512_add_epi32(idx, step);
+  }
+#endif
+  for (; k < b; ++k)
+    if (k != skip && v[k] >= floor) *out++ = static_cast<int32_t>(k);
+  return out;
+}
+
 // For each row i with fail_i: the pairs k != c_i with float(gap_ik) - t_k <= l_i + h
 // (those open now, and those within h of opening) get their similarity s_ik, a dot
 // product. With j the first of them with the largest s_ik, second the next largest,
@@ -740,7 +880,8 @@ ffi::Error RefreshPairsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> feats,
                             ffi::Buffer<ffi::F32> travel, ffi::Buffer<ffi::F32> limit,
                             ffi::Buffer<ffi::F32> own, ffi::Buffer<ffi::S32> assign,
                             ffi::Buffer<ffi::PRED> fail, float horizon, float margin,
-                            float acos_err, ffi::ResultBuffer<ffi::F16> gap_out,
+                            float acos_err, int64_t amx_min,
+                            ffi::ResultBuffer<ffi::F16> gap_out,
                             ffi::ResultBuffer<ffi::S32> assign_out,
                             ffi::ResultBuffer<ffi::S32> touched_out,
                             ffi::ResultBuffer<ffi::S32> ties_out,
@@ -770,6 +911,19 @@ ffi::Error RefreshPairsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> feats,
   const int64_t parts = (m + kRefreshRowsPerPart - 1) / kRefreshRowsPerPart;
   std::vector<std::vector<int32_t>> touched(parts), ties(parts);
   std::vector<int64_t> scored(parts, 0);
+  // Rows with at least amx_min pairs to score go to the matrix unit (0: none).
+#if defined(AFJ_AMX)
+  const bool amx = amx_min > 0 && AmxUsable();
+  const int64_t dp = (d + 31) / 32 * 32, bp = (b + 15) / 16 * 16;
+  const float amx_err = AmxError(dp);
+  // The prototypes in the tile unit's layout, packed by the first part that needs them.
+  thread_local std::vector<uint32_t> pbuf;
+  uint32_t* pv = amx ? Grow(pbuf, bp * dp / 2) : nullptr;
+  std::once_flag packed;
+#else
+  const bool amx = false;
+  (void)amx_min;
+#endif
   parallel_parts(pool, parts, [&](int64_t part) {
     const int64_t lo = part * kRefreshRowsPerPart;
     const int64_t hi = lo + kRefreshRowsPerPart < m ? lo + kRefreshRowsPerPart : m;
@@ -777,14 +931,20 @@ ffi::Error RefreshPairsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> feats,
     //    failing row of the part (rows[r]). (The buffers are the thread's, kept
     //    between calls: allocating them each time costs page faults.)
     thread_local Scratch scratch;
-    std::vector<int32_t> rows, start(1, 0);
+    std::vector<int32_t> failing, rows, start(1, 0), wide;
     for (int64_t i = lo; i < hi; ++i)
-      if (fl[i]) rows.push_back(static_cast<int32_t>(i));
-    if (rows.empty()) return;
-    int32_t* ks = Grow(scratch.ks, static_cast<int64_t>(rows.size()) * b + kAppendSlack);
+      if (fl[i]) failing.push_back(static_cast<int32_t>(i));
+    if (failing.empty()) return;
+    int32_t* ks = Grow(scratch.ks, static_cast<int64_t>(failing.size()) * b + kAppendSlack);
     int32_t* end = ks;
-    for (const int32_t i : rows) {
-      end = AppendWithin(g + i * b, t, b, lim[i] + horizon, c_in[i], end);
+    for (const int32_t i : failing) {
+      int32_t* next = AppendWithin(g + i * b, t, b, lim[i] + horizon, c_in[i], end);
+      if (amx && next - end >= amx_min) {
+        wide.push_back(i);  // (its pairs are dropped: the matrix unit scores them all)
+        continue;
+      }
+      rows.push_back(i);
+      end = next;
       start.push_back(static_cast<int32_t>(end - ks));
     }
     const int64_t np = end - ks;
@@ -807,22 +967,40 @@ ffi::Error RefreshPairsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> feats,
       return static_cast<uint16_t>(_mm_extract_epi16(
           AngleBound8(_mm256_set1_ps(sim), _mm256_set1_ps(tk), vmargin, verr), 0));
     };
-    for (size_t r = 0; r < rows.size(); ++r) {
-      const int64_t i = rows[r];
-      uint16_t* gi = g + i * b;
-      const int32_t c = c_in[i];
-      // The best scored pair (the first of equal ones), the next best, and the decision.
+    // A row's decision from its scored pairs (kk[q], similarity vv[q], q < n, in order of
+    // k): the first of the best pairs, j, when it beats the own similarity; kTie when the
+    // two best of those and the own one are within the margin; else kKeep.
+    constexpr int32_t kKeep = -1, kTie = -2;
+    auto decide = [&](int64_t i, const int32_t* kk, const float* vv, int32_t n) -> int32_t {
       float best, second;
-      const int32_t at = BestTwo(sc + start[r], start[r + 1] - start[r], &best, &second);
-      const int32_t j = at < 0 ? -1 : ks[start[r] + at];
+      const int32_t at = BestTwo(vv, n, &best, &second);
+      const int32_t j = at < 0 ? -1 : kk[at];
       const float s = s_own[i];
       const bool win = best > s;
       const float runner = win ? (second > s ? second : s) : best;
       const float top = best > s ? best : s;
-      if (runner > -INFINITY && top - runner <= margin) {
+      if (runner > -INFINITY && top - runner <= margin) return kTie;
+      return win ? j : kKeep;
+    };
+    auto tie = [&](int64_t i) {
+      ties[part].push_back(static_cast<int32_t>(i));
+      touched[part].push_back(static_cast<int32_t>(i));
+    };
+    auto move = [&](int64_t i, int32_t j) {
+      uint16_t* gi = g + i * b;
+      const int32_t c = c_in[i];
+      gi[c] = bound(s_own[i], t[c]);
+      gi[j] = kHalfInf;
+      c_out[i] = j;
+      touched[part].push_back(static_cast<int32_t>(i));
+    };
+    for (size_t r = 0; r < rows.size(); ++r) {
+      const int64_t i = rows[r];
+      uint16_t* gi = g + i * b;
+      const int32_t j = decide(i, ks + start[r], sc + start[r], start[r + 1] - start[r]);
+      if (j == kTie) {
         scored[part] -= start[r + 1] - start[r];  // (counted as the whole row the caller scores)
-        ties[part].push_back(static_cast<int32_t>(i));
-        touched[part].push_back(static_cast<int32_t>(i));
+        tie(i);
         continue;
       }
       int32_t q = start[r];
@@ -835,13 +1013,78 @@ ffi::Error RefreshPairsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> feats,
         for (int e = 0; e < 8; ++e) gi[ks[q + e]] = h[e];
       }
       for (; q < start[r + 1]; ++q) gi[ks[q]] = bound(sc[q], t[ks[q]]);
-      if (win) {
-        gi[c] = bound(s, t[c]);
-        gi[j] = kHalfInf;
-        c_out[i] = j;
-        touched[part].push_back(static_cast<int32_t>(i));
-      }
+      if (j >= 0) move(i, j);
     }
+#if defined(AFJ_AMX)
+    // 4. The wide rows, 16 at a time on the matrix unit: approximations a_ik of all their
+    //    similarities, within amx_err of the exact ones. The pairs with a_ik within
+    //    margin + amx_err of the own similarity (any that could beat it or come within
+    //    the margin of it) get the exact dot products as above, and the row's decision
+    //    from them is the one the pairs above would give. Every other pair's bound
+    //    becomes that of a_ik + amx_err (a lower bound on its angle), each pair keeping
+    //    the larger of its old bound and the new one.
+    if (!wide.empty()) {
+      std::call_once(packed, [&] { PackPrototypes(ps, b, d, bp, dp, pv); });
+      thread_local std::vector<uint16_t> xbuf;
+      thread_local std::vector<float> approx;
+      uint16_t* xb = Grow(xbuf, 16 * dp);
+      float* ap = Grow(approx, 16 * bp);
+      int32_t* kk = Grow(scratch.ks, b + kAppendSlack);
+      float* vv = Grow(scratch.sc, b + 8);
+      const __m256 vwide = _mm256_set1_ps(margin + amx_err);
+      TileConfig config;
+      _tile_loadconfig(&config);
+      for (size_t w0 = 0; w0 < wide.size(); w0 += 16) {
+        const int n = wide.size() - w0 < 16 ? static_cast<int>(wide.size() - w0) : 16;
+        AmxBlock(xs, d, dp, wide.data() + w0, n, pv, bp, xb, ap);
+        for (int r = 0; r < n; ++r) {
+          const int64_t i = wide[w0 + r];
+          const int32_t c = c_in[i];
+          const float* a = ap + r * bp;
+          const int32_t nc = static_cast<int32_t>(
+              AppendAtLeast(a, b, s_own[i] - (margin + amx_err), c, kk) - kk);
+          const float* xi = xs + i * d;
+          for (int32_t u = 0; u < nc; u += Lanes::kMaxRows) {
+            const int cnt = nc - u < Lanes::kMaxRows ? nc - u : Lanes::kMaxRows;
+            const float* pp[Lanes::kMaxRows];
+            for (int e = 0; e < cnt; ++e) pp[e] = ps + static_cast<int64_t>(kk[u + e]) * d;
+            Dots(xi, pp, cnt, d, vv + u);
+          }
+          const int32_t j = decide(i, kk, vv, nc);
+          if (j == kTie) {
+            tie(i);
+            continue;
+          }
+          scored[part] += b;
+          uint16_t* gi = g + i * b;
+          int64_t k = 0;
+          for (; k + 8 <= b; k += 8) {
+            const __m128i fresh = AngleBound8(_mm256_loadu_ps(a + k), _mm256_loadu_ps(t + k),
+                                              vwide, verr);
+            const __m128i old = _mm_loadu_si128(reinterpret_cast<const __m128i*>(gi + k));
+            const __m256 larger = _mm256_max_ps(_mm256_cvtph_ps(fresh), _mm256_cvtph_ps(old));
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(gi + k),
+                             _mm256_cvtps_ph(larger, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC));
+          }
+          for (; k < b; ++k) {
+            const uint16_t fresh = static_cast<uint16_t>(_mm_extract_epi16(
+                AngleBound8(_mm256_set1_ps(a[k]), _mm256_set1_ps(t[k]), vwide, verr), 0));
+            gi[k] = _cvtsh_ss(fresh) > _cvtsh_ss(gi[k]) ? fresh : gi[k];
+          }
+          // (The own pair holds +inf, which stays.) The candidates' exact bounds.
+          for (int32_t q = 0; q < nc; ++q) {
+            const uint16_t fresh = bound(vv[q], t[kk[q]]);
+            if (_cvtsh_ss(fresh) > _cvtsh_ss(gi[kk[q]])) gi[kk[q]] = fresh;
+          }
+          if (j >= 0) move(i, j);
+        }
+      }
+      _tile_release();
+      // (touched and ties are listed in row order.)
+      std::sort(touched[part].begin(), touched[part].end());
+      std::sort(ties[part].begin(), ties[part].end());
+    }
+#endif
   });
   int32_t* to = touched_out->typed_data();
   int32_t* ti = ties_out->typed_data();
@@ -860,6 +1103,16 @@ ffi::Error RefreshPairsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> feats,
 }
 
 }  // namespace
+
+// Whether afj_refresh_pairs can use the matrix unit here (built for a CPU with AMX and
+// granted by the OS): 1 or 0, for _cpu.amx_usable.
+extern "C" int afj_amx_usable() {
+#if defined(AFJ_AMX)
+  return AmxUsable() ? 1 : 0;
+#else
+  return 0;
+#endif
+}
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AfjOwnSims, OwnSimsImpl,
                               ffi::Ffi::Bind()
@@ -932,6 +1185,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AfjRefreshPairs, RefreshPairsImpl,
                                   .Attr<float>("horizon")
                                   .Attr<float>("margin")
                                   .Attr<float>("acos_err")
+                                  .Attr<int64_t>("amx_min")
                                   .Ret<ffi::Buffer<ffi::F16>>()
                                   .Ret<ffi::Buffer<ffi::S32>>()
                                   .Ret<ffi::Buffer<ffi::S32>>()

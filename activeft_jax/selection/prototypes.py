@@ -910,7 +910,7 @@ def _pair_assignment(protos, feats, bounds: _PairBounds, step, rows: int, refres
         # their `_own_similarity`, in blocks as above.
         gap, assign, touched, tied, counts, work = _cpu.refresh_pairs(
             feats, protos, gap, travel, limit, own, assign, fail, horizon=_HORIZON,
-            margin=margin, acos_err=_ACOS_ERR, pad=r)
+            margin=margin, acos_err=_ACOS_ERR, pad=r, amx_min=_cpu.wide_rows(b))
 
         def tie_block(st):
             i, assign, gap = st
