@@ -108,7 +108,8 @@ class ActiveFTFit(NamedTuple):
         code prints the same values).
       init_indices: [B] int32 pool indices the prototypes started from.
       recomputed: [steps] fraction of the N·B feature–prototype similarities
-        computed in each step (all ones without `prune`).
+        computed in each step (all ones without `prune`; on CPUs with a matrix
+        unit, the similarities it approximates count too).
     """
 
     selection: Selection
@@ -749,7 +750,11 @@ def _pair_assignment(protos, feats, bounds: _PairBounds, step, rows: int, refres
     products: ~3% of the N·B pairs a step on standard-normal features, where
     whole rows take ~12%), refreshes those pairs' bounds and decides the feature
     as above; near ties get their whole row from the matmul, and the features
-    that changed prototype their `_own_similarity`.
+    that changed prototype their `_own_similarity`. A feature with at least
+    `_cpu.wide_rows(B)` such pairs goes, on a CPU with a matrix unit (AMX), to
+    that unit instead: all B similarities approximated in bfloat16, exact dot
+    products for the pairs the decision could depend on, every bound refreshed
+    from the approximations (the same decision; the bounds stay sound).
 
     With `for_grad` = (a, τ) (`_log_diversity`'s a), on CPU the pass that
     computes the own similarities also sums the loss's gradient rows of the
