@@ -372,8 +372,7 @@ def test_fits_pick_the_same_with_and_without_the_matrix_unit(monkeypatch):
     feats = np.random.default_rng(3).standard_normal((3000, 96)).astype(np.float32)
     fits = {}
     for amx in ("0", "1"):
-        monkeypatch.setenv("ACTIVEFT_JAX_AMX", amx)
-        jax.clear_caches()                # (read when a fit is compiled)
+        monkeypatch.setenv("ACTIVEFT_JAX_AMX", amx)      # (read when a fit is set up)
         fits[amx] = aft.selection.fit_activeft(feats, k=160, key=jax.random.key(0), steps=60,
                                               prune=True)
     a, b = fits["0"], fits["1"]

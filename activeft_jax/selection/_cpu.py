@@ -256,7 +256,7 @@ def wide_rows(b: int) -> int:
     """`refresh_pairs`' `amx_min` for B prototypes: a failing row with at least this many
     pairs to score goes to the CPU's matrix unit where it has one (Intel AMX), which
     scores all B of its pairs in about the time of B / 16 dot products
-    (`ACTIVEFT_JAX_AMX=0`: never)."""
+    (`ACTIVEFT_JAX_AMX=0`: never). Read when a fit is set up (`prototypes._Config`)."""
     if os.environ.get("ACTIVEFT_JAX_AMX", "1") == "0":
         return 0
     return max(8, b // 16)

@@ -192,6 +192,8 @@ class _Config(NamedTuple):
     prune: str                   # "off" | "rows" (one bound per feature) | "pairs" (per pair)
     refresh: float               # prune: recompute all when more than this fraction fails
     num_fast: int                # prune: prototypes scored exactly (those that moved most)
+    wide_rows: int               # pairs, CPU: rows with this many pairs near opening go to
+                                 # the matrix unit where there is one (0: never; `_cpu.wide_rows`)
     optimizer: Optional[optax.GradientTransformation]  # None: Adam(learning_rate)
 
 
@@ -724,7 +726,7 @@ def _pruned_assignment(protos, feats, bounds: _Bounds, rows: int, refresh: float
 
 
 def _pair_assignment(protos, feats, bounds: _PairBounds, step, rows: int, refresh: float,
-                     block: int = 512, resort: int = 16, for_grad=None):
+                     block: int = 512, resort: int = 16, for_grad=None, wide_rows: int = 0):
     """Exact argmax assignment that recomputes only what the per-pair bounds cannot decide.
 
     Elkan's bounds, on angles (`_PairBounds`): for a pair last computed at step
@@ -751,7 +753,7 @@ def _pair_assignment(protos, feats, bounds: _PairBounds, step, rows: int, refres
     whole rows take ~12%), refreshes those pairs' bounds and decides the feature
     as above; near ties get their whole row from the matmul, and the features
     that changed prototype their `_own_similarity`. A feature with at least
-    `_cpu.wide_rows(B)` such pairs goes, on a CPU with a matrix unit (AMX), to
+    `wide_rows` (> 0) such pairs goes, on a CPU with a matrix unit (AMX), to
     that unit instead: all B similarities approximated in bfloat16, exact dot
     products for the pairs the decision could depend on, every bound refreshed
     from the approximations (the same decision; the bounds stay sound).
@@ -915,7 +917,7 @@ def _pair_assignment(protos, feats, bounds: _PairBounds, step, rows: int, refres
         # their `_own_similarity`, in blocks as above.
         gap, assign, touched, tied, counts, work = _cpu.refresh_pairs(
             feats, protos, gap, travel, limit, own, assign, fail, horizon=_HORIZON,
-            margin=margin, acos_err=_ACOS_ERR, pad=r, amx_min=_cpu.wide_rows(b))
+            margin=margin, acos_err=_ACOS_ERR, pad=r, amx_min=wide_rows)
 
         def tie_block(st):
             i, assign, gap = st
@@ -1012,7 +1014,7 @@ def _run_steps(state: ActiveFTState, feats, key, hyper: _Hyper, cfg: _Config,
         if cfg.prune == "pairs":
             bounds, work, sims, spec = _pair_assignment(
                 protos, x, bounds, carry.step, cfg.chunk_rows, cfg.refresh,
-                for_grad=(diversity[0], hyper.temperature))
+                for_grad=(diversity[0], hyper.temperature), wide_rows=cfg.wide_rows)
         elif cfg.prune == "rows":
             bounds, count = _pruned_assignment(protos, x, bounds, cfg.chunk_rows, cfg.refresh,
                                                cfg.num_fast)
@@ -1273,7 +1275,7 @@ def _prepare(features, *, k, key, init_indices, init, temperature, steps, learni
         n if batch_size is None else batch_size, k, budget=1 << 19)
     cfg = _Config(k=k, steps=int(steps), init=init_mode, batch_size=batch_size, chunk_rows=rows,
                   prune=mode, refresh=float(refresh), num_fast=int(num_fast),
-                  optimizer=optimizer)
+                  wide_rows=_cpu.wide_rows(k), optimizer=optimizer)
     dtype = feats.dtype
     hyper = _Hyper(jnp.asarray(temperature, dtype), jnp.asarray(balance, dtype),
                    jnp.asarray(learning_rate, dtype))
