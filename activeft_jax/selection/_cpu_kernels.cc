@@ -618,6 +618,18 @@ inline void Dots(const float* p, const float* const* x, int count, int64_t d, fl
   }
 }
 
+// out[q] = xi . p_{ks[q]} for q < n, Lanes::kMaxRows prototypes at a time sharing the
+// row's loads, each dot product as `Dots` takes it.
+inline void RowDots(const float* xi, const float* ps, int64_t d, const int32_t* ks, int32_t n,
+                    float* out) {
+  for (int32_t u = 0; u < n; u += Lanes::kMaxRows) {
+    const int cnt = n - u < Lanes::kMaxRows ? n - u : Lanes::kMaxRows;
+    const float* p[Lanes::kMaxRows];
+    for (int j = 0; j < cnt; ++j) p[j] = ps + static_cast<int64_t>(ks[u + j]) * d;
+    Dots(xi, p, cnt, d, out + u);
+  }
+}
+
 // arccos(x) to within 6.7e-5 (Abramowitz & Stegun 4.4.45) on 8 lanes, as prototypes.py's
 // _acos_poly: the same polynomial, clipped to [-1, 1].
 inline __m256 AcosPoly8(__m256 x) {
@@ -703,6 +715,31 @@ T* Grow(std::vector<T>& v, int64_t n) {
 // AppendWithin writes up to this many entries past its last one.
 constexpr int64_t kAppendSlack = 16;
 
+#if defined(__AVX512F__)
+// The 16-lane part of the appends below: for k = *k0, *k0 + 16, .. while a whole 16 fit in
+// b, appends (in order) each k + e, k + e != skip, whose bit e is set in mask16(k), and
+// leaves *k0 at the first k not taken; returns the new end (writing up to kAppendSlack
+// entries past it).
+template <typename Mask16>
+inline int32_t* AppendLanes16(int64_t* k0, int64_t b, int32_t skip, Mask16 mask16,
+                              int32_t* out) {
+  __m512i idx = _mm512_add_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+                                                   13, 14, 15),
+                                 _mm512_set1_epi32(static_cast<int>(*k0)));
+  const __m512i step = _mm512_set1_epi32(16);
+  int64_t k = *k0;
+  for (; k + 16 <= b; k += 16) {
+    __mmask16 m = mask16(k);
+    if (static_cast<uint64_t>(skip - k) < 16) m &= static_cast<__mmask16>(~(1u << (skip - k)));
+    _mm512_storeu_si512(out, _mm512_maskz_compress_epi32(m, idx));
+    out += __builtin_popcount(m);
+    idx = _mm512_add_epi32(idx, step);
+  }
+  *k0 = k;
+  return out;
+}
+#endif
+
 // Appends to `out` each k < b, k != skip, with float(gap_k) - t_k <= reach (in order of
 // k) and returns the new end; writes up to kAppendSlack entries past it.
 inline int32_t* AppendWithin(const uint16_t* gap, const float* t, int64_t b, float reach,
@@ -710,16 +747,10 @@ inline int32_t* AppendWithin(const uint16_t* gap, const float* t, int64_t b, flo
   int64_t k = 0;
 #if defined(__AVX512F__)
   const __m512 r = _mm512_set1_ps(reach);
-  __m512i idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  const __m512i step = _mm512_set1_epi32(16);
-  for (; k + 16 <= b; k += 16) {
+  out = AppendLanes16(&k, b, skip, [&](int64_t k) {
     const __m512 gv = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(gap + k)));
-    __mmask16 m = _mm512_cmp_ps_mask(_mm512_sub_ps(gv, _mm512_loadu_ps(t + k)), r, _CMP_LE_OQ);
-    if (static_cast<uint64_t>(skip - k) < 16) m &= static_cast<__mmask16>(~(1u << (skip - k)));
-    _mm512_storeu_si512(out, _mm512_maskz_compress_epi32(m, idx));
-    out += __builtin_popcount(m);
-    idx = _mm512_add_epi32(idx, step);
-  }
+    return _mm512_cmp_ps_mask(_mm512_sub_ps(gv, _mm512_loadu_ps(t + k)), r, _CMP_LE_OQ);
+  }, out);
 #else
   const __m256 r = _mm256_set1_ps(reach);
   for (; k + 8 <= b; k += 8) {
@@ -849,15 +880,9 @@ inline int32_t* AppendAtLeast(const float* v, int64_t b, float floor, int32_t sk
   int64_t k = 0;
 #if defined(__AVX512F__)
   const __m512 f = _mm512_set1_ps(floor);
-  __m512i idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  const __m512i step = _mm512_set1_epi32(16);
-  for (; k + 16 <= b; k += 16) {
-    __mmask16 m = _mm512_cmp_ps_mask(_mm512_loadu_ps(v + k), f, _CMP_GE_OQ);
-    if (static_cast<uint64_t>(skip - k) < 16) m &= static_cast<__mmask16>(~(1u << (skip - k)));
-    _mm512_storeu_si512(out, _mm512_maskz_compress_epi32(m, idx));
-    out += __builtin_popcount(m);
-    idx = _mm512_add_epi32(idx, step);
-  }
+  out = AppendLanes16(&k, b, skip, [&](int64_t k) {
+    return _mm512_cmp_ps_mask(_mm512_loadu_ps(v + k), f, _CMP_GE_OQ);
+  }, out);
 #endif
   for (; k < b; ++k)
     if (k != skip && v[k] >= floor) *out++ = static_cast<int32_t>(k);
@@ -952,20 +977,14 @@ ffi::Error RefreshPairsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> feats,
     // 2. Their similarities, row by row: the row's features (in the L1 cache) with up to
     //    Lanes::kMaxRows of its prototypes at a time, each dot product as `Dots` takes it.
     float* sc = Grow(scratch.sc, np + 8);
-    for (size_t r = 0; r < rows.size(); ++r) {
-      const float* xi = xs + static_cast<int64_t>(rows[r]) * d;
-      for (int32_t u = start[r]; u < start[r + 1]; u += Lanes::kMaxRows) {
-        const int n = start[r + 1] - u < Lanes::kMaxRows ? start[r + 1] - u : Lanes::kMaxRows;
-        const float* p[Lanes::kMaxRows];
-        for (int j = 0; j < n; ++j) p[j] = ps + static_cast<int64_t>(ks[u + j]) * d;
-        Dots(xi, p, n, d, sc + u);
-      }
-    }
+    for (size_t r = 0; r < rows.size(); ++r)
+      RowDots(xs + static_cast<int64_t>(rows[r]) * d, ps, d, ks + start[r],
+              start[r + 1] - start[r], sc + start[r]);
     // 3. Each row's decision and its refreshed bounds.
     const __m256 vmargin = _mm256_set1_ps(margin), verr = _mm256_set1_ps(acos_err);
-    auto bound = [&](float sim, float tk) -> uint16_t {
+    auto bound = [&](float sim, float tk, __m256 m) -> uint16_t {
       return static_cast<uint16_t>(_mm_extract_epi16(
-          AngleBound8(_mm256_set1_ps(sim), _mm256_set1_ps(tk), vmargin, verr), 0));
+          AngleBound8(_mm256_set1_ps(sim), _mm256_set1_ps(tk), m, verr), 0));
     };
     // A row's decision from its scored pairs (kk[q], similarity vv[q], q < n, in order of
     // k): the first of the best pairs, j, when it beats the own similarity; kTie when the
@@ -989,7 +1008,7 @@ ffi::Error RefreshPairsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> feats,
     auto move = [&](int64_t i, int32_t j) {
       uint16_t* gi = g + i * b;
       const int32_t c = c_in[i];
-      gi[c] = bound(s_own[i], t[c]);
+      gi[c] = bound(s_own[i], t[c], vmargin);
       gi[j] = kHalfInf;
       c_out[i] = j;
       touched[part].push_back(static_cast<int32_t>(i));
@@ -1012,7 +1031,7 @@ ffi::Error RefreshPairsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> feats,
                                     vmargin, verr));
         for (int e = 0; e < 8; ++e) gi[ks[q + e]] = h[e];
       }
-      for (; q < start[r + 1]; ++q) gi[ks[q]] = bound(sc[q], t[ks[q]]);
+      for (; q < start[r + 1]; ++q) gi[ks[q]] = bound(sc[q], t[ks[q]], vmargin);
       if (j >= 0) move(i, j);
     }
 #if defined(AFJ_AMX)
@@ -1043,13 +1062,7 @@ ffi::Error RefreshPairsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> feats,
           const float* a = ap + r * bp;
           const int32_t nc = static_cast<int32_t>(
               AppendAtLeast(a, b, s_own[i] - (margin + amx_err), c, kk) - kk);
-          const float* xi = xs + i * d;
-          for (int32_t u = 0; u < nc; u += Lanes::kMaxRows) {
-            const int cnt = nc - u < Lanes::kMaxRows ? nc - u : Lanes::kMaxRows;
-            const float* pp[Lanes::kMaxRows];
-            for (int e = 0; e < cnt; ++e) pp[e] = ps + static_cast<int64_t>(kk[u + e]) * d;
-            Dots(xi, pp, cnt, d, vv + u);
-          }
+          RowDots(xs + i * d, ps, d, kk, nc, vv);
           const int32_t j = decide(i, kk, vv, nc);
           if (j == kTie) {
             tie(i);
@@ -1067,13 +1080,12 @@ ffi::Error RefreshPairsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> feats,
                              _mm256_cvtps_ph(larger, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC));
           }
           for (; k < b; ++k) {
-            const uint16_t fresh = static_cast<uint16_t>(_mm_extract_epi16(
-                AngleBound8(_mm256_set1_ps(a[k]), _mm256_set1_ps(t[k]), vwide, verr), 0));
+            const uint16_t fresh = bound(a[k], t[k], vwide);
             gi[k] = _cvtsh_ss(fresh) > _cvtsh_ss(gi[k]) ? fresh : gi[k];
           }
           // (The own pair holds +inf, which stays.) The candidates' exact bounds.
           for (int32_t q = 0; q < nc; ++q) {
-            const uint16_t fresh = bound(vv[q], t[kk[q]]);
+            const uint16_t fresh = bound(vv[q], t[kk[q]], vmargin);
             if (_cvtsh_ss(fresh) > _cvtsh_ss(gi[kk[q]])) gi[kk[q]] = fresh;
           }
           if (j >= 0) move(i, j);
