@@ -1,6 +1,6 @@
 """ActiveFT: which half of a step's float32 round-off moves our picks away from the official ones.
 
-A probe behind docs/activeft.md ("Near ties decided exactly"). It runs a plain
+A probe behind docs/activeft_log.md ("Near ties decided exactly"). It runs a plain
 dense ActiveFT loop (the library's loss, optax Adam, 300 steps; not the
 library's fit) on the clustered N = 20 000, B = 400 problem of the round-off
 yardstick, from the official init of each given `activeft_roundoff.py` run,

@@ -33,7 +33,7 @@ not change the values).
 
     make bench-activeft-roundoff        # = the first line below
     .venv/bin/python experiments/benchmarks/activeft_roundoff.py --problem clustered --draws 8
-    # other inits of the official code, the MKL paths only (docs/activeft.md's table)
+    # other inits of the official code, the MKL paths only (docs/activeft_log.md's tables)
     .venv/bin/python experiments/benchmarks/activeft_roundoff.py --draws 0 --init-seed 1 \
         --out experiments/results/activeft_roundoff_clustered_init1
     # one table and plot over such runs
