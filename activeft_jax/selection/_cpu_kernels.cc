@@ -1070,6 +1070,10 @@ ffi::Error RefreshPairsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> feats,
           }
           scored[part] += b;
           uint16_t* gi = g + i * b;
+          // gi[k] = the larger of its old bound and `fresh`.
+          auto raise = [gi](int64_t k, uint16_t fresh) {
+            if (_cvtsh_ss(fresh) > _cvtsh_ss(gi[k])) gi[k] = fresh;
+          };
           int64_t k = 0;
           for (; k + 8 <= b; k += 8) {
             const __m128i fresh = AngleBound8(_mm256_loadu_ps(a + k), _mm256_loadu_ps(t + k),
@@ -1079,15 +1083,9 @@ ffi::Error RefreshPairsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> feats,
             _mm_storeu_si128(reinterpret_cast<__m128i*>(gi + k),
                              _mm256_cvtps_ph(larger, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC));
           }
-          for (; k < b; ++k) {
-            const uint16_t fresh = bound(a[k], t[k], vwide);
-            gi[k] = _cvtsh_ss(fresh) > _cvtsh_ss(gi[k]) ? fresh : gi[k];
-          }
+          for (; k < b; ++k) raise(k, bound(a[k], t[k], vwide));
           // (The own pair holds +inf, which stays.) The candidates' exact bounds.
-          for (int32_t q = 0; q < nc; ++q) {
-            const uint16_t fresh = bound(vv[q], t[kk[q]], vmargin);
-            if (_cvtsh_ss(fresh) > _cvtsh_ss(gi[kk[q]])) gi[kk[q]] = fresh;
-          }
+          for (int32_t q = 0; q < nc; ++q) raise(kk[q], bound(vv[q], t[kk[q]], vmargin));
           if (j >= 0) move(i, j);
         }
       }
