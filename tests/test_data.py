@@ -11,6 +11,7 @@ import importlib.util
 import json
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,13 @@ MNIST1D_COUNTS = {"train": 4000, "test": 1000}
 BBC_COUNTS = {"train": 1794, "test": 431}
 BBC_CLASSES = ("business", "entertainment", "politics", "sports", "tech")
 BBC_PER_CLASS = (510, 386, 417, 511, 401)
+
+
+@pytest.fixture(autouse=True)
+def _tempfiles_in_tmp_path(monkeypatch, tmp_path_factory):
+    """tfds' own builders (mock data, TinyImages, an unprepared data_dir) leave an empty
+    `tempfile.mkdtemp("tfds")` each; keep them among pytest's temporary directories."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path_factory.mktemp("tempfile")))
 
 
 @pytest.fixture(scope="module")
@@ -179,6 +187,18 @@ def test_prepare_keeps_stdout_clean(tmp_path, capfd):
     assert len(list((tmp_path / "activeft_digits").glob("*/*.array_record-*"))) == 2
 
 
+def test_prepare_leaves_no_temporary_directories(monkeypatch, tmp_path):
+    # tfds makes an empty tempfile.mkdtemp("tfds") for every builder of an unprepared
+    # data_dir (looking for metadata on GCS) and never removes it; ours skip that lookup.
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    assert tempfile.gettempdir() == str(temp)
+    data.prepare("digits", tmp_path / "data")
+    assert data.load("digits", "test", data_dir=tmp_path / "data").size == 374
+    assert list(temp.iterdir()) == []
+
+
 def test_default_data_dir_from_env(monkeypatch, tmp_path):
     monkeypatch.setenv("ACTIVEFT_JAX_DATA", str(tmp_path / "here"))
     assert data.default_data_dir() == tmp_path / "here"
@@ -242,7 +262,9 @@ class TinyImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
-    TinyImages(data_dir=str(root), file_format="array_record").download_and_prepare()
+    with pytest.MonkeyPatch.context() as patch:  # as _tempfiles_in_tmp_path
+        patch.setattr(tempfile, "tempdir", str(tmp_path_factory.mktemp("tempfile")))
+        TinyImages(data_dir=str(root), file_format="array_record").download_and_prepare()
     return root
 
 

@@ -73,6 +73,19 @@ def _hashed_splits(dataset: str, ids) -> dict[str, list]:
     return out
 
 
+class _OfflineInfo(tfds.core.DatasetInfo):
+    """A `DatasetInfo` that never looks for precomputed metadata on GCS.
+
+    tfds (4.9.10) calls `initialize_from_bucket` whenever a builder is made for a data_dir
+    where the data set is not prepared yet; it creates a temporary directory
+    (`tempfile.mkdtemp("tfds")`) before it finds GCS disabled, and never removes it, so
+    every fresh build left an empty `/tmp/tmp*tfds`. These data sets are built offline.
+    """
+
+    def initialize_from_bucket(self) -> None:
+        return None
+
+
 class _OfflineBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Shared parts: no downloads, examples written in the order they are generated.
 
@@ -92,7 +105,7 @@ class _OfflineBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return epath.Path(inspect.getfile(cls))
 
     def _info_with(self, description: str, features: dict, supervised_keys, homepage: str):
-        return tfds.core.DatasetInfo(
+        return _OfflineInfo(
             builder=self,
             description=description,
             features=tfds.features.FeaturesDict(features),
