@@ -111,6 +111,22 @@ def test_gradient_flows_only_through_assigned_prototypes():
     np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-6)
 
 
+def test_loss_takes_numpy_and_names_bad_shapes():
+    # NumPy features used to fail inside the near-tie decision (a NumPy array indexed by a
+    # traced index); the loss and its gradient are those of the same jax arrays.
+    feats, init = _problem(3, n=60, d=6)
+    params = np.asarray(feats[init[:5]] + 0.1, np.float32)
+    want, g_want = jax.value_and_grad(A.activeft_loss)(jnp.asarray(params), jnp.asarray(feats))
+    got, g = jax.value_and_grad(A.activeft_loss)(params, np.asarray(feats))
+    assert got == want and bool((g == g_want).all())
+    np.testing.assert_allclose(got, dense_loss(jnp.asarray(params), jnp.asarray(feats), 0.07),
+                               rtol=TOL["float32"])
+    with pytest.raises(ValueError, match="dimension 5 but `features` have 6"):
+        A.activeft_loss(params[:, :5], feats)
+    with pytest.raises(ValueError, match="rank 2"):
+        A.activeft_loss(params, feats[0])
+
+
 # ----------------------------------------------------------------------------- the fit
 
 

@@ -581,8 +581,13 @@ def activeft_loss(params: jax.Array, features: jax.Array, *, temperature: Any = 
     """The official ActiveFT loss of raw prototypes `params` [B, d] on unit-norm `features` [N, d].
 
     Differentiable in `params` (the assignment is recomputed inside and carries
-    no gradient, as in the official code).
+    no gradient, as in the official code). Either may be a NumPy array.
     """
+    params = as_float_matrix(params, "params")
+    features = as_float_matrix(features, "features")
+    if params.shape[1] != features.shape[1]:
+        raise ValueError(f"`params` have dimension {params.shape[1]} but `features` have "
+                         f"{features.shape[1]}.")
     rows = chunk_rows or default_chunk_rows(features.shape[0], params.shape[0])
     assign = _dense_assignment(lax.stop_gradient(l2_normalize(params)), features, rows)
     return _loss(params, features, assign, temperature, balance, rows)
