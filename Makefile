@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run demo test sift-study sift-redundancy sift-redundancy-quick bench bench-activeft bench-activeft-roundoff bench-embed bench-sift bench-lazy-vtl \
+.PHONY: install run demo test check-docs sift-study sift-redundancy sift-redundancy-quick bench bench-activeft bench-activeft-roundoff bench-embed bench-sift bench-lazy-vtl \
 	fixtures-surface ref-venv \
 	st-venv clean
 
@@ -33,6 +33,11 @@ demo: install
 TEST_WORKERS ?= 2
 test: install
 	$(PY) -m pytest -n $(TEST_WORKERS) tests
+
+# Every Python code block of README.md and docs/*.md, run as written after a small setup,
+# with asserts of what its comments say (~6 min on 2 cores).
+check-docs: install
+	$(PY) -m experiments.check_docs
 
 # SIFT study: SmolLM2 test-time fine-tuning on held-out code and news (~30 min on 2 cores).
 sift-study: install
