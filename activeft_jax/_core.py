@@ -84,6 +84,22 @@ def is_traced(x) -> bool:
     return isinstance(x, jax.core.Tracer)
 
 
+def as_concrete_array(x: Any, dtype: Any = None, shape: Any = None) -> jax.Array:
+    """`jnp.asarray(x, dtype)` (reshaped to `shape`), kept concrete inside someone's trace.
+
+    Inside a user's jit, JAX turns a NumPy array or a concrete array closed over into a
+    tracer as soon as an operation touches it, and the value checks (which skip tracers)
+    would then never run on it. Converted here under `jax.ensure_compile_time_eval`, it
+    stays concrete. A tracer is converted as usual.
+    """
+    if is_traced(x):
+        x = jnp.asarray(x, dtype)
+        return x if shape is None else jnp.reshape(x, shape)
+    with jax.ensure_compile_time_eval():
+        x = jnp.asarray(x, dtype)
+        return x if shape is None else jnp.reshape(x, shape)
+
+
 def matmul(a: jax.Array, b: jax.Array) -> jax.Array:
     """`a @ b` at full float32 (or float64) precision on every backend."""
     return jnp.matmul(a, b, precision=_HIGHEST)
@@ -400,7 +416,7 @@ class Shards:
     def row(self, x: jax.Array, index: jax.Array) -> jax.Array:
         """x[index] of a local [n_local, ...] array, `index` global: [...]."""
         if not self.sharded:
-            return x[index]
+            return jnp.asarray(x)[index]  # a NumPy x cannot take a traced index
         if x.dtype == jnp.bool_:
             return self.row(x.astype(jnp.int32), index) > 0
         local = index - self.offset
@@ -411,14 +427,14 @@ class Shards:
     def values_at(self, index: jax.Array, *arrays: jax.Array) -> tuple:
         """(a[index] for a in arrays) for local [n_local] arrays, in one exchange."""
         if not self.sharded:
-            return tuple(a[index] for a in arrays)
+            return tuple(jnp.asarray(a)[index] for a in arrays)
         got = self.row(jnp.stack(arrays, axis=-1), index)
         return tuple(got[j] for j in range(len(arrays)))
 
     def rows(self, x: jax.Array, index: jax.Array) -> jax.Array:
         """x[index] for a batch of global indices [b] (out-of-range ones give 0 rows)."""
         if not self.sharded:
-            return x[index]
+            return jnp.asarray(x)[index]
         if x.dtype == jnp.bool_:
             return self.rows(x.astype(jnp.int32), index) > 0
         local = index - self.offset

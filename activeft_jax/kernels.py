@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from activeft_jax._core import matmul
+from activeft_jax._core import as_concrete_array, matmul
 from activeft_jax.validation import check_positive
 
 __all__ = ["Cosine", "Custom", "Kernel", "LatentCovariance", "Linear", "RBF", "get_kernel",
@@ -284,7 +284,7 @@ def with_prior_cov(kernel: Any, cov: Any, dim: Optional[int] = None) -> LatentCo
     if not kernel.has_features:
         raise ValueError("`prior_cov` needs a kernel with a feature map ('linear', 'cosine' or a "
                          "kernel with `features`): it is the covariance of the feature weights.")
-    cov = jnp.asarray(cov)
+    cov = as_concrete_array(cov)
     if cov.ndim != 2 or cov.shape[0] != cov.shape[1] or (dim is not None and cov.shape[0] != dim):
         want = f"[{dim}, {dim}]" if dim is not None else "[p, p]"
         raise ValueError(f"`prior_cov` must be a square matrix {want} (the feature dimension); "

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from activeft_jax._core import concrete, is_traced
+from activeft_jax._core import as_concrete_array, concrete, is_traced
 
 __all__ = [
     "as_float_matrix",
@@ -67,9 +67,9 @@ def as_float_matrix(x: Any, name: str) -> jax.Array:
         if jnp.finfo(dtype).bits < 32:  # float16 / bfloat16: computed in float32
             upcast = jnp.float32
             if not isinstance(x, np.ndarray):
-                x = jnp.asarray(x, dtype=upcast)
+                x = as_concrete_array(x, upcast)
     elif jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.bool_):
-        x = jnp.asarray(x, dtype=jnp.result_type(float))
+        x = as_concrete_array(x, jnp.result_type(float))
     else:
         raise ValueError(f"`{name}` must hold real numbers; got dtype {dtype}.")
     shape = _shape(x)
@@ -80,8 +80,9 @@ def as_float_matrix(x: Any, name: str) -> jax.Array:
     if isinstance(x, np.ndarray):  # on the device once, in chunks; refused if it cannot fit
         from activeft_jax.memory import host_to_device
 
-        return host_to_device(x, name, upcast)
-    return jnp.asarray(x)
+        with jax.ensure_compile_time_eval():  # concrete even inside a user's jit
+            return host_to_device(x, name, upcast)
+    return as_concrete_array(x)
 
 
 @jax.jit
@@ -114,6 +115,14 @@ def _scalar(x: jax.Array) -> int:
     if hasattr(x, "addressable_data") and not getattr(x, "is_fully_addressable", True):
         x = x.addressable_data(0)
     return int(x)
+
+
+def _ints(x: jax.Array) -> list:
+    """A small replicated concrete array as Python ints, also inside someone's trace
+    (where indexing it would give tracers) and on every process."""
+    if hasattr(x, "addressable_data") and not getattr(x, "is_fully_addressable", True):
+        x = x.addressable_data(0)
+    return [int(v) for v in np.asarray(x).reshape(-1)]
 
 
 def check_finite(x: jax.Array, name: str) -> None:
@@ -264,12 +273,12 @@ def check_observed(observed: Any, n: int) -> Optional[jax.Array]:
         if shape[0] != n:
             raise ValueError(f"`observed` as a bool mask must have shape [{n}] (one entry per pool "
                              f"point); got shape {shape}.")
-        return jnp.asarray(observed)
+        return as_concrete_array(observed)
     if not np.issubdtype(dtype, np.integer):
         raise ValueError(f"`observed` must be a bool mask or integer indices; got dtype {dtype}.")
-    observed = jnp.asarray(observed, jnp.int32)
+    observed = as_concrete_array(observed, jnp.int32)
     if shape[0] and not is_traced(observed):
-        lo, hi = (_scalar(v) for v in concrete(_range_and_count, observed))
+        lo, hi = _ints(concrete(_range_and_count, observed))
         if lo < 0 or hi >= n:
             raise ValueError(f"`observed` indices must lie in [0, N={n}); got values from {lo} "
                              f"to {hi}.")
@@ -285,7 +294,7 @@ def check_candidates(candidates: Any, n: int, name: str = "candidates") -> Optio
     if dtype != np.bool_ or shape != (n,):
         raise ValueError(f"`{name}` must be a bool mask of shape [{n}] (one entry per pool "
                          f"point); got shape {shape}, dtype {dtype}.")
-    return jnp.asarray(candidates)
+    return as_concrete_array(candidates)
 
 
 def check_available(k: int, n: int, observed: Optional[jax.Array],

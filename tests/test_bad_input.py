@@ -101,6 +101,63 @@ def test_select_under_jit_with_a_closed_over_pool():
         jax.jit(lambda s: aft.select("vtl", bad, target, k=3, noise_std=s).indices)(1.0)
 
 
+def test_numpy_closed_over_under_jit_is_checked_and_works():
+    """NumPy arrays (and concrete index arrays) closed over by a user's jit are checked as
+    concrete input is, and give the picks they give outside jit. (JAX 0.10 turns such an
+    array into a tracer as soon as an operation touches it inside the trace.)"""
+    n = POOL.shape[0]
+
+    def same(**kw):
+        want = aft.select("vtl", POOL, TARGET, k=3, **kw).indices
+        got = jax.jit(lambda: aft.select("vtl", POOL, TARGET, k=3, **kw).indices)()
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+    mask = np.zeros(n, bool)
+    mask[[1, 4]] = True
+    same()
+    same(observed=jnp.array([1, 4]))                 # indices: their range is checked
+    same(observed=mask, kernel="rbf")                # a kernel-space mask: its count is read
+    same(candidates=~mask)
+    with pytest.raises(ValueError, match=r"contains NaN or inf, first at index \(2, 1\)"):
+        jax.jit(lambda: aft.select("vtl", _with_nan(POOL), TARGET, k=3).indices)()
+    with pytest.raises(ValueError, match=r"must lie in \[0, N=20\); got values from 1 to 20"):
+        jax.jit(lambda: aft.select("vtl", POOL, TARGET, k=3, observed=np.array([1, n])).indices)()
+    with pytest.raises(ValueError, match=r"leave 2 pool point\(s\) that may be picked"):
+        jax.jit(lambda: aft.select("vtl", POOL, TARGET, k=3, candidates=mask).indices)()
+    with pytest.raises(ValueError, match=r"symmetric"):
+        asym = np.eye(4, dtype=np.float32)
+        asym[0, 1] = 0.5
+        jax.jit(lambda: aft.select("vtl", POOL, TARGET, k=3, prior_cov=asym).indices)()
+    prompts = np.stack([TARGET, TARGET])             # [P, m, d]: several embeddings a prompt
+    prompts[1, 2, 3] = np.nan
+    with pytest.raises(ValueError, match=r"`prompts`.*NaN or inf"):
+        jax.jit(lambda: aft.sift(POOL, prompts, k=2, prefilter=10).indices)()
+
+
+@pytest.mark.parametrize("space", ["weight", "kernel"])
+def test_gp_condition_on_a_numpy_pool_at_a_traced_index(space):
+    """`gp.condition` on a pool held as NumPy arrays, at an index traced by jit or vmap."""
+    from activeft_jax import gp, kernels
+
+    def states(pool, target):
+        if space == "weight":
+            return gp.WeightSpace(pool), [gp.init_weight_space(pool, target, num_rows=3)]
+        kernel = kernels.RBF(2.0)
+        return gp.KernelSpace(kernel, pool), [gp.init_kernel_space(kernel, pool, target, num_rows=3)]
+
+    def var_after(pool, target, i):
+        sp, st = states(pool, target)
+        return gp.condition(sp, st, i, 0.1)[0]
+
+    want = var_after(jnp.asarray(POOL), jnp.asarray(TARGET), jnp.int32(7))
+    got = jax.jit(lambda i: var_after(POOL, TARGET, i))(jnp.int32(7))
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    batched = jax.vmap(lambda i: var_after(POOL, TARGET, i))(jnp.array([7, 3]))
+    for a, b in zip(jax.tree.leaves(batched), jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(a)[0], np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------- CLI
 
 

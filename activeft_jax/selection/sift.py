@@ -56,7 +56,7 @@ import numpy as np
 from jax import lax
 
 from activeft_jax import gp, retrieval
-from activeft_jax._core import PLAIN, Shards, layout_of, matmul, on_shards
+from activeft_jax._core import PLAIN, Shards, as_concrete_array, layout_of, matmul, on_shards
 from activeft_jax.kernels import Linear, l2_normalize
 from activeft_jax.selection._setup import as_mask
 from activeft_jax.selection.greedy import RuleInputs, available_mask, greedy
@@ -221,10 +221,11 @@ def _check_prompts(prompts: Any, d: int) -> jax.Array:
     if len(shape) == 3:
         if shape[1] == 0:
             raise ValueError(f"`prompts` has no embeddings per prompt (shape {shape}).")
-        flat = as_float_matrix(jnp.reshape(jnp.asarray(prompts), (-1, shape[2])), "prompts")
-        prompts3 = flat.reshape(shape)
+        flat = as_float_matrix(as_concrete_array(prompts, shape=(-1, shape[2])), "prompts")
+        prompts3 = as_concrete_array(flat, shape=shape)
     else:
-        prompts3 = as_float_matrix(prompts, "prompts")[:, None, :]
+        flat = as_float_matrix(prompts, "prompts")
+        prompts3 = as_concrete_array(flat, shape=(flat.shape[0], 1, flat.shape[1]))
     if prompts3.shape[2] != d:
         raise ValueError(f"`prompts` has embedding dimension {prompts3.shape[2]} (shape "
                          f"{shape}) but `pool` has {d}.")
