@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -92,10 +94,7 @@ def as_concrete_array(x: Any, dtype: Any = None, shape: Any = None) -> jax.Array
     would then never run on it. Converted here under `jax.ensure_compile_time_eval`, it
     stays concrete. A tracer is converted as usual.
     """
-    if is_traced(x):
-        x = jnp.asarray(x, dtype)
-        return x if shape is None else jnp.reshape(x, shape)
-    with jax.ensure_compile_time_eval():
+    with contextlib.nullcontext() if is_traced(x) else jax.ensure_compile_time_eval():
         x = jnp.asarray(x, dtype)
         return x if shape is None else jnp.reshape(x, shape)
 
@@ -286,8 +285,6 @@ def mesh_context(*arrays: Any):
     Computations on such arrays that create new split arrays need the mesh in
     context (`jax.set_mesh`); with Auto axes, one device or tracers this is a no-op.
     """
-    import contextlib
-
     for x in arrays:
         if x is None or is_traced(x):
             continue
@@ -307,8 +304,6 @@ def mesh_scope(tree: Any):
     New arrays made inside (zeros, iota) then carry the same mesh as the inputs,
     which Explicit sharding requires of every operation that mixes them.
     """
-    import contextlib
-
     for x in jax.tree_util.tree_leaves(tree):
         try:
             mesh = jax.typeof(x).sharding.mesh

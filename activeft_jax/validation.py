@@ -103,26 +103,27 @@ def _first_non_finite(x: jax.Array) -> jax.Array:
     return jnp.where(found, row, -1), jnp.where(found, col, -1)
 
 
-def _scalar_float(x: jax.Array) -> float:
-    """A replicated scalar as a float, on every process (never a non-addressable fetch)."""
+def _on_host(x: jax.Array) -> np.ndarray:
+    """A replicated concrete array on the host, on every process (never a non-addressable
+    fetch), also inside someone's trace (where indexing it would give tracers)."""
     if hasattr(x, "addressable_data") and not getattr(x, "is_fully_addressable", True):
         x = x.addressable_data(0)
-    return float(np.asarray(x, np.float64))
+    return np.asarray(x)
+
+
+def _scalar_float(x: jax.Array) -> float:
+    """A replicated scalar as a float, on every process."""
+    return float(np.asarray(_on_host(x), np.float64))
 
 
 def _scalar(x: jax.Array) -> int:
-    """A replicated scalar as an int, on every process (never a non-addressable fetch)."""
-    if hasattr(x, "addressable_data") and not getattr(x, "is_fully_addressable", True):
-        x = x.addressable_data(0)
-    return int(x)
+    """A replicated scalar as an int, on every process."""
+    return int(_on_host(x))
 
 
 def _ints(x: jax.Array) -> list:
-    """A small replicated concrete array as Python ints, also inside someone's trace
-    (where indexing it would give tracers) and on every process."""
-    if hasattr(x, "addressable_data") and not getattr(x, "is_fully_addressable", True):
-        x = x.addressable_data(0)
-    return [int(v) for v in np.asarray(x).reshape(-1)]
+    """A small replicated array as Python ints, on every process."""
+    return [int(v) for v in _on_host(x).reshape(-1)]
 
 
 def check_finite(x: jax.Array, name: str) -> None:

@@ -308,7 +308,7 @@ def entry(name: str, block: str):
     return max(found, key=lambda f: f[0])[1] if found else None
 
 
-def run(script: str, workdir: Path, env: dict, timeout: float, args=()) -> subprocess.Popen:
+def run(script: str, workdir: Path, env: dict, args=()) -> subprocess.Popen:
     path = workdir / f"block_{abs(hash(script)) % 10**8}.py"
     path.write_text(script)
     return subprocess.Popen([sys.executable, str(path), *args], cwd=workdir, env=env,
@@ -320,6 +320,18 @@ def picks_of(output: str):
     return found[-1] if found else None
 
 
+_ONE_PROCESS: dict = {}
+
+
+def one_process_picks(workdir: Path, env: dict, timeout: float):
+    """The picks the multi-process blocks' call gives in one process (run once)."""
+    if workdir not in _ONE_PROCESS:
+        single = subprocess.run([sys.executable, "-c", ONE_PROCESS_VTL], env=env, cwd=workdir,
+                                capture_output=True, text=True, timeout=timeout)
+        _ONE_PROCESS[workdir] = picks_of(single.stdout)
+    return _ONE_PROCESS[workdir]
+
+
 def check(name: str, block: str, workdir: Path, env: dict, timeout: float):
     """Runs one block; returns (ok, seconds, what went wrong)."""
     found = entry(name, block)
@@ -329,7 +341,7 @@ def check(name: str, block: str, workdir: Path, env: dict, timeout: float):
     script = setup + "\n# ---- the block, as written ----\n" + block + "\n# ---- checks ----\n" + checks
     start = time.perf_counter()
     if mode == "one":
-        procs = [run(script, workdir, env, timeout)]
+        procs = [run(script, workdir, env)]
     else:
         procs = []
         for pid in range(2):
@@ -338,7 +350,7 @@ def check(name: str, block: str, workdir: Path, env: dict, timeout: float):
                 penv.update(SLURM_JOB_ID="1", SLURM_STEP_NODELIST="127.0.0.1",
                             SLURM_NTASKS="2", SLURM_PROCID=str(pid), SLURM_LOCALID=str(pid),
                             JAX_LOCAL_DEVICE_IDS="0,1,2,3")
-            procs.append(run(script, workdir, penv, timeout, args=[str(pid)]))
+            procs.append(run(script, workdir, penv, args=[str(pid)]))
     outputs = []
     for proc in procs:
         try:
@@ -355,9 +367,7 @@ def check(name: str, block: str, workdir: Path, env: dict, timeout: float):
             return False, time.perf_counter() - start, f"exit {proc.returncode}:\n{tail}"
     if mode != "one":
         picks = [picks_of(out) for out in outputs]
-        single = subprocess.run([sys.executable, "-c", ONE_PROCESS_VTL], env=env, cwd=workdir,
-                                capture_output=True, text=True, timeout=timeout)
-        expected = picks_of(single.stdout)
+        expected = one_process_picks(workdir, env, timeout)
         if picks[0] is None or picks[0] != picks[1] or picks[0] != expected:
             return False, time.perf_counter() - start, (
                 f"picks differ: process 0 {str(picks[0])[:60]}, process 1 "

@@ -7,6 +7,7 @@ a tiny builder prepared on the spot and read back from its files alone.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import shutil
@@ -28,11 +29,19 @@ BBC_CLASSES = ("business", "entertainment", "politics", "sports", "tech")
 BBC_PER_CLASS = (510, 386, 417, 511, 401)
 
 
-@pytest.fixture(autouse=True)
-def _tempfiles_in_tmp_path(monkeypatch, tmp_path_factory):
+@contextlib.contextmanager
+def _tempfiles_in_tmp_path(tmp_path_factory):
     """tfds' own builders (mock data, TinyImages, an unprepared data_dir) leave an empty
     `tempfile.mkdtemp("tfds")` each; keep them among pytest's temporary directories."""
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path_factory.mktemp("tempfile")))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tempfile, "tempdir", str(tmp_path_factory.mktemp("tempfile")))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _tfds_tempfiles(tmp_path_factory):
+    with _tempfiles_in_tmp_path(tmp_path_factory):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -262,8 +271,7 @@ class TinyImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
-    with pytest.MonkeyPatch.context() as patch:  # as _tempfiles_in_tmp_path
-        patch.setattr(tempfile, "tempdir", str(tmp_path_factory.mktemp("tempfile")))
+    with _tempfiles_in_tmp_path(tmp_path_factory):
         TinyImages(data_dir=str(root), file_format="array_record").download_and_prepare()
     return root
 

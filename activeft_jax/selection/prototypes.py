@@ -576,6 +576,16 @@ def _dense_assignment(protos, feats, rows, with_sims=False):
     return map_rows(fn, plan(feats.shape[0], rows), feats)
 
 
+def _prototypes_and_features(protos: Any, feats: Any, name: str) -> tuple:
+    """Both as float [B, d] and [N, d] arrays of one dimension d, or a ValueError."""
+    protos = as_float_matrix(protos, name)
+    feats = as_float_matrix(feats, "features")
+    if protos.shape[1] != feats.shape[1]:
+        raise ValueError(f"`{name}` have dimension {protos.shape[1]} but `features` have "
+                         f"{feats.shape[1]}.")
+    return protos, feats
+
+
 def activeft_loss(params: jax.Array, features: jax.Array, *, temperature: Any = 0.07,
                   balance: Any = 1.0, chunk_rows: Optional[int] = None) -> jax.Array:
     """The official ActiveFT loss of raw prototypes `params` [B, d] on unit-norm `features` [N, d].
@@ -583,11 +593,7 @@ def activeft_loss(params: jax.Array, features: jax.Array, *, temperature: Any = 
     Differentiable in `params` (the assignment is recomputed inside and carries
     no gradient, as in the official code). Either may be a NumPy array.
     """
-    params = as_float_matrix(params, "params")
-    features = as_float_matrix(features, "features")
-    if params.shape[1] != features.shape[1]:
-        raise ValueError(f"`params` have dimension {params.shape[1]} but `features` have "
-                         f"{features.shape[1]}.")
+    params, features = _prototypes_and_features(params, features, "params")
     rows = chunk_rows or default_chunk_rows(features.shape[0], params.shape[0])
     assign = _dense_assignment(lax.stop_gradient(l2_normalize(params)), features, rows)
     return _loss(params, features, assign, temperature, balance, rows)
@@ -1159,11 +1165,7 @@ def assign_to_prototypes(prototypes: Any, features: Any, *,
       features: [N, d] features.
       chunk_rows: feature rows per [rows, B] block (static).
     """
-    protos = as_float_matrix(prototypes, "prototypes")
-    feats = as_float_matrix(features, "features")
-    if protos.shape[1] != feats.shape[1]:
-        raise ValueError(f"`prototypes` have dimension {protos.shape[1]} but `features` have "
-                         f"{feats.shape[1]}.")
+    protos, feats = _prototypes_and_features(prototypes, features, "prototypes")
     # (Blocks of ~512K similarities, as in the fits: on CPU the block's reductions then
     # run from cache.)
     rows = int(chunk_rows) if chunk_rows else default_chunk_rows(feats.shape[0], protos.shape[0],
